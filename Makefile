@@ -1,0 +1,30 @@
+# Everything runs from a project-local virtual environment that these targets create on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU torch is enough for tests and the demo; on a GPU machine set TORCH to the CUDA build you want.
+TORCH  ?= torch==2.13.0
+DEMO_DIR ?= out/demo
+
+.PHONY: venv test demo bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test,demo]"
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) -m data_prep.demo_corpus --out $(DEMO_DIR)
+	$(PY) -m data_prep --config $(DEMO_DIR)/prep.yaml
+
+bench: venv
+	$(PY) bench/bench_data_prep.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,245 @@
+"""Building a dataset directory, stage by stage; each stage skips what an earlier run finished.
+
+1. clean:     read every pair (in parallel across pairs), normalise, filter, de-duplicate, and spool the
+              clean pairs into chunk files under ``.work/``;
+2. split:     draw the held-out dev/test pairs of each language pair;
+3. tokenizer: train one on the train pairs, or copy the configured one;
+4. encode:    per chunk (in parallel across chunks and pairs): word-split, align with eflomal,
+              tokenize, project links onto subwords, write shards; the manifest lists a chunk's
+              shards once they are all complete.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep import PrepError, __version__
+from data_prep.chunks import ChunkTask, process_chunk, read_spool
+from data_prep.cleaning import Cleaner
+from data_prep.config import PairConfig, PrepConfig
+from data_prep.manifest import (FORMAT, FORMAT_VERSION, ManifestError, read_manifest, split_totals,
+                                write_manifest)
+from data_prep.readers import read_pairs
+from data_prep.tokenizer import copy_tokenizer, tokenizer_sha256, train_tokenizer
+from data_prep.typed_config import to_dict
+
+log = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass
+class BuildReport:
+    manifest: dict
+    wall: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage as the user waits for them."""
+    worker: Counter = field(default_factory=Counter)
+    """Seconds per step inside the chunk workers, summed over workers."""
+
+
+def build(cfg: PrepConfig) -> BuildReport:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".work"
+    manifest = _open_manifest(out, cfg)
+    report = BuildReport(manifest)
+    if manifest["complete"]:
+        log.info("%s is complete; nothing to do", out)
+        return report
+
+    clock = time.perf_counter()
+    by_index = dict(_run_parallel(_clean_pair, [(p, cfg, work) for p in cfg.pairs], cfg.n_workers, "clean"))
+    cleaned = [by_index[i] for i in range(len(cfg.pairs))]
+    for pair, result in zip(cfg.pairs, cleaned):
+        entry = manifest["pairs"].setdefault(pair.key, {"shards": [], "chunks_done": []})
+        entry.update(src_lang=pair.src_lang, tgt_lang=pair.tgt_lang, input_records=result["input_records"],
+                     clean_pairs=result["clean_pairs"], dropped=result["dropped"], chunks=len(result["chunks"]))
+    write_manifest(out, manifest)
+    report.wall["clean"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    heldout = {p.key: _choose_heldout(p.key, c["clean_pairs"], cfg) for p, c in zip(cfg.pairs, cleaned)}
+    _prepare_tokenizer(cfg, manifest, cleaned, heldout, out)
+    write_manifest(out, manifest)
+    report.wall["tokenizer"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    tasks = []
+    for pair, result in zip(cfg.pairs, cleaned):
+        done = set(manifest["pairs"][pair.key]["chunks_done"])
+        dev, test = heldout[pair.key]
+        tasks += [ChunkTask(pair.key, pair.src_lang, pair.tgt_lang, i, chunk["path"], chunk["first"], dev, test,
+                            str(out), str(out / "tokenizer"), cfg.aligner, cfg.shards)
+                  for i, chunk in enumerate(result["chunks"]) if i not in done]
+    log.info("encoding %d chunks with %d workers", len(tasks), min(cfg.n_workers, max(len(tasks), 1)))
+    for _, result in _run_parallel(process_chunk, [(t,) for t in tasks], cfg.n_workers, "align+encode"):
+        entry = manifest["pairs"][result.pair]
+        entry["shards"] = sorted(entry["shards"] + result.shards, key=lambda s: s["path"])
+        entry["chunks_done"] = sorted(entry["chunks_done"] + [result.chunk])
+        write_manifest(out, manifest)  # this chunk's shards are complete: list them
+        report.worker.update(result.seconds)
+    report.wall["encode"] = time.perf_counter() - clock
+
+    for entry in manifest["pairs"].values():
+        entry["splits"] = split_totals(entry["shards"])
+    manifest["complete"] = True
+    write_manifest(out, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("dataset complete: %s", out / "manifest.json")
+    return report
+
+
+def _open_manifest(out: Path, cfg: PrepConfig) -> dict:
+    fingerprint = cfg.fingerprint()
+    try:
+        manifest = read_manifest(out, require_complete=False)
+    except ManifestError:
+        if (out / "manifest.json").exists():
+            raise
+        manifest = None
+    if manifest is not None:
+        if manifest["config_sha256"] != fingerprint:
+            raise PrepError(f"{out}: was built from another config or other input files; "
+                            "use a new output_dir or delete this one")
+        log.info("resuming %s", out)
+        return manifest
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "data_prep_version": __version__,
+        "complete": False, "config_sha256": fingerprint,
+        "tokenizer": {}, "aligner": to_dict(cfg.aligner), "cleaning": to_dict(cfg.cleaning),
+        "splits_config": to_dict(cfg.splits), "shard_limits": to_dict(cfg.shards), "pairs": {},
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _clean_pair(pair: PairConfig, cfg: PrepConfig, work: Path) -> dict:
+    """Stage 1 for one language pair; its ``clean.json`` marks the spool complete."""
+    spool = work / pair.key
+    marker = spool / "clean.json"
+    if marker.exists():
+        return json.loads(marker.read_text())
+    spool.mkdir(parents=True, exist_ok=True)
+    cleaner = Cleaner(cfg.cleaning)
+    records = Counter()
+
+    def counted(stream: Iterable) -> Iterator:
+        for record in stream:
+            records["n"] += 1
+            yield record
+
+    chunks, f = [], None
+    n = 0
+    for src, tgt in cleaner.clean(counted(read_pairs(pair))):
+        if n % cfg.chunk_size == 0:
+            if f:
+                f.close()
+            chunks.append({"path": str(spool / f"clean-{len(chunks):05d}.tsv"), "first": n})
+            f = open(chunks[-1]["path"], "w", encoding="utf-8")
+        f.write(f"{src}\t{tgt}\n")
+        n += 1
+    if f:
+        f.close()
+    if n == 0:
+        drops = ", ".join(f"{k}={v}" for k, v in sorted(cleaner.dropped.items())) or "no input records"
+        raise PrepError(f"{pair.key}: no sentence pairs left after cleaning ({drops}) in {', '.join(pair.files)}")
+    result = {"input_records": records["n"], "clean_pairs": n, "dropped": dict(sorted(cleaner.dropped.items())),
+              "chunks": chunks}
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, marker)
+    log.info("%s: %d records read, %d clean pairs, dropped %s", pair.key, records["n"], n, result["dropped"])
+    return result
+
+
+def _choose_heldout(key: str, n: int, cfg: PrepConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted dev and test indices: a seeded random draw, the same on every run."""
+    n_dev, n_test = cfg.splits.dev, cfg.splits.test
+    if n_dev + n_test >= n:
+        raise PrepError(f"splits: dev + test = {n_dev + n_test} pairs, but {key} has only {n} clean pairs")
+    rng = np.random.default_rng([cfg.splits.seed, zlib.crc32(key.encode())])
+    drawn = rng.choice(n, n_dev + n_test, replace=False)
+    return np.sort(drawn[:n_dev]), np.sort(drawn[n_dev:])
+
+
+def _prepare_tokenizer(cfg: PrepConfig, manifest: dict, cleaned: list[dict],
+                       heldout: dict[str, tuple[np.ndarray, np.ndarray]], out: Path) -> None:
+    tok_dir = out / "tokenizer"
+    recorded = manifest["tokenizer"]
+    if recorded and tok_dir.is_dir() and tokenizer_sha256(tok_dir) == recorded["sha256"]:
+        log.info("tokenizer already in %s", tok_dir)
+        return
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    if cfg.tokenizer.path:
+        log.info("copying tokenizer from %s", cfg.tokenizer.path)
+        copy_tokenizer(cfg.tokenizer.path, tok_dir)
+        source = str(Path(cfg.tokenizer.path).resolve())
+    else:
+        log.info("training a %d-piece unigram tokenizer on the train pairs", cfg.tokenizer.train.vocab_size)
+        texts = _tokenizer_texts(cfg, cleaned, heldout)
+        train_tokenizer(texts, cfg.tokenizer.train.vocab_size, tok_dir)
+        source = "trained"
+    vocab = json.loads((tok_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    manifest["tokenizer"] = {"path": "tokenizer", "source": source, "sha256": tokenizer_sha256(tok_dir),
+                             "vocab_size": len(vocab)}
+
+
+def _tokenizer_texts(cfg: PrepConfig, cleaned: list[dict], heldout) -> Iterator[str]:
+    """Both sides of a seeded sample of each pair's train pairs (held-out pairs never)."""
+    cap = cfg.tokenizer.train.max_sentences_per_pair
+    for pair, result in zip(cfg.pairs, cleaned):
+        n = result["clean_pairs"]
+        train = np.setdiff1d(np.arange(n), np.concatenate(heldout[pair.key]))
+        if len(train) > cap:
+            rng = np.random.default_rng([cfg.splits.seed, zlib.crc32(pair.key.encode()), 1])
+            train = np.sort(rng.choice(train, cap, replace=False))
+        for chunk in result["chunks"]:
+            src, tgt = read_spool(chunk["path"])
+            for k in train[(train >= chunk["first"]) & (train < chunk["first"] + len(src))] - chunk["first"]:
+                yield src[k]
+                yield tgt[k]
+
+
+def _init_worker(threads: int, log_level: int) -> None:
+    # Each worker gets its share of the cores for eflomal's OpenMP samplers and the tokenizer's threads.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+
+
+def _run_parallel(fn: Callable, calls: list[tuple], workers: int, desc: str) -> Iterator[tuple[int, Any]]:
+    """Yields ``(i, fn(*calls[i]))`` as calls finish, in worker processes when there is more than one.
+
+    The first error cancels the calls not yet started and is raised.
+    """
+    workers = min(workers, len(calls))
+    with tqdm(total=len(calls), desc=desc, unit="task", disable=None) as bar:
+        if workers <= 1:
+            for i, args in enumerate(calls):
+                yield i, fn(*args)
+                bar.update()
+            return
+        # spawn, not fork: the parent has already started the tokenizer's thread pool.
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(max(1, (os.cpu_count() or 1) // workers), logging.getLogger().level)) as pool:
+            futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+            try:
+                for future in as_completed(futures):
+                    bar.update()
+                    yield futures[future], future.result()
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise

@@ -1,0 +1,127 @@
+"""One work unit of the build: a chunk of clean pairs → aligned, tokenized samples in shards.
+
+Runs in a worker process. Everything it needs travels in the ChunkTask; what it made comes back as
+shard records (for the manifest) and per-stage seconds (for the benchmark's breakdown).
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.alignment import align_words, project_links, word_token_ranges
+from data_prep.config import AlignerConfig, ShardConfig
+from data_prep.shard_format import encode_sample
+from data_prep.shards import ShardWriter
+from data_prep.tokenizer import load_fast_tokenizer
+from data_prep.words import word_spans
+
+
+@dataclass
+class ChunkTask:
+    pair: str
+    src_lang: str
+    tgt_lang: str
+    chunk: int
+    spool: str
+    """TSV file of the chunk's clean pairs."""
+    first: int
+    """Index of the chunk's first pair within its language pair (sample keys and splits use it)."""
+    dev: np.ndarray
+    test: np.ndarray
+    """Sorted indices of the held-out pairs of the whole language pair."""
+    out_dir: str
+    tokenizer_dir: str
+    aligner: AlignerConfig
+    shards: ShardConfig
+
+
+@dataclass
+class ChunkResult:
+    pair: str
+    chunk: int
+    shards: list[dict]
+    seconds: Counter
+
+
+_TOKENIZERS = {}
+
+
+def _tokenizer(path: str):
+    if path not in _TOKENIZERS:  # once per worker process
+        _TOKENIZERS[path] = load_fast_tokenizer(Path(path))
+    return _TOKENIZERS[path]
+
+
+def read_spool(path: str) -> tuple[list[str], list[str]]:
+    src, tgt = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            s, t = line.rstrip("\n").split("\t")
+            src.append(s)
+            tgt.append(t)
+    return src, tgt
+
+
+def _splits(task: ChunkTask, n: int) -> np.ndarray:
+    index = np.arange(task.first, task.first + n)
+    split = np.zeros(n, dtype=np.int8)  # 0 train, 1 dev, 2 test
+    split[np.isin(index, task.dev)] = 1
+    split[np.isin(index, task.test)] = 2
+    return split
+
+
+def process_chunk(task: ChunkTask) -> ChunkResult:
+    seconds = Counter()
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] += now - clock
+        clock = now
+
+    src_text, tgt_text = read_spool(task.spool)
+    src_spans = [np.asarray(word_spans(s), dtype=np.int64).reshape(-1, 2) for s in src_text]
+    tgt_spans = [np.asarray(word_spans(t), dtype=np.int64).reshape(-1, 2) for t in tgt_text]
+    src_words = [[s[a:b] for a, b in spans] for s, spans in zip(src_text, src_spans)]
+    tgt_words = [[t[a:b] for a, b in spans] for t, spans in zip(tgt_text, tgt_spans)]
+    lap("words")
+
+    out = Path(task.out_dir)
+    word_links = align_words(src_words, tgt_words, task.aligner, out / ".work")
+    lap("align")
+
+    tok = _tokenizer(task.tokenizer_dir)
+    src_enc, tgt_enc = tok.encode_batch(src_text), tok.encode_batch(tgt_text)
+    lap("tokenize")
+
+    samples = []
+    for k in range(len(src_text)):
+        src_offsets = np.asarray(src_enc[k].offsets, dtype=np.int64).reshape(-1, 2)
+        tgt_offsets = np.asarray(tgt_enc[k].offsets, dtype=np.int64).reshape(-1, 2)
+        links = project_links(word_links[k], word_token_ranges(src_spans[k], src_offsets),
+                              word_token_ranges(tgt_spans[k], tgt_offsets))
+        files = encode_sample(
+            np.asarray(src_enc[k].ids), np.asarray(tgt_enc[k].ids), links,
+            {"src_lang": task.src_lang, "tgt_lang": task.tgt_lang, "src_text": src_text[k], "tgt_text": tgt_text[k]})
+        samples.append((files, {"src_tokens": len(src_offsets), "tgt_tokens": len(tgt_offsets), "links": len(links)}))
+    lap("project")
+
+    records = []
+    split = _splits(task, len(samples))
+    for code, name in enumerate(("train", "dev", "test")):
+        prefix = f"{task.pair}/{name}/{task.pair}-{name}-{task.chunk:05d}"
+        # A chunk that was interrupted before may have left shards under its names: start clean.
+        for stale in out.glob(f"{prefix}-*.tar*"):
+            stale.unlink()
+        writer = ShardWriter(out, prefix, task.shards.max_samples, task.shards.max_bytes)
+        for k in np.flatnonzero(split == code):
+            files, counts = samples[k]
+            writer.write(f"{task.pair}-{task.first + k:09d}", files, counts)
+        records += [{**r, "split": name, "chunk": task.chunk} for r in writer.close()]
+    lap("write")
+    return ChunkResult(task.pair, task.chunk, records, seconds)

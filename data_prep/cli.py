@@ -1,0 +1,54 @@
+"""``python -m data_prep --config prep.yaml``: build a dataset directory (see data_prep.build)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from data_prep import PrepError, __version__
+from data_prep.manifest import ManifestError
+from data_prep.typed_config import ConfigError
+
+
+def summarize(manifest: dict) -> str:
+    """A table of the manifest: one row per language pair."""
+    head = ("pair", "records", "clean", "dropped", "train", "dev", "test", "src tok", "tgt tok", "links/pair", "shards")
+    rows = []
+    for key, p in manifest["pairs"].items():
+        splits = p["splits"]
+        samples = sum(s["samples"] for s in splits.values())
+        rows.append((key, p["input_records"], p["clean_pairs"], sum(p["dropped"].values()),
+                     splits["train"]["samples"], splits["dev"]["samples"], splits["test"]["samples"],
+                     sum(s["src_tokens"] for s in splits.values()), sum(s["tgt_tokens"] for s in splits.values()),
+                     f"{sum(s['links'] for s in splits.values()) / max(samples, 1):.1f}", len(p["shards"])))
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+    tok = manifest["tokenizer"]
+    lines.append(f"tokenizer: {tok['path']} ({tok['source']}, {tok['vocab_size']} pieces); "
+                 f"aligner: {manifest['aligner']['method']} + {manifest['aligner']['symmetrize']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="data_prep", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("--config", required=True, help="prep.yaml (see README: data_prep config)")
+    parser.add_argument("--workers", type=int, help="worker processes (overrides the config; 0 = one per core)")
+    parser.add_argument("--version", action="version", version=f"weam-ds data_prep {__version__}")
+    args = parser.parse_args(argv)
+    from data_prep.build import LOG_FORMAT, build
+    from data_prep.config import load_config
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        cfg = load_config(args.config)
+        if args.workers is not None:
+            if args.workers < 0:
+                raise ConfigError("--workers: must not be negative")
+            cfg.workers = args.workers
+        report = build(cfg)
+    except (PrepError, ConfigError, ManifestError) as exc:
+        print(f"data_prep: error: {exc}", file=sys.stderr)
+        return 2
+    print(summarize(report.manifest))
+    print(f"manifest: {cfg.output_dir}/manifest.json")
+    return 0

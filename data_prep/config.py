@@ -1,0 +1,206 @@
+"""The data_prep config tree (``prep.yaml``), validated before any work starts."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.readers import READERS
+from data_prep.symmetrize import SYMMETRIZERS
+from data_prep.typed_config import ConfigError, from_dict, load_yaml, to_dict
+
+
+@dataclass
+class TokenizerTraining:
+    vocab_size: int = 8000
+    """Size of the trained SentencePiece-style unigram vocabulary, special tokens included."""
+    max_sentences_per_pair: int = 1_000_000
+    """Training text cap: a random sample of at most this many train pairs per language pair."""
+
+    def __post_init__(self):
+        if self.vocab_size < 64:
+            raise ConfigError("vocab_size: must be at least 64")
+        if self.max_sentences_per_pair < 1:
+            raise ConfigError("max_sentences_per_pair: must be positive")
+
+
+@dataclass
+class TokenizerConfig:
+    """Exactly one of ``train`` (a new tokenizer on the corpus) or ``path`` (a local HF tokenizer)."""
+    train: TokenizerTraining | None = None
+    path: str | None = None
+
+    def __post_init__(self):
+        if (self.train is None) == (self.path is None):
+            raise ConfigError("train/path: give exactly one of 'train' (a new tokenizer) or 'path' (an existing one)")
+        if self.path is not None and not Path(self.path).is_dir():
+            raise ConfigError(f"path: tokenizer directory not found: {self.path}")
+
+
+@dataclass
+class AlignerConfig:
+    method: str = "eflomal"
+    """Only eflomal is supported: a Bayesian HMM+fertility aligner, fast and accurate."""
+    symmetrize: str = "grow-diag-final-and"
+    """How forward and reverse links are combined: intersection, union or grow-diag-final-and."""
+    model: int = 3
+    """eflomal model: 1 = IBM1, 2 = +HMM, 3 = +fertility."""
+    samplers: int = 3
+    """Independent Gibbs samplers whose counts eflomal averages (more = steadier, slower)."""
+
+    def __post_init__(self):
+        if self.method != "eflomal":
+            raise ConfigError(f"method: unknown aligner {self.method!r} (supported: eflomal)")
+        if self.symmetrize not in SYMMETRIZERS:
+            raise ConfigError(f"symmetrize: unknown heuristic {self.symmetrize!r} "
+                              f"(known: {', '.join(SYMMETRIZERS)})")
+        if self.model not in (1, 2, 3):
+            raise ConfigError("model: must be 1, 2 or 3")
+        if self.samplers < 1:
+            raise ConfigError("samplers: must be positive")
+
+
+@dataclass
+class CleaningConfig:
+    normalization: str = "NFKC"
+    """Unicode normal form applied to both sides before anything else."""
+    min_words: int = 1
+    max_words: int = 200
+    """Per-side length bounds in words (characters for scripts written without spaces)."""
+    max_length_ratio: float = 9.0
+    """Longer side / shorter side in words; 9 is the Moses clean-corpus default."""
+    drop_identical: bool = True
+    """Drop pairs whose two sides are the same string (usually untranslated copies)."""
+    dedup: bool = True
+    """Drop exact duplicate pairs; keeps 8 bytes of hash per unique pair in memory."""
+
+    def __post_init__(self):
+        if self.normalization not in ("NFC", "NFKC", "NFD", "NFKD"):
+            raise ConfigError("normalization: must be one of NFC, NFKC, NFD, NFKD")
+        if not 1 <= self.min_words <= self.max_words:
+            raise ConfigError("min_words: must be at least 1 and at most max_words")
+        if self.max_length_ratio < 1:
+            raise ConfigError("max_length_ratio: must be at least 1")
+
+
+@dataclass
+class SplitConfig:
+    """Held-out pairs per language pair, drawn at random; everything else is train."""
+    dev: int = 500
+    test: int = 500
+    seed: int = 1234
+
+    def __post_init__(self):
+        if self.dev < 0 or self.test < 0:
+            raise ConfigError("dev/test: sizes must not be negative")
+
+
+@dataclass
+class ShardConfig:
+    max_samples: int = 10_000
+    max_bytes: int = 256 * 1024 * 1024
+    """A shard is closed before it would pass either bound."""
+
+    def __post_init__(self):
+        if self.max_samples < 1 or self.max_bytes < 4096:
+            raise ConfigError("max_samples/max_bytes: must be at least 1 sample and 4096 bytes")
+
+
+@dataclass
+class PairConfig:
+    src_lang: str
+    tgt_lang: str
+    format: str
+    """One of the input formats in data_prep.readers: moses, tsv, tmx, po, mo."""
+    src: str | None = None
+    tgt: str | None = None
+    """moses: the two line-aligned files."""
+    path: str | list[str] | None = None
+    """tsv, tmx, po, mo: one file or a list of files."""
+    msgid_side: str = "tgt"
+    """po/mo: which side of the pair the msgid (the catalog's source text) is."""
+
+    def __post_init__(self):
+        for key in ("src_lang", "tgt_lang"):
+            lang = getattr(self, key)
+            if not lang or not lang.replace("_", "").replace("-", "").isalnum():
+                raise ConfigError(f"{key}: not a language code: {lang!r}")
+        if self.src_lang == self.tgt_lang:
+            raise ConfigError("tgt_lang: must differ from src_lang")
+        if self.format not in READERS:
+            raise ConfigError(f"format: unknown input format {self.format!r} (known: {', '.join(READERS)})")
+        if self.msgid_side not in ("src", "tgt"):
+            raise ConfigError("msgid_side: must be 'src' or 'tgt'")
+        if self.format == "moses":
+            if self.src is None or self.tgt is None or self.path is not None:
+                raise ConfigError("src: format 'moses' takes 'src' and 'tgt' files (and no 'path')")
+            files = {"src": [self.src], "tgt": [self.tgt]}
+        else:
+            if self.path is None or self.src is not None or self.tgt is not None:
+                raise ConfigError(f"path: format {self.format!r} takes 'path' (a file or a list of files)")
+            if isinstance(self.path, str):
+                self.path = [self.path]
+            if not self.path:
+                raise ConfigError("path: the list of files is empty")
+            files = {"path": self.path}
+        for key, paths in files.items():
+            for p in paths:
+                if not Path(p).is_file():
+                    raise ConfigError(f"{key}: file not found: {p}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.src_lang}-{self.tgt_lang}"
+
+    @property
+    def files(self) -> list[str]:
+        return [self.src, self.tgt] if self.format == "moses" else list(self.path)
+
+
+@dataclass
+class PrepConfig:
+    output_dir: str
+    pairs: list[PairConfig]
+    tokenizer: TokenizerConfig
+    aligner: AlignerConfig = field(default_factory=AlignerConfig)
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    chunk_size: int = 50_000
+    """Clean pairs per work unit: the unit of alignment, parallelism, resume and memory."""
+    workers: int = 0
+    """Worker processes; 0 means one per CPU core."""
+
+    def __post_init__(self):
+        if not self.pairs:
+            raise ConfigError("pairs: at least one language pair is needed")
+        keys = [p.key for p in self.pairs]
+        for i, k in enumerate(keys):
+            if k in keys[:i]:
+                raise ConfigError(f"pairs[{i}]: language pair {k} is listed twice")
+        if self.chunk_size < 1:
+            raise ConfigError("chunk_size: must be positive")
+        if self.workers < 0:
+            raise ConfigError("workers: must not be negative")
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the output; ``workers`` only decides speed."""
+        content = to_dict(self)
+        content.pop("workers")
+        # Input files are identified by path, size and modification time, so an edited corpus rebuilds.
+        content["inputs"] = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for p in self.pairs for f in p.files]
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def load_config(path: str | Path) -> PrepConfig:
+    return load_yaml(PrepConfig, path)
+
+
+def config_from_dict(data: dict, where: str = "config") -> PrepConfig:
+    return from_dict(PrepConfig, data, where)

@@ -1,0 +1,91 @@
+"""The dataset directory's ``manifest.json``: what was built, from what, and where every shard is.
+
+Layout (one key per language pair, ``<src>-<tgt>``)::
+
+    {"format": "weam-ds-dataset", "format_version": 1, "data_prep_version": "...",
+     "complete": true, "config_sha256": "...",
+     "tokenizer": {"path": "tokenizer", "source": "trained" | "<dir>", "sha256": "...", "vocab_size": N},
+     "aligner": {...}, "cleaning": {...}, "splits_config": {...},
+     "pairs": {"de-en": {"src_lang": "de", "tgt_lang": "en", "input_records": N, "clean_pairs": N,
+                         "dropped": {"<reason>": N},
+                         "splits": {"train": {"samples", "src_tokens", "tgt_tokens", "links"}, "dev": ..., "test": ...},
+                         "shards": [{"path", "split", "chunk", "samples", "bytes", "sha256",
+                                     "src_tokens", "tgt_tokens", "links"}],
+                         "chunks": N, "chunks_done": [0, 1, ...]}}}
+
+A shard is listed only after its file is complete, and ``complete`` is true only when every chunk of
+every pair is done. The file is replaced atomically, so a reader never sees half of it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+FORMAT = "weam-ds-dataset"
+FORMAT_VERSION = 1
+SPLITS = ("train", "dev", "test")
+SHARD_FIELDS = ("path", "split", "chunk", "samples", "bytes", "sha256", "src_tokens", "tgt_tokens", "links")
+COUNT_FIELDS = ("samples", "src_tokens", "tgt_tokens", "links")
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, unreadable or not of the expected format; the message names the file."""
+
+
+def manifest_path(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / "manifest.json"
+
+
+def write_manifest(dataset_dir: str | Path, manifest: dict) -> None:
+    path = manifest_path(dataset_dir)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def split_totals(shards: list[dict]) -> dict[str, dict[str, int]]:
+    """Per-split sums of the shards' counts."""
+    totals = {s: dict.fromkeys(COUNT_FIELDS, 0) for s in SPLITS}
+    for shard in shards:
+        for f in COUNT_FIELDS:
+            totals[shard["split"]][f] += shard[f]
+    return totals
+
+
+def read_manifest(dataset_dir: str | Path, require_complete: bool = True) -> dict:
+    """Load and check a dataset directory's manifest."""
+    path = manifest_path(dataset_dir)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest (is this a data_prep output directory?)") from None
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ManifestError(f"{path}: not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ManifestError(f"{path}: format_version {manifest.get('format_version')}, expected {FORMAT_VERSION}")
+    if require_complete and not manifest.get("complete"):
+        raise ManifestError(f"{path}: the dataset is incomplete (re-run data_prep to finish it)")
+    for key in ("tokenizer", "aligner", "pairs"):
+        if not isinstance(manifest.get(key), dict):
+            raise ManifestError(f"{path}: missing '{key}'")
+    for pair, entry in manifest["pairs"].items():
+        for i, shard in enumerate(entry.get("shards", [])):
+            missing = [f for f in SHARD_FIELDS if f not in shard]
+            if missing:
+                raise ManifestError(f"{path}: pairs.{pair}.shards[{i}]: missing {', '.join(missing)}")
+            if Path(shard["path"]).is_absolute() or ".." in Path(shard["path"]).parts:
+                raise ManifestError(f"{path}: pairs.{pair}.shards[{i}].path must be relative and inside the directory")
+            if shard["split"] not in SPLITS:
+                raise ManifestError(f"{path}: pairs.{pair}.shards[{i}].split: unknown split {shard['split']!r}")
+    return manifest
+
+
+def shard_paths(manifest: dict, dataset_dir: str | Path, pair: str, split: str) -> list[Path]:
+    """Absolute paths of one pair's shards of one split, in manifest order."""
+    if pair not in manifest["pairs"]:
+        raise ManifestError(f"{manifest_path(dataset_dir)}: no language pair {pair!r} "
+                            f"(has: {', '.join(manifest['pairs'])})")
+    return [Path(dataset_dir) / s["path"] for s in manifest["pairs"][pair]["shards"] if s["split"] == split]

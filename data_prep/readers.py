@@ -1,0 +1,164 @@
+"""Input formats: each reader streams one language pair's raw (src, tgt) text.
+
+A reader yields ``(src, tgt)`` tuples, or a string naming why an input record was dropped (for example
+``"malformed"``) so that cleaning can count it. Readers stream: memory does not grow with the file,
+except for gettext catalogs, which polib reads whole (catalogs are small).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import polib
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, iterparse
+
+from data_prep import PrepError
+
+if TYPE_CHECKING:
+    from data_prep.config import PairConfig
+
+Record = tuple[str, str] | str
+Reader = Callable[["PairConfig"], Iterator[Record]]
+READERS: dict[str, Reader] = {}
+
+
+def reader(name: str):
+    def register(fn: Reader) -> Reader:
+        READERS[name] = fn
+        return fn
+    return register
+
+
+def read_pairs(pair: PairConfig) -> Iterator[Record]:
+    return READERS[pair.format](pair)
+
+
+def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """Lines split on '\\n' only (a lone '\\r' inside a line is text, as in `wc -l`), strictly UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise PrepError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+                yield lineno, line.rstrip("\n").rstrip("\r")
+    except OSError as exc:
+        raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def count_lines(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            n, last = 0, b"\n"
+            for block in iter(lambda: f.read(1 << 20), b""):
+                n += block.count(b"\n")
+                last = block[-1:]
+            return n + (last != b"\n")
+    except OSError as exc:
+        raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+@reader("moses")
+def read_moses(pair: PairConfig) -> Iterator[Record]:
+    """Two files, line i of one translating line i of the other."""
+    n_src, n_tgt = count_lines(pair.src), count_lines(pair.tgt)
+    if n_src != n_tgt:
+        raise PrepError(f"{pair.key}: line counts differ: {pair.src} has {n_src} lines, {pair.tgt} has {n_tgt}")
+    for (_, src), (_, tgt) in zip(_lines(pair.src), _lines(pair.tgt)):
+        yield src, tgt
+
+
+@reader("tsv")
+def read_tsv(pair: PairConfig) -> Iterator[Record]:
+    """One pair per line: src<TAB>tgt. Lines with another number of fields are dropped as malformed."""
+    for path in pair.path:
+        for _, line in _lines(path):
+            fields = line.split("\t")
+            yield (fields[0], fields[1]) if len(fields) == 2 else "malformed"
+
+
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+# TMX inline elements that carry native markup codes rather than translatable text.
+_TMX_CODE_TAGS = {"bpt", "ept", "it", "ph", "ut"}
+
+
+def _same_language(tag: str, lang: str) -> bool:
+    """TMX uses RFC 3066 tags (pt-BR); a pair names a language (pt): compare primary subtags."""
+    return tag.replace("_", "-").split("-")[0].lower() == lang.replace("_", "-").split("-")[0].lower()
+
+
+def _segment_text(seg) -> str:
+    parts = [seg.text or ""]
+    for child in seg:
+        if child.tag not in _TMX_CODE_TAGS:
+            parts.append(_segment_text(child))
+        parts.append(child.tail or "")
+    return "".join(parts)
+
+
+@reader("tmx")
+def read_tmx(pair: PairConfig) -> Iterator[Record]:
+    """TMX translation memories, parsed incrementally with entity expansion refused (defusedxml)."""
+    for path in pair.path:
+        try:
+            events = iterparse(path, events=("start", "end"))
+            body = None
+            for event, elem in events:
+                if event == "start":
+                    if elem.tag == "body":
+                        body = elem
+                    continue
+                if elem.tag != "tu":
+                    continue
+                segs = {}
+                for tuv in elem.iter("tuv"):
+                    lang = tuv.get(_XML_LANG) or tuv.get("lang") or ""
+                    seg = tuv.find("seg")
+                    for side, want in (("src", pair.src_lang), ("tgt", pair.tgt_lang)):
+                        if seg is not None and _same_language(lang, want) and side not in segs:
+                            segs[side] = _segment_text(seg)
+                yield (segs["src"], segs["tgt"]) if len(segs) == 2 else "missing_language"
+                if body is not None:
+                    body.clear()  # processed units are dropped, so memory stays flat
+        except ParseError as exc:
+            raise PrepError(f"{path}: not valid TMX ({exc})") from None
+        except DefusedXmlException as exc:
+            raise PrepError(f"{path}: refused unsafe XML ({exc})") from None
+        except OSError as exc:
+            raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _catalog_pairs(pair: PairConfig, load) -> Iterator[Record]:
+    for path in pair.path:
+        try:
+            catalog = load(path)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise PrepError(f"{path}: cannot read gettext catalog ({str(exc).splitlines()[0]})") from None
+        for entry in catalog:
+            if entry.obsolete or not entry.msgid:
+                continue
+            if entry.fuzzy:
+                yield "fuzzy"
+                continue
+            # For plural entries the first form pairs with the singular msgid.
+            translation = entry.msgstr_plural.get(0, "") if entry.msgid_plural else entry.msgstr
+            if not translation:
+                yield "untranslated"
+            elif pair.msgid_side == "tgt":
+                yield translation, entry.msgid
+            else:
+                yield entry.msgid, translation
+
+
+@reader("po")
+def read_po(pair: PairConfig) -> Iterator[Record]:
+    """gettext source catalogs: msgid → msgstr; fuzzy and untranslated entries are counted and dropped."""
+    return _catalog_pairs(pair, polib.pofile)
+
+
+@reader("mo")
+def read_mo(pair: PairConfig) -> Iterator[Record]:
+    """Compiled gettext catalogs (the same pairs as the .po they were built from)."""
+    return _catalog_pairs(pair, polib.mofile)

@@ -1,0 +1,51 @@
+"""weam-ds: a DeepSpeed scaling harness for WEAM pre-training (arXiv 2106.01732)."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("data_prep/__init__.py").read_text()).group(1)
+
+# Ranges are the ones this project is tested with; the upper bounds stop an untested major release.
+# NVIDIA apex is optional and deliberately absent: the PyPI package called `apex` is an unrelated project.
+# torch is listed without an index: install the build for your hardware first (the Makefile does).
+INSTALL_REQUIRES = [
+    "torch>=2.4,<2.15",
+    "deepspeed>=0.16,<0.20",
+    "transformers>=4.46,<6",
+    "tokenizers>=0.20,<0.24",
+    "webdataset>=0.2.100,<1.1",
+    "tensorboard>=2.15,<3",
+    "pyyaml>=6.0,<7",
+    "eflomal>=2.0,<3",
+    "tqdm>=4.66,<5",
+    "numpy>=1.26,<3",
+    "regex>=2023.0",
+    "polib>=1.2,<2",
+    "defusedxml>=0.7,<1",
+]
+
+EXTRAS = {
+    # Real human translations for the demo corpus: the gettext catalogs these packages ship.
+    "demo": ["django>=4.2,<6", "sphinx>=7,<10"],
+    "test": ["pytest>=8,<10"],
+}
+
+setup(
+    name="weam-ds",
+    version=VERSION,
+    description=__doc__,
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["data_prep*", "weam_ds*", "launcher*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "weam-data-prep=data_prep.cli:main",
+            "weam-ds=weam_ds.cli:main",
+            "weam-launch=launcher.cli:main",
+        ]
+    },
+)
