@@ -139,7 +139,7 @@ def _catalog_pairs(pair: PairConfig, load) -> Iterator[Record]:
         for entry in catalog:
             if entry.obsolete or not entry.msgid:
                 continue
-            if entry.fuzzy:
+            if "fuzzy" in getattr(entry, "flags", ()):  # compiled .mo catalogs hold no fuzzy entries
                 yield "fuzzy"
                 continue
             # For plural entries the first form pairs with the singular msgid.

@@ -1,0 +1,41 @@
+"""DeepSpeed hostfiles: one ``<host> slots=<gpus>`` line per node, ``#`` comments allowed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import regex
+
+
+class HostfileError(ValueError):
+    """A hostfile line is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    slots: int
+
+
+_LINE = regex.compile(r"(?P<name>[^\s#=]+)\s+slots\s*=\s*(?P<slots>\d+)")
+
+
+def read_hostfile(path: str | Path) -> list[Host]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HostfileError(f"{path}: cannot read hostfile ({exc})") from None
+    hosts: list[Host] = []
+    for lineno, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = _LINE.fullmatch(line)
+        if not m or int(m["slots"]) < 1:
+            raise HostfileError(f"{path}:{lineno}: expected '<host> slots=<n>' with n >= 1, got {line!r}")
+        if any(h.name == m["name"] for h in hosts):
+            raise HostfileError(f"{path}:{lineno}: host {m['name']} is listed twice")
+        hosts.append(Host(m["name"], int(m["slots"])))
+    if not hosts:
+        raise HostfileError(f"{path}: no hosts")
+    return hosts

@@ -1,0 +1,79 @@
+"""Shared fixtures: real parallel text from the demo corpus, written in each input format, and one
+small dataset built by data_prep that several tests inspect."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import pytest
+
+from data_prep.build import build
+from data_prep.cleaning import Cleaner
+from data_prep.config import CleaningConfig, PairConfig, config_from_dict
+from data_prep.demo_corpus import catalogs
+from data_prep.readers import read_pairs
+
+
+def catalog_pairs(lang: str, n: int) -> list[tuple[str, str]]:
+    """The first ``n`` clean (lang, en) pairs of the demo catalogs: real human translations."""
+    pair = PairConfig(src_lang=lang, tgt_lang="en", format="po", path=catalogs(lang))
+    return list(itertools.islice(Cleaner(CleaningConfig()).clean(read_pairs(pair)), n))
+
+
+def write_moses(directory: Path, name: str, pairs: list[tuple[str, str]]) -> tuple[Path, Path]:
+    src, tgt = directory / f"{name}.src", directory / f"{name}.tgt"
+    src.write_text("".join(f"{s}\n" for s, _ in pairs), encoding="utf-8")
+    tgt.write_text("".join(f"{t}\n" for _, t in pairs), encoding="utf-8")
+    return src, tgt
+
+
+def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
+    return path
+
+
+def write_tmx(path: Path, pairs: list[tuple[str, str]], src_lang: str, tgt_lang: str) -> Path:
+    units = "".join(
+        f'<tu><tuv xml:lang="{src_lang}"><seg>{escape(s)}</seg></tuv>'
+        f'<tuv xml:lang="{tgt_lang}-US"><seg>{escape(t)}</seg></tuv></tu>\n' for s, t in pairs)
+    path.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<tmx version="1.4"><header srclang="{src_lang}"/>'
+                    f"<body>\n{units}</body></tmx>\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fr_pairs() -> list[tuple[str, str]]:
+    return catalog_pairs("fr", 600)
+
+
+@pytest.fixture(scope="session")
+def ja_pairs() -> list[tuple[str, str]]:
+    return catalog_pairs("ja", 600)
+
+
+def small_config(tmp: Path, ja_pairs, **overrides) -> dict:
+    """Two pairs in two formats: fr-en from the real .po catalogs, ja-en from Moses files."""
+    src, tgt = write_moses(tmp, "ja-en", ja_pairs)
+    cfg = {
+        "output_dir": str(tmp / "dataset"),
+        "tokenizer": {"train": {"vocab_size": 1000}},
+        "aligner": {"method": "eflomal", "symmetrize": "grow-diag-final-and"},
+        "splits": {"dev": 40, "test": 60},
+        "shards": {"max_samples": 150, "max_bytes": 1 << 20},
+        "chunk_size": 400,
+        "workers": 2,
+        "pairs": [{"src_lang": "fr", "tgt_lang": "en", "format": "po", "path": catalogs("fr")},
+                  {"src_lang": "ja", "tgt_lang": "en", "format": "moses", "src": str(src), "tgt": str(tgt)}],
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, ja_pairs):
+    """A dataset built once for the session; tests must not modify it."""
+    tmp = tmp_path_factory.mktemp("small")
+    cfg = config_from_dict(small_config(tmp, ja_pairs))
+    report = build(cfg)
+    return Path(cfg.output_dir), cfg, report

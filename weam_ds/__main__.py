@@ -1,0 +1,5 @@
+import sys
+
+from weam_ds.cli import main
+
+sys.exit(main())
