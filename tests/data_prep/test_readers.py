@@ -62,6 +62,6 @@ def test_po_and_compiled_mo_give_the_same_pairs(tmp_path):
 
 def test_broken_catalog_is_named(tmp_path):
     path = tmp_path / "broken.po"
-    path.write_text('msgid "a"\nmsgstr "b\n', encoding="utf-8")
+    path.write_text('msgid "a"\nmsgstrx "b"\n', encoding="utf-8")
     with pytest.raises(PrepError, match="broken.po: cannot read gettext catalog"):
         list(read_pairs(PairConfig("de", "en", "po", path=str(path))))

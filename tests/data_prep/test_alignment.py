@@ -1,0 +1,64 @@
+"""Symmetrisation, eflomal alignment, and projection of word links onto subword positions."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from data_prep.alignment import align_words, project_links, word_token_ranges
+from data_prep.config import AlignerConfig
+from data_prep.symmetrize import grow_diag_final_and, intersection, union
+from data_prep.tokenizer import load_fast_tokenizer
+from data_prep.words import split_words, word_spans
+
+
+def test_grow_diag_final_and_by_hand():
+    # Growth into a diagonal neighbour that covers an unaligned source word.
+    assert grow_diag_final_and({(0, 0), (1, 1)}, {(0, 0)}) == {(0, 0), (1, 1)}
+    # No growth where both words are already aligned.
+    assert grow_diag_final_and({(0, 0), (1, 1), (0, 1)}, {(0, 0), (1, 1)}) == {(0, 0), (1, 1)}
+    # (2, 2) is not next to the intersection: final-and adds it (both words unaligned);
+    # then (2, 0) is refused because source word 2 is aligned by now.
+    fwd, rev = {(0, 0), (2, 2)}, {(0, 0), (2, 0)}
+    assert grow_diag_final_and(fwd, rev) == {(0, 0), (2, 2)}
+    assert intersection(fwd, rev) == {(0, 0)} and union(fwd, rev) == {(0, 0), (2, 2), (2, 0)}
+
+
+def test_grow_diag_final_and_lies_between_intersection_and_union():
+    rng = random.Random(0)
+    for _ in range(200):
+        fwd = {(rng.randrange(8), rng.randrange(8)) for _ in range(rng.randrange(12))}
+        rev = {(rng.randrange(8), rng.randrange(8)) for _ in range(rng.randrange(12))}
+        assert fwd & rev <= grow_diag_final_and(fwd, rev) <= fwd | rev
+
+
+def test_eflomal_recovers_a_known_alignment(tmp_path, fr_pairs):
+    # Real English sentences against a "translation" with a fixed lexicon and reversed word order:
+    # the true alignment is i <-> n-1-i, which checks both directions' orientation end to end.
+    src = [split_words(en) for _, en in fr_pairs]
+    tgt = [[w[::-1] + "x" for w in reversed(words)] for words in src]
+    links = align_words(src, tgt, AlignerConfig(symmetrize="intersection"), tmp_path)
+    gold = [{(i, len(words) - 1 - i) for i in range(len(words))} for words in src]
+    hits = sum(len(l & g) for l, g in zip(links, gold))
+    precision = hits / sum(map(len, links))
+    recall = hits / sum(map(len, gold))
+    assert precision > 0.9 and recall > 0.8, (precision, recall)
+
+
+def test_word_token_ranges_cover_exactly_the_overlapping_tokens(small_dataset, fr_pairs, ja_pairs):
+    dataset, _, _ = small_dataset
+    tok = load_fast_tokenizer(dataset / "tokenizer")
+    for text in [t for pair in fr_pairs[:100] + ja_pairs[:100] for t in pair]:
+        spans = np.asarray(word_spans(text)).reshape(-1, 2)
+        offsets = np.asarray(tok.encode(text).offsets).reshape(-1, 2)
+        lo, hi = word_token_ranges(spans, offsets)
+        for w, (a, b) in enumerate(spans):
+            overlapping = [t for t, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
+            assert list(range(lo[w], hi[w])) == overlapping, (text, w)
+
+
+def test_projection_links_every_subword_pair():
+    src_ranges = (np.array([1, 2]), np.array([2, 4]))  # word 0 → token 1, word 1 → tokens 2-3
+    tgt_ranges = (np.array([1, 3]), np.array([3, 3]))  # word 0 → tokens 1-2, word 1 → none
+    assert project_links({(1, 0)}, src_ranges, tgt_ranges).tolist() == [[2, 1], [2, 2], [3, 1], [3, 2]]
+    assert project_links({(0, 1)}, src_ranges, tgt_ranges).shape == (0, 2)
