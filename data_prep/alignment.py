@@ -57,10 +57,8 @@ def project_links(links: Links, src_ranges: tuple[np.ndarray, np.ndarray],
                   tgt_ranges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Word links → unique, sorted (src token, tgt token) links: every subword of one aligned word
     links to every subword of the other."""
-    pairs = [(s, t)
-             for i, j in links
-             for s in range(src_ranges[0][i], src_ranges[1][i])
-             for t in range(tgt_ranges[0][j], tgt_ranges[1][j])]
-    if not pairs:
-        return np.zeros((0, 2), dtype=np.int32)
-    return np.unique(np.asarray(pairs, dtype=np.int32), axis=0)
+    pairs = sorted({(s, t)
+                    for i, j in links
+                    for s in range(src_ranges[0][i], src_ranges[1][i])
+                    for t in range(tgt_ranges[0][j], tgt_ranges[1][j])})
+    return np.asarray(pairs, dtype=np.int32).reshape(-1, 2)

@@ -234,7 +234,7 @@ def _run_parallel(fn: Callable, calls: list[tuple], workers: int, desc: str) -> 
             return
         # spawn, not fork: the parent has already started the tokenizer's thread pool.
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(max(1, (os.cpu_count() or 1) // workers), logging.getLogger().level)) as pool:
+                                 initargs=(os.cpu_count() or 1, logging.getLogger().level)) as pool:
             futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
             try:
                 for future in as_completed(futures):
