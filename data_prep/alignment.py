@@ -50,15 +50,56 @@ def word_token_ranges(word_spans: np.ndarray, token_offsets: np.ndarray) -> tupl
     first = np.minimum.accumulate(first[::-1])[::-1]
     last = np.maximum.accumulate(last)
     words = np.arange(len(word_spans))
-    return np.searchsorted(last, words, side="left"), np.searchsorted(first, words, side="right")
+    lo = np.searchsorted(last, words, side="left")
+    return lo, np.maximum(np.searchsorted(first, words, side="right"), lo)  # no token: lo == hi
 
 
-def project_links(links: Links, src_ranges: tuple[np.ndarray, np.ndarray],
-                  tgt_ranges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Word links → unique, sorted (src token, tgt token) links: every subword of one aligned word
-    links to every subword of the other."""
-    pairs = sorted({(s, t)
-                    for i, j in links
-                    for s in range(src_ranges[0][i], src_ranges[1][i])
-                    for t in range(tgt_ranges[0][j], tgt_ranges[1][j])})
-    return np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
+def _flatten(spans: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sentence (start, end) lists → one [N, 2] array of chunk-global character positions
+    (sentence k's characters shifted by k * 2**32, so the whole chunk is one ordered sequence), and
+    each sentence's first row."""
+    lengths = np.fromiter(map(len, spans), dtype=np.int64, count=len(spans))
+    flat = np.fromiter((x for sent in spans for span in sent for x in span), dtype=np.int64,
+                       count=2 * int(lengths.sum())).reshape(-1, 2)
+    base = np.concatenate([[0], np.cumsum(lengths)])
+    flat += (np.repeat(np.arange(len(spans), dtype=np.int64), lengths) << 32)[:, None]
+    return flat, base
+
+
+def project_links(word_links: list[Links], src_words: list[list[tuple[int, int]]],
+                  src_tokens: list[list[tuple[int, int]]], tgt_words: list[list[tuple[int, int]]],
+                  tgt_tokens: list[list[tuple[int, int]]]) -> list[np.ndarray]:
+    """Word links → per sentence, the unique sorted [K, 2] (src token, tgt token) links: every subword
+    of one aligned word links to every subword of the other.
+
+    Inputs are per sentence: word links, and word spans and token offsets in characters. The whole
+    chunk is projected at once with array operations (a loop over sentences cost more than eflomal).
+    """
+    n = len(word_links)
+    ranges, token_base, word_base = [], [], []
+    for words, tokens in ((src_words, src_tokens), (tgt_words, tgt_tokens)):
+        spans, w_base = _flatten(words)
+        offsets, t_base = _flatten(tokens)
+        ranges.append(word_token_ranges(spans, offsets))
+        token_base.append(t_base)
+        word_base.append(w_base)
+    counts = np.fromiter(map(len, word_links), dtype=np.int64, count=n)
+    flat = np.fromiter((x for links in word_links for link in links for x in link), dtype=np.int64,
+                       count=2 * int(counts.sum())).reshape(-1, 2)
+    sent = np.repeat(np.arange(n), counts)
+    (s_lo, s_hi), (t_lo, t_hi) = ranges
+    s_lo, s_hi = s_lo[word_base[0][sent] + flat[:, 0]], s_hi[word_base[0][sent] + flat[:, 0]]
+    t_lo, t_hi = t_lo[word_base[1][sent] + flat[:, 1]], t_hi[word_base[1][sent] + flat[:, 1]]
+    # Expand each word link into the product of its two token ranges.
+    n_t = t_hi - t_lo
+    size = (s_hi - s_lo) * n_t
+    link = np.repeat(np.arange(len(size)), size)
+    r = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+    n_t = np.maximum(n_t[link], 1)
+    sent = sent[link]
+    s = s_lo[link] + r // n_t - token_base[0][sent]
+    t = t_lo[link] + r % n_t - token_base[1][sent]
+    # One sort makes them unique and ordered within each sentence.
+    key = np.unique((sent << 40) | (s << 20) | t)
+    pairs = np.stack([(key >> 20) & 0xFFFFF, key & 0xFFFFF], axis=1).astype(np.int32)
+    return np.split(pairs, np.searchsorted(key >> 40, np.arange(1, n)))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.alignment import align_words, project_links, word_token_ranges
+from data_prep.alignment import align_words, project_links
 from data_prep.config import AlignerConfig, ShardConfig
 from data_prep.shard_format import encode_sample
 from data_prep.shards import ShardWriter
@@ -85,8 +85,8 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
         clock = now
 
     src_text, tgt_text = read_spool(task.spool)
-    src_spans = [np.asarray(word_spans(s), dtype=np.int64).reshape(-1, 2) for s in src_text]
-    tgt_spans = [np.asarray(word_spans(t), dtype=np.int64).reshape(-1, 2) for t in tgt_text]
+    src_spans = [word_spans(s) for s in src_text]
+    tgt_spans = [word_spans(t) for t in tgt_text]
     src_words = [[s[a:b] for a, b in spans] for s, spans in zip(src_text, src_spans)]
     tgt_words = [[t[a:b] for a, b in spans] for t, spans in zip(tgt_text, tgt_spans)]
     lap("words")
@@ -99,16 +99,15 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     src_enc, tgt_enc = tok.encode_batch(src_text), tok.encode_batch(tgt_text)
     lap("tokenize")
 
+    links = project_links(word_links, src_spans, [e.offsets for e in src_enc],
+                          tgt_spans, [e.offsets for e in tgt_enc])
     samples = []
     for k in range(len(src_text)):
-        src_offsets = np.asarray(src_enc[k].offsets, dtype=np.int64).reshape(-1, 2)
-        tgt_offsets = np.asarray(tgt_enc[k].offsets, dtype=np.int64).reshape(-1, 2)
-        links = project_links(word_links[k], word_token_ranges(src_spans[k], src_offsets),
-                              word_token_ranges(tgt_spans[k], tgt_offsets))
+        src_ids, tgt_ids = np.asarray(src_enc[k].ids), np.asarray(tgt_enc[k].ids)
         files = encode_sample(
-            np.asarray(src_enc[k].ids), np.asarray(tgt_enc[k].ids), links,
+            src_ids, tgt_ids, links[k],
             {"src_lang": task.src_lang, "tgt_lang": task.tgt_lang, "src_text": src_text[k], "tgt_text": tgt_text[k]})
-        samples.append((files, {"src_tokens": len(src_offsets), "tgt_tokens": len(tgt_offsets), "links": len(links)}))
+        samples.append((files, {"src_tokens": len(src_ids), "tgt_tokens": len(tgt_ids), "links": len(links[k])}))
     lap("project")
 
     records = []

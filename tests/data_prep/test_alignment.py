@@ -58,7 +58,32 @@ def test_word_token_ranges_cover_exactly_the_overlapping_tokens(small_dataset, f
 
 
 def test_projection_links_every_subword_pair():
-    src_ranges = (np.array([1, 2]), np.array([2, 4]))  # word 0 → token 1, word 1 → tokens 2-3
-    tgt_ranges = (np.array([1, 3]), np.array([3, 3]))  # word 0 → tokens 1-2, word 1 → none
-    assert project_links({(1, 0)}, src_ranges, tgt_ranges).tolist() == [[2, 1], [2, 2], [3, 1], [3, 2]]
-    assert project_links({(0, 1)}, src_ranges, tgt_ranges).shape == (0, 2)
+    # src "ab cd": <s> ab c d </s>; tgt "xyz w": <s> x yz </s>, where no token covers "w".
+    src_words, src_tokens = [(0, 2), (3, 5)], [(0, 0), (0, 2), (3, 4), (4, 5), (0, 0)]
+    tgt_words, tgt_tokens = [(0, 3), (4, 5)], [(0, 0), (0, 1), (1, 3), (0, 0)]
+    links = project_links([{(1, 0)}, {(0, 1)}, {(0, 0), (1, 0)}], [src_words] * 3, [src_tokens] * 3,
+                          [tgt_words] * 3, [tgt_tokens] * 3)
+    assert links[0].tolist() == [[2, 1], [2, 2], [3, 1], [3, 2]]
+    assert links[1].shape == (0, 2)
+    assert links[2].tolist() == [[1, 1], [1, 2], [2, 1], [2, 2], [3, 1], [3, 2]]
+
+
+def test_chunk_projection_matches_the_definition(small_dataset, fr_pairs, ja_pairs):
+    dataset, _, _ = small_dataset
+    tok = load_fast_tokenizer(dataset / "tokenizer")
+    rng = random.Random(1)
+    pairs = fr_pairs[:150] + ja_pairs[:150]
+    src_words, tgt_words = [word_spans(s) for s, _ in pairs], [word_spans(t) for _, t in pairs]
+    src_tokens = [e.offsets for e in tok.encode_batch([s for s, _ in pairs])]
+    tgt_tokens = [e.offsets for e in tok.encode_batch([t for _, t in pairs])]
+    word_links = [{(rng.randrange(len(sw)), rng.randrange(len(tw))) for _ in range(rng.randrange(6))}
+                  for sw, tw in zip(src_words, tgt_words)]
+    links = project_links(word_links, src_words, src_tokens, tgt_words, tgt_tokens)
+
+    def tokens_of(span, offsets):
+        return [k for k, (s, e) in enumerate(offsets) if e > s and s < span[1] and e > span[0]]
+
+    for k, wl in enumerate(word_links):
+        expected = sorted({(s, t) for i, j in wl for s in tokens_of(src_words[k][i], src_tokens[k])
+                           for t in tokens_of(tgt_words[k][j], tgt_tokens[k])})
+        assert [tuple(x) for x in links[k].tolist()] == expected
