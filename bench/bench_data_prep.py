@@ -84,7 +84,7 @@ def main() -> None:
     for stage, seconds in report.wall.items():
         print(f"  {stage:<12}{seconds:8.1f}")
     print("inside the encode stage (worker seconds, summed over workers):")
-    for step in ("words", "align", "tokenize", "project", "write"):
+    for step in ("words", "align", "symmetrize", "tokenize", "project", "write"):
         print(f"  {step:<12}{report.worker[step]:8.1f}")
     print(f"whole pipeline      {pipeline:8.1f} s  ({n / pipeline:,.0f} pairs/s)")
     print(f"eflomal alone       {baseline:8.1f} s  ({n / baseline:,.0f} pairs/s)")

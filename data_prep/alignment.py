@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import tempfile
+from itertools import chain
 from pathlib import Path
 
 import eflomal
 import numpy as np
 
 from data_prep.config import AlignerConfig
-from data_prep.symmetrize import SYMMETRIZERS, Links
+from data_prep.symmetrize import Links
 
 
 def _read_links(path: Path) -> list[Links]:
@@ -17,8 +18,8 @@ def _read_links(path: Path) -> list[Links]:
 
 
 def align_words(src_words: list[list[str]], tgt_words: list[list[str]], cfg: AlignerConfig,
-                tmp_dir: Path) -> list[Links]:
-    """Symmetrised word links for each sentence pair (eflomal in both directions, then ``cfg.symmetrize``)."""
+                tmp_dir: Path) -> tuple[list[Links], list[Links]]:
+    """Forward and reverse word links for each sentence pair, both as (src word, tgt word)."""
     aligner = eflomal.Aligner(model=cfg.model, n_samplers=cfg.samplers)
     with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
         fwd, rev = Path(tmp) / "fwd", Path(tmp) / "rev"
@@ -28,8 +29,7 @@ def align_words(src_words: list[list[str]], tgt_words: list[list[str]], cfg: Ali
         fwd_links, rev_links = _read_links(fwd), _read_links(rev)
     if len(fwd_links) != len(src_words) or len(rev_links) != len(src_words):
         raise RuntimeError(f"eflomal returned {len(fwd_links)}/{len(rev_links)} alignments for {len(src_words)} pairs")
-    symmetrize = SYMMETRIZERS[cfg.symmetrize]
-    return [symmetrize(f, r) for f, r in zip(fwd_links, rev_links)]
+    return fwd_links, rev_links
 
 
 def word_token_ranges(word_spans: np.ndarray, token_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ def _flatten(spans: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray
     (sentence k's characters shifted by k * 2**32, so the whole chunk is one ordered sequence), and
     each sentence's first row."""
     lengths = np.fromiter(map(len, spans), dtype=np.int64, count=len(spans))
-    flat = np.fromiter((x for sent in spans for span in sent for x in span), dtype=np.int64,
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable(spans)), dtype=np.int64,
                        count=2 * int(lengths.sum())).reshape(-1, 2)
     base = np.concatenate([[0], np.cumsum(lengths)])
     flat += (np.repeat(np.arange(len(spans), dtype=np.int64), lengths) << 32)[:, None]
@@ -84,7 +84,7 @@ def project_links(word_links: list[Links], src_words: list[list[tuple[int, int]]
         token_base.append(t_base)
         word_base.append(w_base)
     counts = np.fromiter(map(len, word_links), dtype=np.int64, count=n)
-    flat = np.fromiter((x for links in word_links for link in links for x in link), dtype=np.int64,
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable(word_links)), dtype=np.int64,
                        count=2 * int(counts.sum())).reshape(-1, 2)
     sent = np.repeat(np.arange(n), counts)
     (s_lo, s_hi), (t_lo, t_hi) = ranges

@@ -14,7 +14,9 @@ import numpy as np
 
 from data_prep.alignment import align_words, project_links
 from data_prep.config import AlignerConfig, ShardConfig
+from data_prep.manifest import SPLITS
 from data_prep.shard_format import encode_sample
+from data_prep.symmetrize import SYMMETRIZERS
 from data_prep.shards import ShardWriter
 from data_prep.tokenizer import load_fast_tokenizer
 from data_prep.words import word_spans
@@ -67,8 +69,9 @@ def read_spool(path: str) -> tuple[list[str], list[str]]:
 
 
 def _splits(task: ChunkTask, n: int) -> np.ndarray:
+    """Each pair's index into SPLITS."""
     index = np.arange(task.first, task.first + n)
-    split = np.zeros(n, dtype=np.int8)  # 0 train, 1 dev, 2 test
+    split = np.zeros(n, dtype=np.int8)
     split[np.isin(index, task.dev)] = 1
     split[np.isin(index, task.test)] = 2
     return split
@@ -92,8 +95,11 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     lap("words")
 
     out = Path(task.out_dir)
-    word_links = align_words(src_words, tgt_words, task.aligner, out / ".work")
+    fwd, rev = align_words(src_words, tgt_words, task.aligner, out / ".work")
     lap("align")
+    symmetrize = SYMMETRIZERS[task.aligner.symmetrize]
+    word_links = [symmetrize(f, r) for f, r in zip(fwd, rev)]
+    lap("symmetrize")
 
     tok = _tokenizer(task.tokenizer_dir)
     src_enc, tgt_enc = tok.encode_batch(src_text), tok.encode_batch(tgt_text)
@@ -101,26 +107,23 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
 
     links = project_links(word_links, src_spans, [e.offsets for e in src_enc],
                           tgt_spans, [e.offsets for e in tgt_enc])
-    samples = []
-    for k in range(len(src_text)):
-        src_ids, tgt_ids = np.asarray(src_enc[k].ids), np.asarray(tgt_enc[k].ids)
-        files = encode_sample(
-            src_ids, tgt_ids, links[k],
-            {"src_lang": task.src_lang, "tgt_lang": task.tgt_lang, "src_text": src_text[k], "tgt_text": tgt_text[k]})
-        samples.append((files, {"src_tokens": len(src_ids), "tgt_tokens": len(tgt_ids), "links": len(links[k])}))
     lap("project")
 
-    records = []
-    split = _splits(task, len(samples))
-    for code, name in enumerate(("train", "dev", "test")):
+    split = _splits(task, len(src_text))
+    writers = {}
+    for name in SPLITS:
         prefix = f"{task.pair}/{name}/{task.pair}-{name}-{task.chunk:05d}"
         # A chunk that was interrupted before may have left shards under its names: start clean.
         for stale in out.glob(f"{prefix}-*.tar*"):
             stale.unlink()
-        writer = ShardWriter(out, prefix, task.shards.max_samples, task.shards.max_bytes)
-        for k in np.flatnonzero(split == code):
-            files, counts = samples[k]
-            writer.write(f"{task.pair}-{task.first + k:09d}", files, counts)
-        records += [{**r, "split": name, "chunk": task.chunk} for r in writer.close()]
+        writers[name] = ShardWriter(out, prefix, task.shards.max_samples, task.shards.max_bytes)
+    for k, code in enumerate(split):
+        src_ids, tgt_ids = np.asarray(src_enc[k].ids), np.asarray(tgt_enc[k].ids)
+        files = encode_sample(
+            src_ids, tgt_ids, links[k],
+            {"src_lang": task.src_lang, "tgt_lang": task.tgt_lang, "src_text": src_text[k], "tgt_text": tgt_text[k]})
+        writers[SPLITS[code]].write(f"{task.pair}-{task.first + k:09d}", files,
+                                    {"src_tokens": len(src_ids), "tgt_tokens": len(tgt_ids), "links": len(links[k])})
+    records = [{**r, "split": name, "chunk": task.chunk} for name, w in writers.items() for r in w.close()]
     lap("write")
     return ChunkResult(task.pair, task.chunk, records, seconds)

@@ -9,28 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from pathlib import Path
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # archives end with two zero blocks, padded to a whole record as tar does
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
-
-
-def _member_size(size: int) -> int:
-    return _BLOCK + -(-size // _BLOCK) * _BLOCK
+# A ustar header is constant but for name, size and checksum: mode 0444, uid/gid 0, mtime 0, regular file.
+_OWNER = b"0000444\0" + b"0000000\0" * 2
+_MTIME = b"00000000000\0"
+_TAIL = b"0" + b"\0" * 100 + b"ustar\0" + b"00" + b"\0" * 64 + b"0000000\0" * 2 + b"\0" * 167
+_CONSTANT_SUM = sum(_OWNER) + sum(_MTIME) + sum(_TAIL) + 8 * ord(" ")  # the checksum field counts as spaces
 
 
 def tar_member(name: str, data: bytes) -> bytes:
-    """One regular-file member: ustar header (mode 0444, uid/gid 0, mtime 0) + data + padding."""
+    """One regular-file member: ustar header + data + padding to a whole block."""
     raw_name = name.encode("utf-8")
     if len(raw_name) > 100:
         raise ValueError(f"tar member name longer than 100 bytes: {name}")
-    fields = [raw_name, b"0000444\0", b"0000000\0", b"0000000\0", b"%011o\0" % len(data), b"00000000000\0",
-              b" " * 8, b"0", b"", b"ustar\0", b"00", b"", b"", b"0000000\0", b"0000000\0", b"", b""]
-    header = bytearray(_HEADER.pack(*fields))
-    header[148:156] = b"%06o\0 " % sum(header)  # checksum over the header with its own field as spaces
-    return bytes(header) + data + b"\0" * (-len(data) % _BLOCK)
+    size = b"%011o\0" % len(data)
+    checksum = b"%06o\0 " % (_CONSTANT_SUM + sum(raw_name) + sum(size))
+    header = raw_name.ljust(100, b"\0") + _OWNER + size + _MTIME + checksum + _TAIL
+    return header + data + b"\0" * (-len(data) % _BLOCK)
 
 
 def file_sha256(path: Path) -> str:
@@ -55,13 +53,12 @@ class ShardWriter:
         self._file = None
 
     def write(self, key: str, files: dict[str, bytes], counts: dict[str, int]) -> None:
-        size = sum(_member_size(len(v)) for v in files.values())
+        data = b"".join(tar_member(f"{key}.{name}", value) for name, value in files.items())
         if self._file is not None and (self._current["samples"] >= self.max_samples
-                                       or self._current["bytes"] + size + _RECORD > self.max_bytes):
+                                       or self._current["bytes"] + len(data) + _RECORD > self.max_bytes):
             self._finish()
         if self._file is None:
             self._open()
-        data = b"".join(tar_member(f"{key}.{name}", value) for name, value in files.items())
         self._file.write(data)
         self._hash.update(data)
         self._current["samples"] += 1

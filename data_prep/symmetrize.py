@@ -26,7 +26,7 @@ def grow_diag_final_and(fwd: Links, rev: Links) -> Links:
     """Start from the intersection, grow into neighbouring union links that cover a still unaligned
     word (grow-diag), then add union links whose both words are unaligned (final-and)."""
     links = fwd & rev
-    candidates = (fwd | rev) - links
+    candidates = (fwd | rev) - links  # empty when both directions agree, as they often do
     if not candidates:
         return links
     src_aligned = {i for i, _ in links}
