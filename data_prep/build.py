@@ -18,6 +18,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -53,15 +54,22 @@ class BuildReport:
 def build(cfg: PrepConfig) -> BuildReport:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    work = out / ".work"
     manifest = _open_manifest(out, cfg)
     report = BuildReport(manifest)
     if manifest["complete"]:
         log.info("%s is complete; nothing to do", out)
         return report
 
+    with _worker_pool(cfg.n_workers) as pool:
+        _run_stages(cfg, manifest, report, pool)
+    return report
+
+
+def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: ProcessPoolExecutor | None) -> None:
+    out = Path(cfg.output_dir)
+    work = out / ".work"
     clock = time.perf_counter()
-    by_index = dict(_run_parallel(_clean_pair, [(p, cfg, work) for p in cfg.pairs], cfg.n_workers, "clean"))
+    by_index = dict(_run_parallel(_clean_pair, [(p, cfg, work) for p in cfg.pairs], pool, "clean"))
     cleaned = [by_index[i] for i in range(len(cfg.pairs))]
     for pair, result in zip(cfg.pairs, cleaned):
         entry = manifest["pairs"].setdefault(pair.key, {"shards": [], "chunks_done": []})
@@ -84,8 +92,8 @@ def build(cfg: PrepConfig) -> BuildReport:
         tasks += [ChunkTask(pair.key, pair.src_lang, pair.tgt_lang, i, chunk["path"], chunk["first"], dev, test,
                             str(out), str(out / "tokenizer"), cfg.aligner, cfg.shards)
                   for i, chunk in enumerate(result["chunks"]) if i not in done]
-    log.info("encoding %d chunks with %d workers", len(tasks), min(cfg.n_workers, max(len(tasks), 1)))
-    for _, result in _run_parallel(process_chunk, [(t,) for t in tasks], cfg.n_workers, "align+encode"):
+    log.info("encoding %d chunks with %d workers", len(tasks), cfg.n_workers if pool else 1)
+    for _, result in _run_parallel(process_chunk, [(t,) for t in tasks], pool, "align+encode"):
         entry = manifest["pairs"][result.pair]
         entry["shards"] = sorted(entry["shards"] + result.shards, key=lambda s: s["path"])
         entry["chunks_done"] = sorted(entry["chunks_done"] + [result.chunk])
@@ -99,7 +107,6 @@ def build(cfg: PrepConfig) -> BuildReport:
     write_manifest(out, manifest)
     shutil.rmtree(work, ignore_errors=True)
     log.info("dataset complete: %s", out / "manifest.json")
-    return report
 
 
 def _open_manifest(out: Path, cfg: PrepConfig) -> dict:
@@ -137,7 +144,7 @@ def _clean_pair(pair: PairConfig, cfg: PrepConfig, work: Path) -> dict:
     records = Counter()
 
     def counted(stream: Iterable) -> Iterator:
-        for record in stream:
+        for record in tqdm(stream, desc=f"read {pair.key}", unit=" records", leave=False, disable=None):
             records["n"] += 1
             yield record
 
@@ -182,6 +189,9 @@ def _prepare_tokenizer(cfg: PrepConfig, manifest: dict, cleaned: list[dict],
     if recorded and tok_dir.is_dir() and tokenizer_sha256(tok_dir) == recorded["sha256"]:
         log.info("tokenizer already in %s", tok_dir)
         return
+    if any(entry.get("chunks_done") for entry in manifest["pairs"].values()):
+        raise PrepError(f"{tok_dir}: changed or missing, but shards were already written with it; "
+                        "restore it or delete the output directory")
     shutil.rmtree(tok_dir, ignore_errors=True)
     if cfg.tokenizer.path:
         log.info("copying tokenizer from %s", cfg.tokenizer.path)
@@ -197,8 +207,8 @@ def _prepare_tokenizer(cfg: PrepConfig, manifest: dict, cleaned: list[dict],
                              "vocab_size": len(vocab)}
 
 
-def _tokenizer_texts(cfg: PrepConfig, cleaned: list[dict], heldout) -> Iterator[str]:
-    """Both sides of a seeded sample of each pair's train pairs (held-out pairs never)."""
+def _tokenizer_texts(cfg: PrepConfig, cleaned: list[dict], heldout) -> Iterator[list[str]]:
+    """Both sides of a seeded sample of each pair's train pairs (held-out pairs never), in batches."""
     cap = cfg.tokenizer.train.max_sentences_per_pair
     for pair, result in zip(cfg.pairs, cleaned):
         n = result["clean_pairs"]
@@ -208,9 +218,8 @@ def _tokenizer_texts(cfg: PrepConfig, cleaned: list[dict], heldout) -> Iterator[
             train = np.sort(rng.choice(train, cap, replace=False))
         for chunk in result["chunks"]:
             src, tgt = read_spool(chunk["path"])
-            for k in train[(train >= chunk["first"]) & (train < chunk["first"] + len(src))] - chunk["first"]:
-                yield src[k]
-                yield tgt[k]
+            picked = train[(train >= chunk["first"]) & (train < chunk["first"] + len(src))] - chunk["first"]
+            yield [src[k] for k in picked] + [tgt[k] for k in picked]
 
 
 def _init_worker(threads: int, log_level: int) -> None:
@@ -220,26 +229,36 @@ def _init_worker(threads: int, log_level: int) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
 
 
-def _run_parallel(fn: Callable, calls: list[tuple], workers: int, desc: str) -> Iterator[tuple[int, Any]]:
-    """Yields ``(i, fn(*calls[i]))`` as calls finish, in worker processes when there is more than one.
+@contextmanager
+def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """One pool for every parallel stage (starting workers costs seconds); None runs in-process."""
+    if workers <= 1:
+        yield None
+        return
+    # spawn, not fork: the parent uses thread pools (tokenizers) that a fork would copy mid-flight.
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(os.cpu_count() or 1, logging.getLogger().level))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
 
-    The first error cancels the calls not yet started and is raised.
-    """
-    workers = min(workers, len(calls))
+
+def _run_parallel(fn: Callable, calls: list[tuple], pool: ProcessPoolExecutor | None,
+                  desc: str) -> Iterator[tuple[int, Any]]:
+    """Yields ``(i, fn(*calls[i]))`` as calls finish; the first error cancels the calls not yet started."""
     with tqdm(total=len(calls), desc=desc, unit="task", disable=None) as bar:
-        if workers <= 1:
+        if pool is None:
             for i, args in enumerate(calls):
                 yield i, fn(*args)
                 bar.update()
             return
-        # spawn, not fork: the parent has already started the tokenizer's thread pool.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(os.cpu_count() or 1, logging.getLogger().level)) as pool:
-            futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
-            try:
-                for future in as_completed(futures):
-                    bar.update()
-                    yield futures[future], future.result()
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+        try:
+            for future in as_completed(futures):
+                bar.update()
+                yield futures[future], future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise

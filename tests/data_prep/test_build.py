@@ -161,3 +161,16 @@ def test_killed_build_resumes_without_redoing_finished_chunks(tmp_path, ja_pairs
         assert (dataset / path).stat().st_mtime_ns == mtime
     listed = {s["path"] for s in entry["shards"]}
     assert {p.relative_to(dataset).as_posix() for p in dataset.rglob("*.tar")} == listed
+
+
+def test_tokenizer_changed_under_written_shards_is_refused(tmp_path, ja_pairs):
+    cfg = small_config(tmp_path, ja_pairs[:300], workers=1)
+    cfg["pairs"] = cfg["pairs"][1:]
+    build(config_from_dict(cfg))
+    dataset = Path(cfg["output_dir"])
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest["complete"] = False  # as if the build had been interrupted after its chunks
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    (dataset / "tokenizer" / "tokenizer.json").write_text("{}")
+    with pytest.raises(PrepError, match="shards were already written with it"):
+        build(config_from_dict(cfg))
