@@ -85,6 +85,7 @@ def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Proc
     report.wall["tokenizer"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
+    cleaned_sizes = {p.key: c["clean_pairs"] for p, c in zip(cfg.pairs, cleaned)}
     tasks = []
     for pair, result in zip(cfg.pairs, cleaned):
         done = set(manifest["pairs"][pair.key]["chunks_done"])
@@ -92,6 +93,9 @@ def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Proc
         tasks += [ChunkTask(pair.key, pair.src_lang, pair.tgt_lang, i, chunk["path"], chunk["first"], dev, test,
                             str(out), str(out / "tokenizer"), cfg.aligner, cfg.shards)
                   for i, chunk in enumerate(result["chunks"]) if i not in done]
+    # Largest chunks first, so that the last task to finish is a short one (the final chunk of a pair
+    # is usually partial).
+    tasks.sort(key=lambda t: -min(cfg.chunk_size, cleaned_sizes[t.pair] - t.first))
     log.info("encoding %d chunks with %d workers", len(tasks), cfg.n_workers if pool else 1)
     for _, result in _run_parallel(process_chunk, [(t,) for t in tasks], pool, "align+encode"):
         entry = manifest["pairs"][result.pair]

@@ -31,26 +31,26 @@ def grow_diag_final_and(fwd: Links, rev: Links) -> Links:
         return links
     src_aligned = {i for i, _ in links}
     tgt_aligned = {j for _, j in links}
-
-    def add(i: int, j: int) -> None:
-        links.add((i, j))
-        candidates.discard((i, j))
-        src_aligned.add(i)
-        tgt_aligned.add(j)
-
-    grew = True
-    while grew and candidates:
-        grew = False
-        for i, j in sorted(links):
+    frontier = sorted(links)
+    while frontier and candidates:
+        grown = []
+        for i, j in frontier:
             for di, dj in _NEIGHBOURS:
                 p = (i + di, j + dj)
                 if p in candidates and (p[0] not in src_aligned or p[1] not in tgt_aligned):
-                    add(*p)
-                    grew = True
+                    candidates.discard(p)
+                    src_aligned.add(p[0])
+                    tgt_aligned.add(p[1])
+                    grown.append(p)
+        links.update(grown)
+        # Only new links can have new neighbours to grow into; old ones were all tried.
+        frontier = grown
     for direction in (fwd, rev):
         for i, j in sorted(direction):
             if i not in src_aligned and j not in tgt_aligned:
-                add(i, j)
+                links.add((i, j))
+                src_aligned.add(i)
+                tgt_aligned.add(j)
     return links
 
 
