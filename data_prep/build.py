@@ -145,11 +145,12 @@ def _clean_pair(pair: PairConfig, cfg: PrepConfig, work: Path) -> dict:
         return json.loads(marker.read_text())
     spool.mkdir(parents=True, exist_ok=True)
     cleaner = Cleaner(cfg.cleaning)
-    records = Counter()
+    n_records = 0
 
     def counted(stream: Iterable) -> Iterator:
+        nonlocal n_records
         for record in tqdm(stream, desc=f"read {pair.key}", unit=" records", leave=False, disable=None):
-            records["n"] += 1
+            n_records += 1
             yield record
 
     chunks, f = [], None
@@ -167,12 +168,12 @@ def _clean_pair(pair: PairConfig, cfg: PrepConfig, work: Path) -> dict:
     if n == 0:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(cleaner.dropped.items())) or "no input records"
         raise PrepError(f"{pair.key}: no sentence pairs left after cleaning ({drops}) in {', '.join(pair.files)}")
-    result = {"input_records": records["n"], "clean_pairs": n, "dropped": dict(sorted(cleaner.dropped.items())),
+    result = {"input_records": n_records, "clean_pairs": n, "dropped": dict(sorted(cleaner.dropped.items())),
               "chunks": chunks}
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, marker)
-    log.info("%s: %d records read, %d clean pairs, dropped %s", pair.key, records["n"], n, result["dropped"])
+    log.info("%s: %d records read, %d clean pairs, dropped %s", pair.key, n_records, n, result["dropped"])
     return result
 
 
@@ -241,7 +242,7 @@ def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         return
     # spawn, not fork: the parent uses thread pools (tokenizers) that a fork would copy mid-flight.
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(os.cpu_count() or 1, logging.getLogger().level))
+                               initargs=(max(1, (os.cpu_count() or 1) // workers), logging.getLogger().level))
     try:
         yield pool
     finally:
