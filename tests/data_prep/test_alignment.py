@@ -39,7 +39,7 @@ def test_eflomal_recovers_a_known_alignment(tmp_path, fr_pairs):
     tgt = [[w[::-1] + "x" for w in reversed(words)] for words in src]
     links = [intersection(f, r) for f, r in zip(*align_words(src, tgt, AlignerConfig(), tmp_path))]
     gold = [{(i, len(words) - 1 - i) for i in range(len(words))} for words in src]
-    hits = sum(len(l & g) for l, g in zip(links, gold))
+    hits = sum(len(found & true) for found, true in zip(links, gold))
     precision = hits / sum(map(len, links))
     recall = hits / sum(map(len, gold))
     assert precision > 0.9 and recall > 0.8, (precision, recall)

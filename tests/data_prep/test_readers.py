@@ -29,7 +29,8 @@ def test_tsv_counts_malformed_lines(tmp_path, fr_pairs):
 def test_tmx_skips_markup_codes_and_units_missing_a_language(tmp_path):
     path = tmp_path / "m.tmx"
     path.write_text('<tmx version="1.4"><header/><body>'
-                    '<tu><tuv xml:lang="de"><seg>Klicke <bpt i="1">&lt;b&gt;</bpt>hier<ept i="1">&lt;/b&gt;</ept></seg></tuv>'
+                    '<tu><tuv xml:lang="de"><seg>Klicke <bpt i="1">&lt;b&gt;</bpt>hier'
+                    '<ept i="1">&lt;/b&gt;</ept></seg></tuv>'
                     '<tuv xml:lang="en-GB"><seg>Click <hi>here</hi></seg></tuv></tu>'
                     '<tu><tuv xml:lang="de"><seg>Nur Deutsch</seg></tuv></tu></body></tmx>', encoding="utf-8")
     assert list(read_pairs(PairConfig("de", "en", "tmx", path=str(path)))) == [
