@@ -180,8 +180,9 @@ class PrepConfig:
         for i, k in enumerate(keys):
             if k in keys[:i]:
                 raise ConfigError(f"pairs[{i}]: language pair {k} is listed twice")
-        if self.chunk_size < 1:
-            raise ConfigError("chunk_size: must be positive")
+        if not 1 <= self.chunk_size <= 1 << 22:
+            # Link projection packs (sentence, src token, tgt token) into one int64 key per link.
+            raise ConfigError("chunk_size: must be between 1 and 4194304")
         if self.workers < 0:
             raise ConfigError("workers: must not be negative")
 
