@@ -34,7 +34,7 @@ def read_pairs(pair: PairConfig) -> Iterator[Record]:
     return READERS[pair.format](pair)
 
 
-def _lines(path: str) -> Iterator[tuple[int, str]]:
+def _lines(path: str) -> Iterator[str]:
     """Lines split on '\\n' only (a lone '\\r' inside a line is text, as in `wc -l`), strictly UTF-8."""
     try:
         with open(path, "rb") as f:
@@ -43,7 +43,7 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                     line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
                     raise PrepError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-                yield lineno, line.rstrip("\n").rstrip("\r")
+                yield line.rstrip("\n").rstrip("\r")
     except OSError as exc:
         raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
 
@@ -66,7 +66,7 @@ def read_moses(pair: PairConfig) -> Iterator[Record]:
     n_src, n_tgt = count_lines(pair.src), count_lines(pair.tgt)
     if n_src != n_tgt:
         raise PrepError(f"{pair.key}: line counts differ: {pair.src} has {n_src} lines, {pair.tgt} has {n_tgt}")
-    for (_, src), (_, tgt) in zip(_lines(pair.src), _lines(pair.tgt)):
+    for src, tgt in zip(_lines(pair.src), _lines(pair.tgt)):
         yield src, tgt
 
 
@@ -74,7 +74,7 @@ def read_moses(pair: PairConfig) -> Iterator[Record]:
 def read_tsv(pair: PairConfig) -> Iterator[Record]:
     """One pair per line: src<TAB>tgt. Lines with another number of fields are dropped as malformed."""
     for path in pair.path:
-        for _, line in _lines(path):
+        for line in _lines(path):
             fields = line.split("\t")
             yield (fields[0], fields[1]) if len(fields) == 2 else "malformed"
 
