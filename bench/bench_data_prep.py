@@ -83,8 +83,8 @@ def main() -> None:
     print("pipeline stages (wall seconds):")
     for stage, seconds in report.wall.items():
         print(f"  {stage:<12}{seconds:8.1f}")
-    print("inside the encode stage (worker seconds, summed over workers):")
-    for step in ("words", "align", "symmetrize", "tokenize", "project", "write"):
+    print("inside align+encode (worker seconds, summed over workers; the tokenizer is made meanwhile):")
+    for step in ("words", "align", "symmetrize", "save", "tokenize", "project", "write"):
         print(f"  {step:<12}{report.worker[step]:8.1f}")
     print(f"whole pipeline      {pipeline:8.1f} s  ({n / pipeline:,.0f} pairs/s)")
     print(f"eflomal alone       {baseline:8.1f} s  ({n / baseline:,.0f} pairs/s)")

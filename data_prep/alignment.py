@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
@@ -54,39 +56,53 @@ def word_token_ranges(word_spans: np.ndarray, token_offsets: np.ndarray) -> tupl
     return lo, np.maximum(np.searchsorted(first, words, side="right"), lo)  # no token: lo == hi
 
 
-def _flatten(spans: list[list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sentence (start, end) lists → one [N, 2] array of chunk-global character positions
-    (sentence k's characters shifted by k * 2**32, so the whole chunk is one ordered sequence), and
-    each sentence's first row."""
-    lengths = np.fromiter(map(len, spans), dtype=np.int64, count=len(spans))
-    flat = np.fromiter(chain.from_iterable(chain.from_iterable(spans)), dtype=np.int64,
-                       count=2 * int(lengths.sum())).reshape(-1, 2)
-    base = np.concatenate([[0], np.cumsum(lengths)])
-    flat += (np.repeat(np.arange(len(spans), dtype=np.int64), lengths) << 32)[:, None]
-    return flat, base
+@dataclass
+class Ragged:
+    """Per-sentence lists of integer pairs (word spans, token offsets, links) stored flat: sentence k's
+    rows are ``values[starts[k]:starts[k + 1]]``. Chunks travel between stages in this form."""
+
+    values: np.ndarray
+    """[N, 2] int64"""
+    lengths: np.ndarray
+    """[n] int64, rows per sentence"""
+
+    @classmethod
+    def of(cls, rows: Iterable[Iterable[tuple[int, int]]]) -> Ragged:
+        rows = list(rows)
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        values = np.fromiter(chain.from_iterable(chain.from_iterable(rows)), dtype=np.int64,
+                             count=2 * int(lengths.sum())).reshape(-1, 2)
+        return cls(values, lengths)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)])
+
+    def sentence_index(self) -> np.ndarray:
+        """Each row's sentence."""
+        return np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+    def in_one_sequence(self) -> np.ndarray:
+        """Character positions made chunk-global (sentence k's shifted by k * 2**32), so the whole
+        chunk is one ordered sequence."""
+        return self.values + (self.sentence_index() << 32)[:, None]
 
 
-def project_links(word_links: list[Links], src_words: list[list[tuple[int, int]]],
-                  src_tokens: list[list[tuple[int, int]]], tgt_words: list[list[tuple[int, int]]],
-                  tgt_tokens: list[list[tuple[int, int]]]) -> list[np.ndarray]:
+def project_links(word_links: Ragged, src_words: Ragged, src_tokens: Ragged, tgt_words: Ragged,
+                  tgt_tokens: Ragged) -> list[np.ndarray]:
     """Word links → per sentence, the unique sorted [K, 2] (src token, tgt token) links: every subword
     of one aligned word links to every subword of the other.
 
     Inputs are per sentence: word links, and word spans and token offsets in characters. The whole
     chunk is projected at once with array operations (a loop over sentences cost more than eflomal).
     """
-    n = len(word_links)
+    n = len(word_links.lengths)
     ranges, token_base, word_base = [], [], []
     for words, tokens in ((src_words, src_tokens), (tgt_words, tgt_tokens)):
-        spans, w_base = _flatten(words)
-        offsets, t_base = _flatten(tokens)
-        ranges.append(word_token_ranges(spans, offsets))
-        token_base.append(t_base)
-        word_base.append(w_base)
-    counts = np.fromiter(map(len, word_links), dtype=np.int64, count=n)
-    flat = np.fromiter(chain.from_iterable(chain.from_iterable(word_links)), dtype=np.int64,
-                       count=2 * int(counts.sum())).reshape(-1, 2)
-    sent = np.repeat(np.arange(n), counts)
+        ranges.append(word_token_ranges(words.in_one_sequence(), tokens.in_one_sequence()))
+        token_base.append(tokens.starts)
+        word_base.append(words.starts)
+    flat, sent = word_links.values, word_links.sentence_index()
     (s_lo, s_hi), (t_lo, t_hi) = ranges
     s_lo, s_hi = s_lo[word_base[0][sent] + flat[:, 0]], s_hi[word_base[0][sent] + flat[:, 0]]
     t_lo, t_hi = t_lo[word_base[1][sent] + flat[:, 1]], t_hi[word_base[1][sent] + flat[:, 1]]

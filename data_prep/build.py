@@ -3,10 +3,11 @@
 1. clean:     read every pair (in parallel across pairs), normalise, filter, de-duplicate, and spool the
               clean pairs into chunk files under ``.work/``;
 2. split:     draw the held-out dev/test pairs of each language pair;
-3. tokenizer: train one on the train pairs, or copy the configured one;
-4. encode:    per chunk (in parallel across chunks and pairs): word-split, align with eflomal,
-              tokenize, project links onto subwords, write shards; the manifest lists a chunk's
-              shards once they are all complete.
+3. align:     per chunk (in parallel across chunks and pairs): word-split, align with eflomal in both
+              directions, symmetrise; needing no subwords, this runs while
+4. tokenizer: one is trained on the train pairs, or the configured one is copied;
+5. encode:    per aligned chunk: tokenize, project links onto subwords, write shards; the manifest
+              lists a chunk's shards once they are all complete.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep import PrepError, __version__
-from data_prep.chunks import ChunkTask, process_chunk, read_spool
+from data_prep.chunks import ChunkTask, align_chunk, encode_chunk, read_spool
 from data_prep.cleaning import Cleaner
 from data_prep.config import PairConfig, PrepConfig
 from data_prep.manifest import (FORMAT, FORMAT_VERSION, ManifestError, read_manifest, split_totals,
@@ -65,11 +66,12 @@ def build(cfg: PrepConfig) -> BuildReport:
     return report
 
 
-def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: ProcessPoolExecutor | None) -> None:
+def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Executor) -> None:
     out = Path(cfg.output_dir)
     work = out / ".work"
     clock = time.perf_counter()
-    by_index = dict(_run_parallel(_clean_pair, [(p, cfg, work) for p in cfg.pairs], pool, "clean"))
+    pending = {pool.submit(_clean_pair, p, cfg, work): i for i, p in enumerate(cfg.pairs)}
+    by_index = dict(tqdm(_as_completed(pending), total=len(cfg.pairs), desc="clean", unit="pair", disable=None))
     cleaned = [by_index[i] for i in range(len(cfg.pairs))]
     for pair, result in zip(cfg.pairs, cleaned):
         entry = manifest["pairs"].setdefault(pair.key, {"shards": [], "chunks_done": []})
@@ -78,13 +80,7 @@ def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Proc
     write_manifest(out, manifest)
     report.wall["clean"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
     heldout = {p.key: _choose_heldout(p.key, c["clean_pairs"], cfg) for p, c in zip(cfg.pairs, cleaned)}
-    _prepare_tokenizer(cfg, manifest, cleaned, heldout, out)
-    write_manifest(out, manifest)
-    report.wall["tokenizer"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
     cleaned_sizes = {p.key: c["clean_pairs"] for p, c in zip(cfg.pairs, cleaned)}
     tasks = []
     for pair, result in zip(cfg.pairs, cleaned):
@@ -96,14 +92,31 @@ def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Proc
     # Largest chunks first, so that the last task to finish is a short one (the final chunk of a pair
     # is usually partial).
     tasks.sort(key=lambda t: -min(cfg.chunk_size, cleaned_sizes[t.pair] - t.first))
-    log.info("encoding %d chunks with %d workers", len(tasks), cfg.n_workers if pool else 1)
-    for _, result in _run_parallel(process_chunk, [(t,) for t in tasks], pool, "align+encode"):
-        entry = manifest["pairs"][result.pair]
-        entry["shards"] = sorted(entry["shards"] + result.shards, key=lambda s: s["path"])
-        entry["chunks_done"] = sorted(entry["chunks_done"] + [result.chunk])
-        write_manifest(out, manifest)  # this chunk's shards are complete: list them
-        report.worker.update(result.seconds)
-    report.wall["encode"] = time.perf_counter() - clock
+    log.info("aligning and encoding %d chunks with %d workers", len(tasks), cfg.n_workers if pool else 1)
+
+    # Alignment works on words, not subwords: the workers align while this process makes the tokenizer.
+    clock = time.perf_counter()
+    aligned_before = [t for t in tasks if t.aligned.exists()]  # by an interrupted run
+    if aligned_before:
+        log.info("%d chunks were aligned by an earlier run", len(aligned_before))
+    pending = {pool.submit(align_chunk, t): ("align", t) for t in tasks if t not in aligned_before}
+    _prepare_tokenizer(cfg, manifest, cleaned, heldout, out)
+    write_manifest(out, manifest)
+    report.wall["tokenizer"] = time.perf_counter() - clock
+    pending.update({pool.submit(encode_chunk, t): ("encode", t) for t in aligned_before})
+    with tqdm(total=2 * len(tasks), initial=len(tasks) - len(pending), desc="align+encode", unit="step",
+              disable=None) as bar:
+        for (step, task), result in _as_completed(pending):
+            bar.update()
+            report.worker.update(result.seconds)
+            if step == "align":
+                pending[pool.submit(encode_chunk, task)] = ("encode", task)
+                continue
+            entry = manifest["pairs"][result.pair]
+            entry["shards"] = sorted(entry["shards"] + result.shards, key=lambda s: s["path"])
+            entry["chunks_done"] = sorted(entry["chunks_done"] + [result.chunk])
+            write_manifest(out, manifest)  # this chunk's shards are complete: list them
+    report.wall["align+encode"] = time.perf_counter() - clock
 
     for entry in manifest["pairs"].values():
         entry["splits"] = split_totals(entry["shards"])
@@ -234,11 +247,23 @@ def _init_worker(threads: int, log_level: int) -> None:
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
 
 
+class _InProcess(Executor):
+    """An executor that runs each call as it is submitted: the one-worker build, without processes."""
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
 @contextmanager
-def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
-    """One pool for every parallel stage (starting workers costs seconds); None runs in-process."""
+def _worker_pool(workers: int) -> Iterator[Executor]:
+    """One pool for every parallel stage (starting workers costs seconds)."""
     if workers <= 1:
-        yield None
+        yield _InProcess()
         return
     # spawn, not fork: the parent uses thread pools (tokenizers) that a fork would copy mid-flight.
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
@@ -249,21 +274,15 @@ def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         pool.shutdown(cancel_futures=True)
 
 
-def _run_parallel(fn: Callable, calls: list[tuple], pool: ProcessPoolExecutor | None,
-                  desc: str) -> Iterator[tuple[int, Any]]:
-    """Yields ``(i, fn(*calls[i]))`` as calls finish; the first error cancels the calls not yet started."""
-    with tqdm(total=len(calls), desc=desc, unit="task", disable=None) as bar:
-        if pool is None:
-            for i, args in enumerate(calls):
-                yield i, fn(*args)
-                bar.update()
-            return
-        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
-        try:
-            for future in as_completed(futures):
-                bar.update()
-                yield futures[future], future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+def _as_completed(pending: dict[Future, Any]) -> Iterator[tuple[Any, Any]]:
+    """Yields ``(pending.pop(f), f.result())`` as futures finish, including futures added to
+    ``pending`` meanwhile; the first error cancels every call not yet started."""
+    try:
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in [f for f in pending if f in done]:  # in submission order
+                yield pending.pop(future), future.result()
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        raise

@@ -1,7 +1,10 @@
-"""One work unit of the build: a chunk of clean pairs → aligned, tokenized samples in shards.
+"""The two work units of a chunk of clean pairs, run in worker processes.
 
-Runs in a worker process. Everything it needs travels in the ChunkTask; what it made comes back as
-shard records (for the manifest) and per-stage seconds (for the benchmark's breakdown).
+``align_chunk`` splits words and aligns them; it needs no tokenizer, so chunks are aligned while the
+tokenizer trains. It leaves the word spans and symmetrised word links next to the chunk's spool.
+``encode_chunk`` then tokenizes, projects the links onto subwords and writes the shards. Everything a
+unit needs travels in the ChunkTask; what it made comes back as shard records (for the manifest) and
+per-step seconds (for the benchmark's breakdown).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.alignment import align_words, project_links
+from data_prep.alignment import Ragged, align_words, project_links
 from data_prep.config import AlignerConfig, ShardConfig
 from data_prep.manifest import SPLITS
 from data_prep.shard_format import encode_sample
@@ -39,6 +42,11 @@ class ChunkTask:
     tokenizer_dir: str
     aligner: AlignerConfig
     shards: ShardConfig
+
+    @property
+    def aligned(self) -> Path:
+        """Where align_chunk leaves its result (written whole, then renamed)."""
+        return Path(self.spool).with_suffix(".aligned.npz")
 
 
 @dataclass
@@ -77,16 +85,24 @@ def _splits(task: ChunkTask, n: int) -> np.ndarray:
     return split
 
 
-def process_chunk(task: ChunkTask) -> ChunkResult:
-    seconds = Counter()
-    clock = time.perf_counter()
+class _Laps:
+    """Seconds per step, for the benchmark's breakdown."""
 
-    def lap(stage: str) -> None:
-        nonlocal clock
+    def __init__(self):
+        self.seconds = Counter()
+        self._clock = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
         now = time.perf_counter()
-        seconds[stage] += now - clock
-        clock = now
+        self.seconds[step] += now - self._clock
+        self._clock = now
 
+
+_ALIGNED_FIELDS = ("src_words", "src_counts", "tgt_words", "tgt_counts", "links", "link_counts")
+
+
+def align_chunk(task: ChunkTask) -> ChunkResult:
+    lap = _Laps()
     src_text, tgt_text = read_spool(task.spool)
     src_spans = [word_spans(s) for s in src_text]
     tgt_spans = [word_spans(t) for t in tgt_text]
@@ -94,21 +110,41 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     tgt_words = [[t[a:b] for a, b in spans] for t, spans in zip(tgt_text, tgt_spans)]
     lap("words")
 
-    out = Path(task.out_dir)
-    fwd, rev = align_words(src_words, tgt_words, task.aligner, out / ".work")
+    fwd, rev = align_words(src_words, tgt_words, task.aligner, Path(task.out_dir) / ".work")
     lap("align")
     symmetrize = SYMMETRIZERS[task.aligner.symmetrize]
-    word_links = [symmetrize(f, r) for f, r in zip(fwd, rev)]
+    links = Ragged.of(symmetrize(f, r) for f, r in zip(fwd, rev))
     lap("symmetrize")
 
+    arrays = dict(zip(_ALIGNED_FIELDS, (a for r in (Ragged.of(src_spans), Ragged.of(tgt_spans), links)
+                                       for a in (r.values, r.lengths))))
+    tmp = task.aligned.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(task.aligned)
+    lap("save")
+    return ChunkResult(task.pair, task.chunk, [], lap.seconds)
+
+
+def _load_aligned(path: Path) -> tuple[Ragged, Ragged, Ragged]:
+    with np.load(path, allow_pickle=False) as npz:
+        a = [npz[name] for name in _ALIGNED_FIELDS]
+    return Ragged(a[0], a[1]), Ragged(a[2], a[3]), Ragged(a[4], a[5])
+
+
+def encode_chunk(task: ChunkTask) -> ChunkResult:
+    lap = _Laps()
+    src_text, tgt_text = read_spool(task.spool)
+    src_spans, tgt_spans, word_links = _load_aligned(task.aligned)
     tok = _tokenizer(task.tokenizer_dir)
     src_enc, tgt_enc = tok.encode_batch(src_text), tok.encode_batch(tgt_text)
     lap("tokenize")
 
-    links = project_links(word_links, src_spans, [e.offsets for e in src_enc],
-                          tgt_spans, [e.offsets for e in tgt_enc])
+    links = project_links(word_links, src_spans, Ragged.of(e.offsets for e in src_enc),
+                          tgt_spans, Ragged.of(e.offsets for e in tgt_enc))
     lap("project")
 
+    out = Path(task.out_dir)
     split = _splits(task, len(src_text))
     writers = {}
     for name in SPLITS:
@@ -126,4 +162,4 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
                                     {"src_tokens": len(src_ids), "tgt_tokens": len(tgt_ids), "links": len(links[k])})
     records = [{**r, "split": name, "chunk": task.chunk} for name, w in writers.items() for r in w.close()]
     lap("write")
-    return ChunkResult(task.pair, task.chunk, records, seconds)
+    return ChunkResult(task.pair, task.chunk, records, lap.seconds)

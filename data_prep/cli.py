@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--workers: must not be negative")
             cfg.workers = args.workers
         report = build(cfg)
-    except (PrepError, ConfigError, ManifestError) as exc:
+    except (PrepError, ConfigError, ManifestError, OSError) as exc:
         print(f"data_prep: error: {exc}", file=sys.stderr)
         return 2
     print(summarize(report.manifest))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # archives end with two zero blocks, padded to a whole record as tar does
+_FLUSH = 1 << 20  # samples are small: write and hash them a megabyte at a time
 # A ustar header is constant but for name, size and checksum: mode 0444, uid/gid 0, mtime 0, regular file.
 _OWNER = b"0000444\0" + b"0000000\0" * 2
 _MTIME = b"00000000000\0"
@@ -59,8 +60,10 @@ class ShardWriter:
             self._finish()
         if self._file is None:
             self._open()
-        self._file.write(data)
-        self._hash.update(data)
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= _FLUSH:
+            self._flush()
         self._current["samples"] += 1
         self._current["bytes"] += len(data)
         for name, n in counts.items():
@@ -78,13 +81,20 @@ class ShardWriter:
         self._tmp = path.with_name(path.name + ".tmp")
         self._file = open(self._tmp, "wb")
         self._hash = hashlib.sha256()
+        self._buffer, self._buffered = [], 0
         self._current = {"path": rel.as_posix(), "samples": 0, "bytes": 0}
+
+    def _flush(self) -> None:
+        data = b"".join(self._buffer)
+        self._file.write(data)
+        self._hash.update(data)
+        self._buffer, self._buffered = [], 0
 
     def _finish(self) -> None:
         end = b"\0" * (2 * _BLOCK)
         end += b"\0" * (-(self._current["bytes"] + len(end)) % _RECORD)
-        self._file.write(end)
-        self._hash.update(end)
+        self._buffer.append(end)
+        self._flush()
         self._file.close()
         os.replace(self._tmp, self.root / self._current["path"])
         self._current["bytes"] += len(end)

@@ -5,7 +5,7 @@ import random
 
 import numpy as np
 
-from data_prep.alignment import align_words, project_links, word_token_ranges
+from data_prep.alignment import Ragged, align_words, project_links, word_token_ranges
 from data_prep.config import AlignerConfig
 from data_prep.symmetrize import grow_diag_final_and, intersection, union
 from data_prep.tokenizer import load_fast_tokenizer
@@ -61,8 +61,8 @@ def test_projection_links_every_subword_pair():
     # src "ab cd": <s> ab c d </s>; tgt "xyz w": <s> x yz </s>, where no token covers "w".
     src_words, src_tokens = [(0, 2), (3, 5)], [(0, 0), (0, 2), (3, 4), (4, 5), (0, 0)]
     tgt_words, tgt_tokens = [(0, 3), (4, 5)], [(0, 0), (0, 1), (1, 3), (0, 0)]
-    links = project_links([{(1, 0)}, {(0, 1)}, {(0, 0), (1, 0)}], [src_words] * 3, [src_tokens] * 3,
-                          [tgt_words] * 3, [tgt_tokens] * 3)
+    links = project_links(Ragged.of([{(1, 0)}, {(0, 1)}, {(0, 0), (1, 0)}]), Ragged.of([src_words] * 3),
+                          Ragged.of([src_tokens] * 3), Ragged.of([tgt_words] * 3), Ragged.of([tgt_tokens] * 3))
     assert links[0].tolist() == [[2, 1], [2, 2], [3, 1], [3, 2]]
     assert links[1].shape == (0, 2)
     assert links[2].tolist() == [[1, 1], [1, 2], [2, 1], [2, 2], [3, 1], [3, 2]]
@@ -78,7 +78,7 @@ def test_chunk_projection_matches_the_definition(small_dataset, fr_pairs, ja_pai
     tgt_tokens = [e.offsets for e in tok.encode_batch([t for _, t in pairs])]
     word_links = [{(rng.randrange(len(sw)), rng.randrange(len(tw))) for _ in range(rng.randrange(6))}
                   for sw, tw in zip(src_words, tgt_words)]
-    links = project_links(word_links, src_words, src_tokens, tgt_words, tgt_tokens)
+    links = project_links(*map(Ragged.of, (word_links, src_words, src_tokens, tgt_words, tgt_tokens)))
 
     def tokens_of(span, offsets):
         return [k for k, (s, e) in enumerate(offsets) if e > s and s < span[1] and e > span[0]]

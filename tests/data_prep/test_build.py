@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,50 +128,68 @@ def test_existing_tokenizer_is_copied_and_used(small_dataset, tmp_path, ja_pairs
     assert ours(text)["input_ids"] == theirs(text)["input_ids"]
 
 
-def test_killed_build_resumes_without_redoing_finished_chunks(tmp_path, ja_pairs):
-    cfg = small_config(tmp_path, ja_pairs, chunk_size=100, workers=1, splits={"dev": 20, "test": 20})
+def _ja_six_chunks(tmp_path, ja_pairs, workers):
+    cfg = small_config(tmp_path, ja_pairs, chunk_size=100, workers=workers, splits={"dev": 20, "test": 20})
     cfg["pairs"] = cfg["pairs"][1:]  # ja-en only: 6 chunks
+    return cfg, Path(cfg["output_dir"])
+
+
+def _mtimes(paths) -> dict:
+    return {p: p.stat().st_mtime_ns for p in paths}
+
+
+def _check_complete(dataset: Path) -> dict:
+    entry = read_manifest(dataset)["pairs"]["ja-en"]
+    assert entry["chunks_done"] == list(range(6))
+    assert sum(s["samples"] for s in entry["shards"]) == 600
+    listed = {s["path"] for s in entry["shards"]}
+    assert {p.relative_to(dataset).as_posix() for p in dataset.rglob("*.tar")} == listed
+    assert not list(dataset.rglob("*.tmp"))
+    return entry
+
+
+def test_build_killed_while_aligning_keeps_finished_alignments(tmp_path, ja_pairs):
+    cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
     config = tmp_path / "prep.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    dataset = Path(cfg["output_dir"])
     cmd = [sys.executable, "-m", "data_prep", "--config", str(config)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
-    done_before = []
+    aligned = []
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            done_before = json.loads((dataset / "manifest.json").read_text())["pairs"]["ja-en"]["chunks_done"]
-        except (FileNotFoundError, KeyError, ValueError):
-            done_before = []
-        if len(done_before) >= 2:
+        aligned = sorted((dataset / ".work" / "ja-en").glob("*.aligned.npz"))
+        if len(aligned) >= 2:
             os.killpg(proc.pid, signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.wait()
-    assert 2 <= len(done_before) < 6, "the build finished before it could be interrupted"
-    killed = read_manifest(dataset, require_complete=False)
-    assert not killed["complete"]
-    kept = {s["path"]: (dataset / s["path"]).stat().st_mtime_ns for s in killed["pairs"]["ja-en"]["shards"]}
+    assert 2 <= len(aligned) < 6, "the build finished aligning before it could be interrupted"
+    assert not read_manifest(dataset, require_complete=False)["complete"]
 
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
-    manifest = read_manifest(dataset)
-    entry = manifest["pairs"]["ja-en"]
-    assert entry["chunks_done"] == list(range(6))
-    assert sum(s["samples"] for s in entry["shards"]) == 600
-    for path, mtime in kept.items():  # chunks finished before the kill were not redone
-        assert (dataset / path).stat().st_mtime_ns == mtime
-    listed = {s["path"] for s in entry["shards"]}
-    assert {p.relative_to(dataset).as_posix() for p in dataset.rglob("*.tar")} == listed
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    _check_complete(dataset)
+    assert not (dataset / ".work").exists()  # the work files went once the dataset was complete
+    # Alignments finished before the kill were reused (their files are gone now; the log says so).
+    reused = re.search(r"(\d+) chunks were aligned by an earlier run", resumed.stderr)
+    assert reused and int(reused[1]) >= len(aligned)
 
 
-def test_tokenizer_changed_under_written_shards_is_refused(tmp_path, ja_pairs):
-    cfg = small_config(tmp_path, ja_pairs[:300], workers=1)
-    cfg["pairs"] = cfg["pairs"][1:]
-    build(config_from_dict(cfg))
-    dataset = Path(cfg["output_dir"])
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    manifest["complete"] = False  # as if the build had been interrupted after its chunks
-    (dataset / "manifest.json").write_text(json.dumps(manifest))
-    (dataset / "tokenizer" / "tokenizer.json").write_text("{}")
-    with pytest.raises(PrepError, match="shards were already written with it"):
+def test_build_stopped_while_encoding_does_not_redo_finished_chunks(tmp_path, ja_pairs):
+    cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
+    # Chunk 3 cannot write its first shard: a directory is in the way.
+    blocker = dataset / "ja-en" / "train" / "ja-en-train-00003-0000.tar"
+    blocker.mkdir(parents=True)
+    with pytest.raises(OSError, match="ja-en-train-00003-0000.tar"):
         build(config_from_dict(cfg))
+    stopped = read_manifest(dataset, require_complete=False)["pairs"]["ja-en"]
+    assert 1 <= len(stopped["chunks_done"]) < 6 and 3 not in stopped["chunks_done"]
+    kept = _mtimes(dataset / s["path"] for s in stopped["shards"])
+    aligned = _mtimes((dataset / ".work" / "ja-en").glob("*.aligned.npz"))
+    assert len(aligned) == 6
+
+    blocker.rmdir()
+    report = build(config_from_dict(cfg))
+    _check_complete(dataset)
+    assert _mtimes(kept) == kept  # finished chunks were not redone
+    assert report.worker["align"] == 0  # nor was any alignment
