@@ -1,0 +1,243 @@
+r"""The pre-training objectives: WEAM and its two baselines, in one code path.
+
+WEAM (Yang et al., 2021, arXiv 2106.01732). A parallel pair (x, y) has a word-alignment matrix
+A ∈ {0, 1}^{|x|×|y|} (``links`` of the batch: subword positions, from the shard's ``align.npy``).
+Both sentences are masked independently (batch.mask_tokens): M_x, M_y are the selected positions,
+x̃, ỹ the corrupted inputs. One shared encoder gives H_x = enc(x̃), H_y = enc(ỹ) ∈ R^{L×d}; the MLM
+head g (transform + decoder tied to the input embeddings) gives log-probabilities log p(· | h).
+
+    MLM(x)     = mean_{i ∈ M_x}  -log p(x_i | H_x[i])
+
+Cross-lingual prediction replaces the state of each masked position of x by states of y:
+
+    hard:             Â = A / rowsum(A)                      (rows of masked positions only)
+                      Ĥ_x[i] = Σ_j Â[i, j] H_y[j]             for i ∈ M_x with rowsum(A)[i] > 0
+                      XPRED(x←y) = mean_{i ∈ M_x, rowsum(A)[i] > 0} -log p(x_i | Ĥ_x[i])
+
+    prior_attention:  s[i, j] = (W_q H_x[i]) · (W_k H_y[j]) / √d + log(Â[i, j] + ε)
+                      Ĥ_x[i] = Σ_j softmax_j(s[i, ·]) H_y[j]   for every i ∈ M_x (keys: y's non-padding)
+                      XPRED(x←y) = mean_{i ∈ M_x} -log p(x_i | Ĥ_x[i])
+
+In ``prior_attention`` the alignment is a prior, not a rule: an unaligned masked word (Â row 0, so a
+flat prior) or a mis-aligned one can still attend to its translation; W_q, W_k ∈ R^{d×d} are its only
+parameters (values are y's states themselves, so Ĥ stays in the space the MLM head reads). XPRED(y←x)
+is symmetric, with Aᵀ. The loss of a batch:
+
+    L = MLM(x) + MLM(y) + λ · (XPRED(x←y) + XPRED(y←x))          (λ = ``xpred_weight``)
+
+Means are over the positions of the whole batch; a term with no positions is 0. Monolingual samples
+(``parallel`` false) contribute MLM(x) only.
+
+Baselines, on the same batches and masks: ``mlm`` is L = MLM(x) + MLM(y); ``tlm`` (XLM's translation
+LM) encodes the concatenation [x; y] (positions restart at y, as in XLM) and L = MLM over both halves.
+
+Implementation notes. Both sides go through the encoder in one call (one parameter gather under
+ZeRO-3). The MLM head runs only on the selected positions, never on whole sequences: with a 250k
+vocabulary, full-sequence logits would dominate time and memory. Masked positions are packed per row
+into [B, M] slots so that alignments, exchanges and heads are batched tensor operations.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weam_ds.batch import IGNORE
+from weam_ds.config import ObjectiveConfig
+
+
+@dataclass
+class Packed:
+    """The selected positions of each row, left-aligned into M slots."""
+
+    pos: torch.Tensor
+    """[B, M] positions (slots past a row's count hold unselected positions)."""
+    valid: torch.Tensor
+    """[B, M] bool: the slot holds a selected position."""
+
+
+def pack(selected: torch.Tensor) -> Packed:
+    count = selected.sum(dim=1)
+    m = int(count.max()) if selected.numel() else 0
+    # A stable sort of "not selected" puts each row's selected positions first, in order.
+    pos = torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :m]
+    valid = torch.arange(m, device=selected.device)[None, :] < count[:, None]
+    return Packed(pos, valid)
+
+
+def alignment_rows(links: torch.Tensor, query: Packed, query_len: int, key_mask: torch.Tensor) -> torch.Tensor:
+    """A restricted to the packed query positions: [B, M, L_key] link counts.
+
+    ``links`` [B, K, 2] are (query position, key position), -1 padded. Links to padding or past the
+    sequence lengths (truncation) are dropped.
+    """
+    b, m = query.pos.shape
+    key_len = key_mask.shape[1]
+    slot = torch.full((b, query_len), -1, dtype=torch.long, device=links.device)
+    slot.scatter_(1, query.pos, torch.where(query.valid, torch.arange(m, device=links.device), -1))
+    i, j = links[..., 0], links[..., 1]
+    ok = (i >= 0) & (i < query_len) & (j >= 0) & (j < key_len)
+    i, j = i.clamp(0, query_len - 1), j.clamp(0, key_len - 1)
+    rows = torch.arange(b, device=links.device)[:, None].expand_as(i)
+    s = slot[rows, i]
+    ok &= (s >= 0) & key_mask[rows, j].bool()
+    a = torch.zeros(b, max(m, 0), key_len, device=links.device)
+    a.index_put_((rows[ok], s[ok], j[ok]), torch.ones(int(ok.sum()), device=links.device), accumulate=True)
+    return a
+
+
+def hard_exchange(a: torch.Tensor, h_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alignment-weighted mean of the aligned key states: ([B, M, d] states, [B, M] has-alignment)."""
+    degree = a.sum(dim=-1)
+    weights = a / degree.clamp_min(1)[..., None]
+    return torch.bmm(weights.to(h_key.dtype), h_key), degree > 0
+
+
+class PriorAttentionExchange(nn.Module):
+    """Attention over the other sentence with the alignment as a log-prior. Its parameters are used
+    only inside this forward, which ZeRO-3 needs to gather them."""
+
+    def __init__(self, hidden: int, epsilon: float, init_std: float = 0.02):
+        super().__init__()
+        self.query = nn.Linear(hidden, hidden, bias=False)
+        self.key = nn.Linear(hidden, hidden, bias=False)
+        self.epsilon = epsilon
+        # Small scores at the start: attention begins close to the prior (the hard exchange).
+        nn.init.normal_(self.query.weight, std=init_std)
+        nn.init.normal_(self.key.weight, std=init_std)
+
+    def forward(self, h_query: torch.Tensor, h_key: torch.Tensor, a: torch.Tensor,
+                key_mask: torch.Tensor) -> torch.Tensor:
+        degree = a.sum(dim=-1, keepdim=True)
+        prior = torch.log(a / degree.clamp_min(1) + self.epsilon)
+        bias = prior.masked_fill(~key_mask.bool()[:, None, :], torch.finfo(prior.dtype).min)
+        q, k = self.query(h_query), self.key(h_key)
+        # SDPA's default scale is 1/sqrt(d); the float mask is added to the scores.
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], h_key[:, None],
+                                             attn_mask=bias[:, None].to(q.dtype))
+        return out[:, 0]
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor
+    mlm: torch.Tensor
+    """MLM(x) + MLM(y) (for tlm: the MLM loss over the concatenation)."""
+    xpred: torch.Tensor
+    """XPRED(x←y) + XPRED(y←x); 0 for the baselines."""
+    tokens: dict[str, int]
+    """Predicted positions per term: mlm, xpred."""
+
+
+def _mlm_head(model: nn.Module) -> nn.Module:
+    """The masked-LM model's head: its one child that is not the encoder (lm_head, cls, ...)."""
+    heads = [m for m in model.children() if m is not model.base_model]
+    if len(heads) != 1:
+        raise TypeError(f"{type(model).__name__}: expected one MLM head beside the encoder, found {len(heads)}")
+    return heads[0]
+
+
+def _mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if labels.numel() == 0:
+        return logits.sum() * 0.0  # keeps the graph (and every rank's backward) alike
+    return F.cross_entropy(logits.float(), labels)
+
+
+class PretrainingObjective(nn.Module):
+    """Wraps a Hugging Face ``*ForMaskedLM`` model; ``forward(batch)`` returns the objective's losses.
+    This module is what the DeepSpeed engine trains."""
+
+    def __init__(self, model: nn.Module, cfg: ObjectiveConfig):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.head = _mlm_head(model)
+        self.exchange = (PriorAttentionExchange(model.config.hidden_size, cfg.prior_epsilon)
+                         if cfg.name == "weam" and cfg.exchange == "prior_attention" else None)
+        # RoBERTa-family position ids start after the padding index; BERT's start at 0.
+        self.position_offset = model.config.pad_token_id + 1 if "roberta" in model.config.model_type else 0
+
+    def encode(self, ids: torch.Tensor, attention_mask: torch.Tensor,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.base_model(input_ids=ids, attention_mask=attention_mask,
+                                     position_ids=position_ids).last_hidden_state
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        if self.cfg.name == "tlm":
+            return self._tlm(batch)
+        x_ids, y_ids = batch["src_input_ids"], batch["tgt_input_ids"]
+        x_mask, y_mask = batch["src_attention_mask"], batch["tgt_attention_mask"]
+        x_labels, y_labels = batch["src_labels"], batch["tgt_labels"]
+        y_labels = torch.where(batch["parallel"][:, None], y_labels, IGNORE)
+        lx, ly = x_ids.shape[1], y_ids.shape[1]
+        # One encoder call for both sides: stack them along the batch, padded to a common length.
+        width = max(lx, ly)
+        h = self.encode(torch.cat([F.pad(x_ids, (0, width - lx), value=self.model.config.pad_token_id),
+                                   F.pad(y_ids, (0, width - ly), value=self.model.config.pad_token_id)]),
+                        torch.cat([F.pad(x_mask, (0, width - lx)), F.pad(y_mask, (0, width - ly))]))
+        h_x, h_y = h[:len(x_ids), :lx], h[len(x_ids):, :ly]
+
+        states, labels = [h_x[x_labels != IGNORE], h_y[y_labels != IGNORE]], [x_labels[x_labels != IGNORE],
+                                                                            y_labels[y_labels != IGNORE]]
+        n_mlm = sum(len(s) for s in states)
+        if self.cfg.name == "weam":
+            parallel = batch["parallel"]
+            links = torch.where(parallel[:, None, None], batch["links"], -1)
+            for h_query, h_key, query_labels, key_mask, query_key_links in (
+                    (h_x, h_y, x_labels, y_mask, links), (h_y, h_x, y_labels, x_mask, links.flip(-1))):
+                exchanged, exchanged_labels = self._exchange(h_query, h_key, query_labels, key_mask,
+                                                             query_key_links, parallel)
+                states.append(exchanged)
+                labels.append(exchanged_labels)
+        # The head runs once, on the selected positions only.
+        logits = self.head(torch.cat(states))
+        labels_all = torch.cat(labels)
+        mlm_x = _mean_ce(logits[:len(labels[0])], labels[0])
+        mlm_y = _mean_ce(logits[len(labels[0]):n_mlm], labels[1])
+        mlm = mlm_x + mlm_y
+        if self.cfg.name != "weam":
+            return ObjectiveOutput(mlm, mlm.detach(), torch.zeros((), device=mlm.device), {"mlm": n_mlm, "xpred": 0})
+        n_xy = len(labels[2])
+        xpred = _mean_ce(logits[n_mlm:n_mlm + n_xy], labels[2]) + _mean_ce(logits[n_mlm + n_xy:], labels[3])
+        loss = mlm + self.cfg.xpred_weight * xpred
+        return ObjectiveOutput(loss, mlm.detach(), xpred.detach(), {"mlm": n_mlm, "xpred": len(labels_all) - n_mlm})
+
+    def _exchange(self, h_query: torch.Tensor, h_key: torch.Tensor, query_labels: torch.Tensor,
+                  key_mask: torch.Tensor, links: torch.Tensor,
+                  parallel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exchanged states of the query side's masked positions that take part, and their labels."""
+        query = pack(query_labels != IGNORE)
+        a = alignment_rows(links, query, h_query.shape[1], key_mask)
+        if self.exchange is None:
+            exchanged, takes_part = hard_exchange(a, h_key)
+        else:
+            h_q = torch.gather(h_query, 1, query.pos[..., None].expand(-1, -1, h_query.shape[-1]))
+            exchanged = self.exchange(h_q, h_key, a, key_mask)
+            takes_part = parallel[:, None].expand_as(query.valid)
+        takes_part = takes_part & query.valid
+        return exchanged[takes_part], torch.gather(query_labels, 1, query.pos)[takes_part]
+
+    def _tlm(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        """MLM over [x; y]: y is moved right after x's last real token, its positions restart at 0."""
+        x_ids, y_ids = batch["src_input_ids"], batch["tgt_input_ids"]
+        x_mask, y_mask = batch["src_attention_mask"], batch["tgt_attention_mask"]
+        y_mask = y_mask * batch["parallel"][:, None]
+        lx, ly = x_ids.shape[1], y_ids.shape[1]
+        dest = x_mask.sum(dim=1, keepdim=True) + torch.arange(ly, device=y_ids.device)[None]
+
+        def joined(x: torch.Tensor, y: torch.Tensor, fill: int) -> torch.Tensor:
+            out = torch.cat([torch.where(x_mask.bool(), x, fill), torch.full_like(y, fill)], dim=1)
+            return out.scatter(1, dest, torch.where(y_mask.bool(), y, fill).to(out.dtype))
+
+        ids = joined(x_ids, y_ids, self.model.config.pad_token_id)
+        mask = joined(x_mask, y_mask, 0)
+        labels = joined(batch["src_labels"], batch["tgt_labels"], IGNORE)
+        positions = joined(torch.arange(lx, device=ids.device).expand_as(x_ids),
+                           torch.arange(ly, device=ids.device).expand_as(y_ids), 0) + self.position_offset
+        h = self.encode(ids, mask, positions)
+        selected = labels != IGNORE
+        loss = _mean_ce(self.head(h[selected]), labels[selected])
+        return ObjectiveOutput(loss, loss.detach(), torch.zeros((), device=loss.device),
+                               {"mlm": int(selected.sum()), "xpred": 0})
