@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "torch>=2.4,<2.15",
     "deepspeed>=0.16,<0.20",
     "transformers>=4.46,<6",
+    "accelerate>=1.1,<2",  # transformers needs it for DeepSpeed ZeRO-3 construction (HfDeepSpeedConfig)
     "tokenizers>=0.20,<0.24",
     "webdataset>=0.2.100,<1.1",
     "tensorboard>=2.15,<3",
