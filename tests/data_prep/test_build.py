@@ -1,7 +1,6 @@
 """The whole build on real translations: manifest, shards, splits, tokenizer, resume."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal

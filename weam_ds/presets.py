@@ -1,0 +1,183 @@
+"""Encoder presets: named XLM-R geometries built from Hugging Face classes, parameter counts and training FLOPs.
+
+Models are plain ``transformers`` masked-LM classes, so every checkpoint we write loads with
+``AutoModelForMaskedLM``. ``tiny`` to ``large`` use the post-LayerNorm ``XLMRoberta`` classes; ``xl`` and ``xxl``
+use ``XLMRobertaXL``, the pre-LayerNorm variant XLM-R XL/XXL were trained with (post-LN training is unstable at
+that depth). ``python -m weam_ds.presets`` prints every preset's size and cost.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+from transformers import (AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel, XLMRobertaConfig,
+                          XLMRobertaXLConfig)
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
+
+from data_prep.typed_config import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    config_class: type[PretrainedConfig]
+    """XLMRobertaConfig (post-LN) or XLMRobertaXLConfig (pre-LN); AutoModelForMaskedLM maps it to its model."""
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    """Feed-forward inner size."""
+
+
+PRESETS: Mapping[str, Preset] = MappingProxyType({
+    "tiny": Preset(XLMRobertaConfig, layers=2, hidden=64, heads=2, ffn=256),
+    "mini": Preset(XLMRobertaConfig, layers=4, hidden=256, heads=4, ffn=1024),
+    "base": Preset(XLMRobertaConfig, layers=12, hidden=768, heads=12, ffn=3072),
+    "large": Preset(XLMRobertaConfig, layers=24, hidden=1024, heads=16, ffn=4096),
+    "xl": Preset(XLMRobertaXLConfig, layers=36, hidden=2560, heads=32, ffn=10240),
+    "xxl": Preset(XLMRobertaXLConfig, layers=48, hidden=4096, heads=32, ffn=16384),
+})
+
+
+def model_config(name: str, vocab_size: int, pad_token_id: int = 1, bos: int = 0, eos: int = 2) -> PretrainedConfig:
+    """The transformers config of preset ``name``; special-token ids default to XLM-R's (<s>=0, <pad>=1, </s>=2)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} (expected one of: {', '.join(PRESETS)})")
+    if vocab_size <= max(pad_token_id, bos, eos):
+        raise ConfigError(f"vocab_size {vocab_size} does not cover the special-token ids (pad {pad_token_id}, "
+                          f"bos {bos}, eos {eos})")
+    p = PRESETS[name]
+    # RoBERTa numbers positions from pad_token_id + 1, so 514 slots leave 512 usable positions with pad 1.
+    # One token type and eps 1e-5 are XLM-R's own values (the class defaults are BERT's).
+    return p.config_class(vocab_size=vocab_size, hidden_size=p.hidden, num_hidden_layers=p.layers,
+                          num_attention_heads=p.heads, intermediate_size=p.ffn, max_position_embeddings=514,
+                          type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=pad_token_id, bos_token_id=bos,
+                          eos_token_id=eos)
+
+
+def build_model(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int = 1, bos: int = 0, eos: int = 2,
+                meta: bool = False, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A masked-LM encoder from a preset name or a local Hugging Face checkpoint directory (continued pre-training).
+
+    A checkpoint keeps its own special-token ids (they belong to its tokenizer); its embeddings are resized when
+    ``vocab_size`` differs. ``meta=True`` builds on the meta device: shapes only, no memory, no weights read.
+    ``dtype`` defaults to torch's default dtype, also for checkpoints stored in another precision.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    if str(name_or_path) in PRESETS:
+        config = model_config(str(name_or_path), vocab_size, pad_token_id, bos, eos)
+        with _device(meta):
+            return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise ConfigError(f"{str(name_or_path)!r} is neither a preset ({', '.join(PRESETS)}) "
+                          f"nor a checkpoint directory")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        model_class = MODEL_FOR_MASKED_LM_MAPPING[type(config)]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{path}: not a loadable Hugging Face masked-LM checkpoint ({_first_line(exc)})") from None
+    # Fused SDPA where the architecture has it; a few older encoders (e.g. DeBERTa) only run eager attention.
+    attn = "sdpa" if model_class._supports_sdpa else "eager"
+    if meta:
+        config.vocab_size = vocab_size
+        with _device(meta):
+            return AutoModelForMaskedLM.from_config(config, attn_implementation=attn, dtype=dtype)
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(path, local_files_only=True, attn_implementation=attn,
+                                                     dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot load checkpoint weights ({_first_line(exc)})") from None
+    if vocab_size != model.config.vocab_size:
+        model.resize_token_embeddings(vocab_size)
+    return model
+
+
+def _first_line(exc: Exception) -> str:
+    # transformers' messages run over several lines; the error must stay one line that names the path.
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _device(meta: bool) -> contextlib.AbstractContextManager:
+    return torch.device("meta") if meta else contextlib.nullcontext()
+
+
+def count_parameters(model: PreTrainedModel) -> dict[str, int]:
+    """Parameter counts, each shared (tied) tensor once.
+
+    ``total``: the encoder backbone (``model.base_model``: embeddings and layers, no pooler, no MLM head), the
+    convention of the published XLM-R sizes. ``non_embedding``: the backbone less its embedding tables (word,
+    position, token type), the N of scaling-law FLOP estimates. ``mlm_head``: the head's own parameters; the decoder
+    weight tied to the word embeddings is already in ``total``.
+    """
+    backbone = {id(p): p for p in model.base_model.parameters()}
+    everything = {id(p): p for p in model.parameters()}
+    embeddings = {id(m.weight): m.weight for m in model.base_model.modules() if isinstance(m, torch.nn.Embedding)}
+    return {"total": _numel(backbone.values()),
+            "non_embedding": _numel(p for i, p in backbone.items() if i not in embeddings),
+            "mlm_head": _numel(p for i, p in everything.items() if i not in backbone)}
+
+
+def _numel(params) -> int:
+    # ZeRO-3 partitions parameters in place (numel 0); ds_numel keeps the full size.
+    return sum(getattr(p, "ds_numel", p.numel()) for p in params)
+
+
+def train_flops_per_token(config: PretrainedConfig, non_embedding: int, *, seq_len: int = 512,
+                          mask_rate: float = 0.15) -> float:
+    """Forward + backward FLOPs per input token, for MFU.
+
+    ``6 * N + 6 * L * S * H + 6 * mask_rate * V * H`` where N = ``non_embedding`` parameters, L layers, S =
+    ``seq_len``, H hidden size, V vocabulary. 6N is the matmuls through the weights (2 forward, 4 backward per
+    parameter); 6LSH is attention scores and the weighted sum of values (Kaplan et al. 2020, "Scaling Laws for Neural
+    Language Models"); the last term is the vocabulary projection, which the MLM loss applies only at the
+    ``mask_rate`` selected positions. Count ``non_embedding`` with :func:`count_parameters`.
+    """
+    layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
+    return 6.0 * non_embedding + 6.0 * layers * seq_len * hidden + 6.0 * mask_rate * vocab * hidden
+
+
+def _human(value: float, units: tuple[str, ...]) -> str:
+    for unit in units[:-1]:
+        if abs(value) < 1000:
+            return f"{value:#.4g}{unit}"
+        value /= 1000
+    return f"{value:#.4g}{units[-1]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m weam_ds.presets",
+                                     description="Size and training cost of every encoder preset.")
+    parser.add_argument("--vocab-size", type=int, default=250002, help="tokenizer vocabulary (default: XLM-R's)")
+    parser.add_argument("--seq-len", type=int, default=512, help="training sequence length in tokens")
+    args = parser.parse_args(argv)
+    if args.seq_len <= 0:
+        parser.error("--seq-len must be positive")
+    header = ("preset", "class", "layers", "hidden", "heads", "ffn", "params", "non-emb", "train FLOP/token")
+    rows = [header]
+    for name, preset in PRESETS.items():
+        try:
+            model = build_model(name, args.vocab_size, meta=True)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        counts = count_parameters(model)
+        flops = train_flops_per_token(model.config, counts["non_embedding"], seq_len=args.seq_len)
+        rows.append((name, type(model).__name__, str(preset.layers), str(preset.hidden), str(preset.heads),
+                     str(preset.ffn), _human(counts["total"], ("", "K", "M", "B", "T")),
+                     _human(counts["non_embedding"], ("", "K", "M", "B", "T")),
+                     _human(flops, (" FLOP", " kFLOP", " MFLOP", " GFLOP", " TFLOP"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    print(f"vocab {args.vocab_size}, sequence length {args.seq_len}, MLM mask rate 0.15; "
+          "params = encoder backbone (embeddings + layers)")
+    for row in rows:
+        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
