@@ -110,13 +110,13 @@ class PriorAttentionExchange(nn.Module):
 
     def forward(self, h_query: torch.Tensor, h_key: torch.Tensor, a: torch.Tensor,
                 key_mask: torch.Tensor) -> torch.Tensor:
-        degree = a.sum(dim=-1, keepdim=True)
-        prior = torch.log(a / degree.clamp_min(1) + self.epsilon)
-        bias = prior.masked_fill(~key_mask.bool()[:, None, :], torch.finfo(prior.dtype).min)
         q, k = self.query(h_query), self.key(h_key)
+        degree = a.sum(dim=-1, keepdim=True)
+        prior = torch.log(a / degree.clamp_min(1) + self.epsilon).to(q.dtype)  # q's dtype under autocast
+        bias = prior.masked_fill(~key_mask.bool()[:, None, :], torch.finfo(q.dtype).min)
         # SDPA's default scale is 1/sqrt(d); the float mask is added to the scores.
-        out = F.scaled_dot_product_attention(q[:, None], k[:, None], h_key[:, None],
-                                             attn_mask=bias[:, None].to(q.dtype))
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], h_key[:, None].to(q.dtype),
+                                             attn_mask=bias[:, None])
         return out[:, 0]
 
 
@@ -153,11 +153,16 @@ class PretrainingObjective(nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.head = _mlm_head(model)
+        _mlm_head(model)  # fail early on a model without one
         self.exchange = (PriorAttentionExchange(model.config.hidden_size, cfg.prior_epsilon)
                          if cfg.name == "weam" and cfg.exchange == "prior_attention" else None)
         # RoBERTa-family position ids start after the padding index; BERT's start at 0.
         self.position_offset = model.config.pad_token_id + 1 if "roberta" in model.config.model_type else 0
+
+    @property
+    def head(self) -> nn.Module:
+        """The model's MLM head (not registered here again: the state dict stays the model's own)."""
+        return _mlm_head(self.model)
 
     def encode(self, ids: torch.Tensor, attention_mask: torch.Tensor,
                position_ids: torch.Tensor | None = None) -> torch.Tensor:
