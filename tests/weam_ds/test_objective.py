@@ -14,7 +14,8 @@ from data_prep.manifest import read_manifest, shard_paths
 from data_prep.shard_format import decode_sample
 from weam_ds.batch import IGNORE, TokenInfo, collate, mask_batch, mask_tokens
 from weam_ds.config import MaskingConfig, ObjectiveConfig
-from weam_ds.objective import PretrainingObjective, PriorAttentionExchange, alignment_rows, hard_exchange, pack
+from weam_ds.objective import (PretrainingObjective, PriorAttentionExchange, _mean_ce, alignment_rows,
+                               hard_exchange, pack)
 
 MODES = [("weam", "hard"), ("weam", "prior_attention"), ("mlm", "hard"), ("tlm", "hard")]
 
@@ -76,7 +77,7 @@ def test_hard_exchange_and_its_loss_by_hand():
     w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, -1.0]])
     logits = [1.0, 0.5, 2 * 1.0 - 0.5]
     expected = -(logits[2] - math.log(sum(math.exp(v) for v in logits)))
-    loss = torch.nn.functional.cross_entropy(states[aligned] @ w.T, torch.tensor([2]))
+    loss = _mean_ce(states[aligned] @ w.T, torch.tensor([2]))  # only the aligned row takes part
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -97,6 +98,12 @@ def test_prior_attention_exchange_by_hand():
         weights = [math.exp(s) / sum(math.exp(t) for t in scores) for s in scores]
         expected = [sum(w * h[d] for w, h in zip(weights, H_Y[0, :3].tolist())) for d in range(2)]
         assert out[0, m].tolist() == pytest.approx(expected, rel=1e-5)  # padding (5, 5) got no weight
+    # Both masked positions take part here (the unaligned one too); labels 0 and 1 under an identity "head".
+    logits = out[0].tolist()
+    expected_loss = sum(-(row[label] - math.log(sum(math.exp(v) for v in row)))
+                        for row, label in zip(logits, (0, 1))) / 2
+    loss = _mean_ce(out[0], torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(expected_loss, rel=1e-6)
 
 
 # --- the objective on a tiny encoder -------------------------------------------------------------------
