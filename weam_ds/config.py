@@ -1,10 +1,14 @@
-"""weam_ds's configuration tree: strict dataclasses loaded from YAML (unknown keys and wrong types are
-errors naming the key; see data_prep.typed_config)."""
+"""weam_ds's configuration tree: one run file (YAML) validated strictly (unknown keys, wrong types and
+impossible combinations are errors naming the key; see data_prep.typed_config), plus the DeepSpeed config
+it points at, merged with its overrides."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from data_prep.typed_config import ConfigError
+from data_prep.typed_config import ConfigError, load_yaml
 
 OBJECTIVES = ("weam", "mlm", "tlm")
 EXCHANGES = ("hard", "prior_attention")
@@ -22,9 +26,9 @@ class MaskingConfig:
 
     def __post_init__(self):
         if not 0 < self.rate < 1:
-            raise ConfigError("masking.rate: must be between 0 and 1")
+            raise ConfigError("rate: must be between 0 and 1")
         if self.mask < 0 or self.random < 0 or self.mask + self.random > 1:
-            raise ConfigError("masking.mask, masking.random: must be non-negative and sum to at most 1")
+            raise ConfigError("mask, random: must be non-negative and sum to at most 1")
 
 
 @dataclass
@@ -42,10 +46,205 @@ class ObjectiveConfig:
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
-            raise ConfigError(f"objective.name: {self.name!r} is not one of {', '.join(OBJECTIVES)}")
+            raise ConfigError(f"name: {self.name!r} is not one of {', '.join(OBJECTIVES)}")
         if self.exchange not in EXCHANGES:
-            raise ConfigError(f"objective.exchange: {self.exchange!r} is not one of {', '.join(EXCHANGES)}")
+            raise ConfigError(f"exchange: {self.exchange!r} is not one of {', '.join(EXCHANGES)}")
         if self.xpred_weight < 0:
-            raise ConfigError("objective.xpred_weight: must not be negative")
+            raise ConfigError("xpred_weight: must not be negative")
         if not 0 < self.prior_epsilon < 1:
-            raise ConfigError("objective.prior_epsilon: must be between 0 and 1")
+            raise ConfigError("prior_epsilon: must be between 0 and 1")
+
+
+@dataclass
+class DataConfig:
+    datasets: list[str]
+    """Dataset directories written by data_prep (each with its manifest.json)."""
+    pairs: list[str] | None = None
+    """Language pairs to train on (``de-en`` ...); default all. The number of languages is a study variable."""
+    temperature: float = 0.3
+    """α of the pair mixture: a pair is drawn with probability ∝ n^α (n: its train samples)."""
+    max_length: int = 128
+    """Tokens per sentence, special tokens included; longer ones are truncated."""
+    batch_size: int | None = 32
+    """Sentence pairs per rank and micro-step; or set ``batch_tokens`` instead."""
+    batch_tokens: int | None = None
+    """A token budget per rank and micro-step (source + target, padding included)."""
+    shuffle_buffer: int = 1000
+    workers: int = 1
+    """DataLoader worker processes per rank (0: read in the training process)."""
+    verify_sha256: bool = True
+    """Check each shard against the manifest's sha256 the first time it is opened."""
+    eval_batches: int = 20
+    """Batches of the dev split evaluated every ``train.eval_interval`` steps."""
+
+    def __post_init__(self):
+        if not self.datasets:
+            raise ConfigError("datasets: name at least one dataset directory")
+        if (self.batch_size is None) == (self.batch_tokens is None):
+            raise ConfigError("batch_size, batch_tokens: set exactly one of them")
+        if (self.batch_size or 1) < 1 or (self.batch_tokens is not None and self.batch_tokens < self.max_length):
+            raise ConfigError("batch_size/batch_tokens: must be positive (batch_tokens at least max_length)")
+        if not 0 <= self.temperature <= 1:
+            raise ConfigError("temperature: must be between 0 and 1")
+        if self.max_length < 8:
+            raise ConfigError("max_length: must be at least 8")
+        if self.shuffle_buffer < 1 or self.workers < 0 or self.eval_batches < 0:
+            raise ConfigError("shuffle_buffer, workers, eval_batches: must be positive (workers, eval_batches >= 0)")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+
+    def __post_init__(self):
+        if self.lr <= 0 or len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas) or self.eps <= 0:
+            raise ConfigError("lr, betas, eps: lr > 0, two betas in [0, 1), eps > 0")
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 1000
+    decay: str = "linear"
+    """linear or cosine, from the peak after warm-up down to ``min_lr_ratio`` × peak at the last step."""
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self):
+        if self.decay not in ("linear", "cosine"):
+            raise ConfigError(f"decay: {self.decay!r} is not one of linear, cosine")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("warmup_steps, min_lr_ratio: warmup_steps >= 0, min_lr_ratio in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    """Optimizer steps."""
+    seed: int = 1234
+    gradient_accumulation: int = 1
+    gradient_clipping: float = 1.0
+    activation_checkpointing: bool = False
+    log_interval: int = 10
+    eval_interval: int = 1000
+    checkpoint_interval: int = 1000
+    keep_checkpoints: int = 2
+    max_nonfinite_in_row: int = 10
+    """Steps whose loss is NaN/inf are skipped and counted; this many in a row abort the run."""
+
+    def __post_init__(self):
+        for name in ("steps", "gradient_accumulation", "log_interval", "eval_interval", "checkpoint_interval",
+                     "keep_checkpoints", "max_nonfinite_in_row"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1")
+        if self.gradient_clipping < 0:
+            raise ConfigError("gradient_clipping: must not be negative (0 turns it off)")
+
+
+@dataclass
+class DeepSpeedSection:
+    config: str = "ds_configs/zero3_bf16.json"
+    """A DeepSpeed JSON config: a path, or the name of one shipped in ds_configs/."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Merged into the JSON (nested mappings key by key): ``{zero_optimization: {stage: 2}}``."""
+
+
+@dataclass
+class MonitorConfig:
+    peak_tflops: float | None = None
+    """Peak dense TFLOP/s per device for MFU; default: looked up for known GPUs (none for CPUs)."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str
+    data: DataConfig
+    model: str = "base"
+    """An encoder preset (tiny, mini, base, large, xl, xxl) or a local Hugging Face checkpoint directory."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    cfg = load_yaml(RunConfig, path)
+    for i, d in enumerate(cfg.data.datasets):
+        if not (Path(d) / "manifest.json").is_file():
+            raise ConfigError(f"{path}: data.datasets[{i}]: {d} has no manifest.json (build it with data_prep)")
+    deepspeed_config(cfg, where=str(path))  # validates the DeepSpeed section early
+    return cfg
+
+
+DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def deepspeed_config(cfg: RunConfig, where: str = "config", world_size: int = 1, hidden_size: int | None = None,
+                     cpu: bool = False) -> dict:
+    """The DeepSpeed config of a run: the JSON file with the overrides merged in, and every ``"auto"``
+    value (Hugging Face's convention) filled from the run config and the model. Impossible combinations
+    are errors naming the key."""
+    path = Path(cfg.deepspeed.config)
+    if not path.is_file() and (DS_CONFIG_DIR / path.name).is_file() and path.parent == Path("ds_configs"):
+        path = DS_CONFIG_DIR / path.name
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.name for p in DS_CONFIG_DIR.glob("*.json")))
+        raise ConfigError(f"{where}: deepspeed.config: no file {cfg.deepspeed.config} (shipped: {shipped})")
+    try:
+        ds = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    ds = _merge(ds, cfg.deepspeed.overrides)
+    zero = ds.setdefault("zero_optimization", {"stage": 0})
+    if ds.get("fp16", {}).get("enabled") and ds.get("bf16", {}).get("enabled"):
+        raise ConfigError(f"{where}: deepspeed: fp16.enabled and bf16.enabled cannot both be true")
+    if zero.get("stage") not in (0, 1, 2, 3):
+        raise ConfigError(f"{where}: deepspeed.zero_optimization.stage: must be 0, 1, 2 or 3")
+    if zero.get("stage") == 3 and ds.get("pipeline", {}).get("stages", 1) != 1:
+        raise ConfigError(f"{where}: deepspeed.pipeline.stages: ZeRO-3 cannot be combined with pipeline parallelism")
+    for kind in ("offload_optimizer", "offload_param"):
+        offload = zero.get(kind, {})
+        if offload.get("device") == "nvme" and not Path(str(offload.get("nvme_path", ""))).is_dir():
+            raise ConfigError(f"{where}: deepspeed.zero_optimization.{kind}.nvme_path: "
+                              f"{offload.get('nvme_path')!r} is not a directory (set it to a local NVMe mount)")
+    if cpu and (ds.get("fp16", {}).get("enabled") or any(zero.get(k, {}).get("device") == "nvme"
+                                                         for k in ("offload_optimizer", "offload_param"))):
+        raise ConfigError(f"{where}: deepspeed: fp16 and NVMe offload need a GPU; use ds_configs/cpu.json")
+    t = cfg.train
+    micro = cfg.data.batch_size if cfg.data.batch_size is not None else 1
+    auto = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": t.gradient_accumulation,
+        "train_batch_size": micro * t.gradient_accumulation * world_size,
+        "gradient_clipping": t.gradient_clipping,
+        "lr": cfg.optimizer.lr, "betas": cfg.optimizer.betas, "eps": cfg.optimizer.eps,
+        "weight_decay": cfg.optimizer.weight_decay,
+    }
+    if hidden_size:  # Hugging Face's rules of thumb for ZeRO-3 buckets, by model width
+        auto.update(reduce_bucket_size=hidden_size * hidden_size,
+                    stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
+                    stage3_param_persistence_threshold=10 * hidden_size)
+    return _fill_auto(ds, auto, where)
+
+
+def _fill_auto(node: Any, auto: dict, where: str, key: str = "deepspeed") -> Any:
+    if isinstance(node, dict):
+        return {k: _fill_auto(v, auto, where, f"{key}.{k}") for k, v in node.items()}
+    if node == "auto":
+        name = key.rsplit(".", 1)[-1]
+        if name not in auto:
+            if name.startswith(("reduce_bucket", "stage3_")):
+                return node  # filled once the model is known
+            raise ConfigError(f"{where}: {key}: 'auto' is not supported for this key")
+        return auto[name]
+    return node
