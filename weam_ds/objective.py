@@ -129,6 +129,10 @@ class ObjectiveOutput:
     """XPRED(x←y) + XPRED(y←x); 0 for the baselines."""
     tokens: dict[str, int]
     """Predicted positions per term: mlm, xpred."""
+    row_loss: torch.Tensor
+    """[B] summed cross-entropy of each row's predicted positions (MLM and XPRED), for per-pair monitoring."""
+    row_count: torch.Tensor
+    """[B] predicted positions per row."""
 
 
 def _mlm_head(model: nn.Module) -> nn.Module:
@@ -137,12 +141,6 @@ def _mlm_head(model: nn.Module) -> nn.Module:
     if len(heads) != 1:
         raise TypeError(f"{type(model).__name__}: expected one MLM head beside the encoder, found {len(heads)}")
     return heads[0]
-
-
-def _mean_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if labels.numel() == 0:
-        return logits.sum() * 0.0  # keeps the graph (and every rank's backward) alike
-    return F.cross_entropy(logits.float(), labels)
 
 
 class PretrainingObjective(nn.Module):
@@ -184,35 +182,41 @@ class PretrainingObjective(nn.Module):
                         torch.cat([F.pad(x_mask, (0, width - lx)), F.pad(y_mask, (0, width - ly))]))
         h_x, h_y = h[:len(x_ids), :lx], h[len(x_ids):, :ly]
 
-        states, labels = [h_x[x_labels != IGNORE], h_y[y_labels != IGNORE]], [x_labels[x_labels != IGNORE],
-                                                                            y_labels[y_labels != IGNORE]]
-        n_mlm = sum(len(s) for s in states)
+        # Groups of predicted positions: MLM(x), MLM(y), then XPRED(x←y), XPRED(y←x) for weam.
+        groups = []
+        for hidden, labels in ((h_x, x_labels), (h_y, y_labels)):
+            selected = labels != IGNORE
+            groups.append((hidden[selected], labels[selected], selected.nonzero()[:, 0]))
         if self.cfg.name == "weam":
             parallel = batch["parallel"]
             links = torch.where(parallel[:, None, None], batch["links"], -1)
             for h_query, h_key, query_labels, key_mask, query_key_links in (
                     (h_x, h_y, x_labels, y_mask, links), (h_y, h_x, y_labels, x_mask, links.flip(-1))):
-                exchanged, exchanged_labels = self._exchange(h_query, h_key, query_labels, key_mask,
-                                                             query_key_links, parallel)
-                states.append(exchanged)
-                labels.append(exchanged_labels)
-        # The head runs once, on the selected positions only.
-        logits = self.head(torch.cat(states))
-        labels_all = torch.cat(labels)
-        mlm_x = _mean_ce(logits[:len(labels[0])], labels[0])
-        mlm_y = _mean_ce(logits[len(labels[0]):n_mlm], labels[1])
-        mlm = mlm_x + mlm_y
+                groups.append(self._exchange(h_query, h_key, query_labels, key_mask, query_key_links, parallel))
+        means, out = self._predict(groups, len(x_ids))
+        mlm = means[0] + means[1]
         if self.cfg.name != "weam":
-            return ObjectiveOutput(mlm, mlm.detach(), torch.zeros((), device=mlm.device), {"mlm": n_mlm, "xpred": 0})
-        n_xy = len(labels[2])
-        xpred = _mean_ce(logits[n_mlm:n_mlm + n_xy], labels[2]) + _mean_ce(logits[n_mlm + n_xy:], labels[3])
-        loss = mlm + self.cfg.xpred_weight * xpred
-        return ObjectiveOutput(loss, mlm.detach(), xpred.detach(), {"mlm": n_mlm, "xpred": len(labels_all) - n_mlm})
+            return ObjectiveOutput(mlm, mlm.detach(), torch.zeros_like(mlm.detach()), *out)
+        xpred = means[2] + means[3]
+        return ObjectiveOutput(mlm + self.cfg.xpred_weight * xpred, mlm.detach(), xpred.detach(), *out)
+
+    def _predict(self, groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                 batch_size: int) -> tuple[list[torch.Tensor], tuple]:
+        """Runs the MLM head once over every group's states (selected positions only) and returns each
+        group's mean cross-entropy, plus the counts and per-row sums that ObjectiveOutput reports."""
+        states, labels, rows = (torch.cat(parts) for parts in zip(*groups))
+        ce = F.cross_entropy(self.head(states).float(), labels, reduction="none")
+        sizes = [len(g[1]) for g in groups]
+        means = [part.sum() / max(n, 1) for part, n in zip(ce.split(sizes), sizes)]  # an empty group: 0
+        row_loss = torch.zeros(batch_size, device=ce.device).index_add(0, rows, ce.detach())
+        row_count = torch.bincount(rows, minlength=batch_size)
+        tokens = {"mlm": sum(sizes[:2]), "xpred": sum(sizes[2:])}
+        return means, (tokens, row_loss, row_count)
 
     def _exchange(self, h_query: torch.Tensor, h_key: torch.Tensor, query_labels: torch.Tensor,
                   key_mask: torch.Tensor, links: torch.Tensor,
-                  parallel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exchanged states of the query side's masked positions that take part, and their labels."""
+                  parallel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Exchanged states of the query side's masked positions that take part, their labels and rows."""
         query = pack(query_labels != IGNORE)
         a = alignment_rows(links, query, h_query.shape[1], key_mask)
         if self.exchange is None:
@@ -222,7 +226,8 @@ class PretrainingObjective(nn.Module):
             exchanged = self.exchange(h_q, h_key, a, key_mask)
             takes_part = parallel[:, None].expand_as(query.valid)
         takes_part = takes_part & query.valid
-        return exchanged[takes_part], torch.gather(query_labels, 1, query.pos)[takes_part]
+        rows = torch.arange(len(takes_part), device=takes_part.device)[:, None].expand_as(takes_part)
+        return exchanged[takes_part], torch.gather(query_labels, 1, query.pos)[takes_part], rows[takes_part]
 
     def _tlm(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         """MLM over [x; y]: y is moved right after x's last real token, its positions restart at 0."""
@@ -243,6 +248,5 @@ class PretrainingObjective(nn.Module):
                            torch.arange(ly, device=ids.device).expand_as(y_ids), 0) + self.position_offset
         h = self.encode(ids, mask, positions)
         selected = labels != IGNORE
-        loss = _mean_ce(self.head(h[selected]), labels[selected])
-        return ObjectiveOutput(loss, loss.detach(), torch.zeros((), device=loss.device),
-                               {"mlm": int(selected.sum()), "xpred": 0})
+        (loss,), out = self._predict([(h[selected], labels[selected], selected.nonzero()[:, 0])], len(ids))
+        return ObjectiveOutput(loss, loss.detach(), torch.zeros_like(loss.detach()), *out)
