@@ -1,0 +1,110 @@
+"""What a run reports: TensorBoard scalars, console lines, and metrics.jsonl (rank 0 writes them all)."""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak TFLOP/s per device (vendor data sheets, SXM parts without sparsity).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
+
+
+def peak_tflops(configured: float | None) -> float | None:
+    if configured is not None:
+        return configured
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, value in PEAK_TFLOPS.items():
+            if key in name:
+                return value
+        log.warning("no peak TFLOP/s known for %s: set monitor.peak_tflops for MFU", name)
+    return None
+
+
+class Monitor:
+    """Accumulates per-step figures and reports their means every ``interval`` steps."""
+
+    def __init__(self, tensorboard: Path | None, metrics: Path | None, pairs: list[str], flops_per_token: float,
+                 peak: float | None, world: int):
+        self.writer = None
+        if tensorboard is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(tensorboard))
+        self.metrics = open(metrics, "a", encoding="utf-8") if metrics is not None else None
+        self.pairs, self.flops_per_token, self.peak, self.world = pairs, flops_per_token, peak, world
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums = defaultdict(float)
+        self.pair_loss = torch.zeros(len(self.pairs), dtype=torch.float64)
+        self.pair_count = torch.zeros(len(self.pairs), dtype=torch.float64)
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def step(self, step: int, figures: dict[str, float]) -> None:
+        """Figures of one optimizer step, already averaged (losses) or summed (counts) over ranks."""
+        if self.metrics is not None:
+            self.metrics.write(json.dumps({"step": step, **figures}) + "\n")
+            self.metrics.flush()
+        for key, value in figures.items():
+            self.sums[key] += value
+        self.steps += 1
+
+    def pairs_seen(self, loss: torch.Tensor, count: torch.Tensor) -> None:
+        self.pair_loss += loss.double().cpu()
+        self.pair_count += count.double().cpu()
+
+    def report(self, step: int, counters: dict[str, float]) -> dict[str, float]:
+        seconds = time.perf_counter() - self.started
+        n = max(self.steps, 1)
+        s = self.sums
+        scalars = {
+            "loss/total": s["loss"] / n, "loss/mlm": s["mlm"] / n, "loss/xpred": s["xpred"] / n,
+            "optim/lr": s["lr"] / n, "optim/grad_norm": s["grad_norm"] / n, "optim/loss_scale": s["loss_scale"] / n,
+            "throughput/tokens_per_s": s["tokens"] / seconds, "throughput/samples_per_s": s["samples"] / seconds,
+            "throughput/data_wait_fraction": s["data_wait"] / max(s["step_time"], 1e-9),
+        }
+        tflops = s["tokens"] * self.flops_per_token / seconds / 1e12
+        scalars["throughput/tflops"] = tflops
+        if self.peak:
+            scalars["throughput/mfu"] = tflops / (self.peak * self.world)
+        for k, pair in enumerate(self.pairs):
+            if self.pair_count[k] > 0:
+                scalars[f"loss_by_pair/{pair}"] = float(self.pair_loss[k] / self.pair_count[k])
+        if torch.cuda.is_available():
+            scalars["memory/allocated_gb"] = torch.cuda.memory_allocated() / 2**30
+            scalars["memory/reserved_gb"] = torch.cuda.memory_reserved() / 2**30
+        else:
+            scalars["memory/max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        scalars.update({f"counters/{k}": v for k, v in counters.items()})
+        if self.writer is not None:
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        mfu = f" mfu {scalars['throughput/mfu']:.1%}" if "throughput/mfu" in scalars else ""
+        log.info("step %d | loss %.4f (mlm %.4f, xpred %.4f) | lr %.2e | grad norm %.3f | %.0f tok/s | "
+                 "%.3f TFLOP/s%s | data wait %.0f%% | skipped %d", step, scalars["loss/total"], scalars["loss/mlm"],
+                 scalars["loss/xpred"], scalars["optim/lr"], scalars["optim/grad_norm"],
+                 scalars["throughput/tokens_per_s"], tflops, mfu, 100 * scalars["throughput/data_wait_fraction"],
+                 counters.get("skipped_steps", 0))
+        self._reset()
+        return scalars
+
+    def add(self, key: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.metrics is not None:
+            self.metrics.close()

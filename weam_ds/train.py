@@ -1,0 +1,387 @@
+"""``python -m weam_ds.train --config run.yaml``: pre-train an encoder preset under DeepSpeed.
+
+The same code runs one CPU process (gloo) or a GPU cluster (NCCL); launch several processes with
+torchrun, the DeepSpeed runner or SLURM (see launcher/). Read top to bottom, a run:
+
+1. loads and checks the run config, joins the process group, sets up the run directory and logs;
+2. builds the model (partitioned from the start under ZeRO-3, through transformers' HfDeepSpeedConfig)
+   and the objective, and hands both to DeepSpeed with the optimizer and LR schedule;
+3. resumes from the newest checkpoint, if any: weights, optimizer, schedule, step, RNG states and the
+   position of every data slot, so the continued run takes the same steps as an uninterrupted one;
+4. trains: per optimizer step, gradient-accumulation micro-batches from the resumable WebDataset stream;
+   a non-finite loss skips its micro-batch on every rank (counted; too many in a row abort);
+5. logs every ``log_interval``, evaluates every ``eval_interval``, checkpoints every
+   ``checkpoint_interval`` and on SIGTERM/SIGINT (preemption), keeping the last ``keep_checkpoints``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from data_prep.typed_config import ConfigError, to_dict
+from weam_ds.batch import TokenInfo
+from weam_ds.config import RunConfig, deepspeed_config, load_run_config
+from weam_ds.data import Corpus, TrainStream, eval_batches
+from weam_ds.hardware import Hardware, probe
+from weam_ds.monitor import Monitor, peak_tflops
+from weam_ds.objective import PretrainingObjective
+from weam_ds.presets import PRESETS, build_model, count_parameters, train_flops_per_token
+from weam_ds.run_dir import PROBE_FILE, RunDir
+
+log = logging.getLogger("weam_ds.train")
+LOG_FORMAT = "%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s"
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT arrived (or --stop-at was reached): checkpoint and leave."""
+
+
+def lr_lambda(step: int, cfg: RunConfig) -> float:
+    """Linear warm-up to the peak, then linear or cosine decay to ``min_lr_ratio`` at the last step."""
+    warmup, total, floor = cfg.schedule.warmup_steps, cfg.train.steps, cfg.schedule.min_lr_ratio
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    shape = 1 - progress if cfg.schedule.decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * shape
+
+
+def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and LayerNorm weights (the BERT/RoBERTa convention)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _optimizer_for(ds: dict, hw: Hardware, module: torch.nn.Module, cfg: RunConfig):
+    """DeepSpeed picks FusedAdam on GPUs and DeepSpeedCPUAdam when offloading; on CPU it must use torch's
+    AdamW; NVIDIA apex's FusedAdam replaces DeepSpeed's when apex is importable (no offload)."""
+    zero = ds.get("zero_optimization", {})
+    offload = zero.get("offload_optimizer", {}).get("device") in ("cpu", "nvme")
+    if hw.device == "cpu":
+        ds.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"]["torch_adam"] = True
+        log.info("optimizer: torch.optim.AdamW (CPU)")
+        return None
+    if hw.apex and not offload and ds.get("optimizer", {}).get("type", "").lower() in ("adam", "adamw"):
+        from apex.optimizers import FusedAdam
+
+        ds.pop("optimizer")
+        log.info("optimizer: apex.optimizers.FusedAdam")
+        o = cfg.optimizer
+        return FusedAdam(_param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                         adam_w_mode=True)
+    log.info("optimizer: %s", "DeepSpeedCPUAdam (offload)" if offload else "deepspeed.ops.adam.FusedAdam")
+    return None
+
+
+def _setup_logging(run: RunDir, rank: int) -> None:
+    # DeepSpeed calls collectives that torch has renamed; the warning repeats every step.
+    warnings.filterwarnings("ignore", message=r".*(reduce_scatter_tensor|all_gather_into_tensor).*",
+                            category=FutureWarning)
+    run.log(rank).parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter(LOG_FORMAT.format(rank=rank))
+    handlers = [logging.FileHandler(run.log(rank))]
+    if rank == 0:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    root = logging.getLogger()
+    root.handlers.clear()
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+    for noisy in ("DeepSpeed", "deepspeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _to_device(batch: dict, device: str) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _all_mean(values: list[float], world: int, device: str) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+def _all_sum(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, resume: bool = True, stop_at: int | None = None):
+        self.cfg, self.stop_at = cfg, stop_at
+        self.hw = probe()
+        import deepspeed
+
+        self.deepspeed = deepspeed
+        deepspeed.init_distributed(dist_backend=self.hw.dist_backend)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if self.hw.device == "cuda" else "cpu"
+        if self.hw.device == "cuda":
+            torch.cuda.set_device(self.device)
+        self.run = RunDir(Path(cfg.output_dir))
+        _setup_logging(self.run, self.rank)
+        log.info("rank %d of %d on %s (%s)", self.rank, self.world, self.device, self.hw.dist_backend)
+
+        self.corpus = Corpus.open(cfg.data)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.corpus.tokenizer_dir))
+        self.info = TokenInfo.from_tokenizer(self.tokenizer)
+        log.info("pairs %s, sampling probabilities %s", self.corpus.pairs,
+                 [round(float(p), 3) for p in self.corpus.probabilities])
+
+        self._build_engine()
+        self.step, self.counters, positions, self.batches_taken = 0, {}, {}, 0
+        if resume:
+            positions = self._resume()
+        self._write_run_files()
+        self.stream = TrainStream(self.corpus, cfg.data, cfg.objective.masking, self.info, cfg.train.seed,
+                                  self.rank, positions, self.batches_taken)
+        self.positions = dict(positions)
+        self.eval = eval_batches(cfg.data, cfg.objective.masking, self.info, self.rank, self.world, cfg.train.seed)
+        counts = count_parameters(self.model)
+        avg_len = cfg.data.max_length  # a bound; the monitor counts the real tokens
+        self.flops_per_token = train_flops_per_token(self.model.config, counts["non_embedding"], seq_len=avg_len)
+        log.info("model %s: %s parameters (%s non-embedding)", cfg.model, f"{counts['total']:,}",
+                 f"{counts['non_embedding']:,}")
+
+    def _build_engine(self) -> None:
+        cfg, deepspeed = self.cfg, self.deepspeed
+        hidden = PRESETS[cfg.model].hidden if cfg.model in PRESETS else None
+        self.ds = deepspeed_config(cfg, world_size=self.world, hidden_size=hidden, cpu=self.hw.device == "cpu")
+        zero3 = self.ds["zero_optimization"].get("stage") == 3
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+        if zero3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # Alive while the model is built: transformers then builds it inside deepspeed.zero.Init, so each
+            # rank only ever holds its partition (an xl model never exists whole on one device).
+            self._hf_ds = HfDeepSpeedConfig(self.ds)
+        info = self.info
+        self.model = build_model(cfg.model, info.vocab_size, pad_token_id=info.pad_id, bos=info.bos_id,
+                                 eos=info.eos_id)
+        if cfg.train.activation_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        objective = PretrainingObjective(self.model, cfg.objective)
+        optimizer = _optimizer_for(self.ds, self.hw, objective, cfg)
+        params = _param_groups(objective, cfg.optimizer.weight_decay) if optimizer is None else None
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=objective, model_parameters=params, optimizer=optimizer, config=self.ds,
+            lr_scheduler=partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_lambda, cfg=cfg)))
+        torch.manual_seed(cfg.train.seed + 1 + self.rank)  # dropout differs across ranks
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+
+    def _resume(self) -> dict:
+        tag = self.run.latest_tag()
+        if tag is None:
+            return {}
+        path, state = self.engine.load_checkpoint(str(self.run.checkpoints), tag)
+        if path is None:
+            raise RuntimeError(f"{self.run.checkpoints}/{tag}: DeepSpeed could not load this checkpoint")
+        self.step, self.counters = state["step"], state["counters"]
+        log.info("resumed from %s at step %d", path, self.step)
+        if state["world"] != self.world:
+            log.warning("the checkpoint was written by %d ranks, this run has %d: the data streams start afresh "
+                        "(weights and optimizer come through DeepSpeed's universal checkpoint)", state["world"],
+                        self.world)
+            return {}
+        mine = state["ranks"][self.rank]
+        torch.set_rng_state(mine["torch_rng"])
+        if torch.cuda.is_available() and mine.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(mine["cuda_rng"])
+        self.batches_taken = mine["batches"]
+        return {int(slot): pos for slot, pos in mine["positions"].items()}
+
+    def save(self) -> None:
+        mine = {"torch_rng": torch.get_rng_state(), "batches": self.batches_taken,
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+                "positions": {str(k): v for k, v in self.positions.items()}}
+        ranks = [None] * self.world
+        dist.all_gather_object(ranks, mine)
+        tag = f"step{self.step}"
+        state = {"step": self.step, "counters": self.counters, "world": self.world, "ranks": ranks}
+        # DeepSpeed writes ``latest`` only after every rank has saved its part.
+        self.engine.save_checkpoint(str(self.run.checkpoints), tag=tag, client_state=state)
+        self._save_probe(self.run.checkpoints / tag)
+        if self.rank == 0:
+            tags = sorted((p for p in self.run.checkpoints.glob("step*") if p.is_dir()),
+                          key=lambda p: int(p.name[4:]))
+            for old in tags[:-self.cfg.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        log.info("checkpoint %s saved", tag)
+
+    def _save_probe(self, tag_dir: Path) -> None:
+        """The engine's MLM logits on two fixed sentences, which an export must reproduce."""
+        batch = self.eval[0] if self.eval else None
+        if batch is None:
+            return
+        ids, mask = batch["src_ids"][:2, :16].to(self.device), batch["src_attention_mask"][:2, :16].to(self.device)
+        objective = self.engine.module
+        was_training = objective.training
+        objective.eval()
+        with torch.no_grad():
+            logits = objective.head(objective.encode(ids, mask)).float()[..., :1024].cpu()
+        objective.train(was_training)
+        if self.rank == 0:
+            torch.save({"input_ids": ids.cpu(), "attention_mask": mask.cpu(), "logits": logits}, tag_dir / PROBE_FILE)
+
+    def _write_run_files(self) -> None:
+        if self.rank != 0:
+            return
+        run = self.run
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.config.write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        run.ds_config.write_text(json.dumps(self.ds, indent=1))
+        self.model.config.save_pretrained(str(run.model))
+        self.tokenizer.save_pretrained(str(run.model))
+
+    # --- training --------------------------------------------------------------------------------------
+
+    def train(self) -> int:
+        cfg = self.cfg.train
+        loader = torch.utils.data.DataLoader(
+            self.stream, batch_size=None, num_workers=self.cfg.data.workers, pin_memory=self.hw.device == "cuda",
+            prefetch_factor=2 if self.cfg.data.workers else None,
+            generator=torch.Generator())  # its own seed draw must not move the RNG that dropout uses
+        batches = iter(loader)
+        monitor = Monitor(self.run.tensorboard if self.rank == 0 else None,
+                          self.run.metrics if self.rank == 0 else None, self.corpus.pairs, self.flops_per_token,
+                          peak_tflops(self.cfg.monitor.peak_tflops), self.world)
+        stop = {"signal": None}
+
+        def on_signal(signum, _frame):
+            stop["signal"] = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        nonfinite_in_row = 0
+        self.engine.train()
+        try:
+            while self.step < cfg.steps:
+                started = time.perf_counter()
+                wait = 0.0
+                figures = {"loss": 0.0, "mlm": 0.0, "xpred": 0.0, "tokens": 0.0, "samples": 0.0}
+                done = 0
+                while done < cfg.gradient_accumulation:
+                    t = time.perf_counter()
+                    batch = next(batches)
+                    wait += time.perf_counter() - t
+                    stream = batch.pop("stream")
+                    self.positions[stream["slot"]] = stream["position"]
+                    self.batches_taken += 1
+                    for key, value in stream["stats"].items():
+                        self.counters[f"{key}_slot{stream['slot']}"] = value
+                    out = self.engine(_to_device(batch, self.device))
+                    finite = torch.tensor([float(torch.isfinite(out.loss))], device=self.device)
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                    if finite.item() == 0:  # every rank skips this micro-batch together
+                        nonfinite_in_row += 1
+                        self.counters["skipped_steps"] = self.counters.get("skipped_steps", 0) + 1
+                        log.warning("non-finite loss at step %d: micro-batch skipped (%d in a row)",
+                                    self.step, nonfinite_in_row)
+                        if nonfinite_in_row >= cfg.max_nonfinite_in_row:
+                            raise RuntimeError(f"{nonfinite_in_row} non-finite losses in a row at step {self.step}; "
+                                               "lower the learning rate or check the data")
+                        continue
+                    nonfinite_in_row = 0
+                    self.engine.backward(out.loss)
+                    self.engine.step()
+                    done += 1
+                    figures["loss"] += out.loss.item() / cfg.gradient_accumulation
+                    figures["mlm"] += out.mlm.item() / cfg.gradient_accumulation
+                    figures["xpred"] += out.xpred.item() / cfg.gradient_accumulation
+                    figures["tokens"] += float(batch["src_attention_mask"].sum() + batch["tgt_attention_mask"].sum())
+                    figures["samples"] += len(batch["src_ids"])
+                    pair_loss = torch.zeros(len(self.corpus.pairs), device=self.device).index_add(
+                        0, batch["pair_index"].to(self.device), out.row_loss)
+                    pair_count = torch.zeros(len(self.corpus.pairs), device=self.device).index_add(
+                        0, batch["pair_index"].to(self.device), out.row_count.float())
+                    monitor.pairs_seen(_all_sum(pair_loss), _all_sum(pair_count))
+                self.step += 1
+                loss, mlm, xpred = _all_mean([figures["loss"], figures["mlm"], figures["xpred"]], self.world,
+                                             self.device)
+                tokens, samples, wait_all = _all_mean([figures["tokens"], figures["samples"], wait], self.world,
+                                                      self.device)
+                grad_norm = self.engine.get_global_grad_norm()
+                scale = getattr(self.optimizer, "cur_scale", 1.0)
+                monitor.step(self.step, {
+                    "loss": loss, "mlm": mlm, "xpred": xpred, "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm) if grad_norm is not None else 0.0, "loss_scale": float(scale),
+                    "tokens": tokens * self.world, "samples": samples * self.world, "data_wait": wait_all,
+                    "step_time": time.perf_counter() - started})
+                if self.step % cfg.log_interval == 0 or self.step == cfg.steps:
+                    counters = {"skipped_steps": self.counters.get("skipped_steps", 0),
+                                "bad_shards": sum(v for k, v in self.counters.items() if k.startswith("bad_shards")),
+                                "bad_samples": sum(v for k, v in self.counters.items() if k.startswith("bad_samp"))}
+                    counters = dict(zip(counters, _all_mean(list(counters.values()), 1, self.device)))
+                    monitor.report(self.step, counters)
+                if self.eval and (self.step % cfg.eval_interval == 0 or self.step == cfg.steps):
+                    monitor.add("eval/loss", self.evaluate(), self.step)
+                flag = torch.tensor([1.0 if stop["signal"] or self.step == self.stop_at else 0.0],
+                                    device=self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item():
+                    raise Preempted
+                if self.step % cfg.checkpoint_interval == 0 or self.step == cfg.steps:
+                    self.save()
+        except Preempted:
+            log.info("stopping at step %d (%s): saving a checkpoint", self.step,
+                     signal.Signals(stop["signal"]).name if stop["signal"] else "--stop-at")
+            self.save()
+        finally:
+            monitor.close()
+        log.info("done at step %d; TensorBoard logs in %s", self.step, self.run.tensorboard)
+        return 0
+
+    def evaluate(self) -> float:
+        self.engine.eval()
+        total = 0.0
+        with torch.no_grad():
+            for batch in self.eval:
+                total += self.engine(_to_device(batch, self.device)).loss.item()
+        self.engine.train()
+        (mean,) = _all_mean([total / len(self.eval)], self.world, self.device)
+        return mean
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="weam_ds.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="run.yaml (see README: training)")
+    parser.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run directory")
+    parser.add_argument("--stop-at", type=int, help="checkpoint and stop after this step, as on preemption")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the DeepSpeed runner
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_run_config(args.config)
+    except ConfigError as exc:
+        print(f"weam_ds.train: error: {exc}", file=sys.stderr)
+        return 2
+    run = RunDir(Path(cfg.output_dir))
+    if args.no_resume and run.latest_tag() is not None:
+        print(f"weam_ds.train: error: {run.checkpoints} already has checkpoints (--no-resume)", file=sys.stderr)
+        return 2
+    return Trainer(cfg, resume=not args.no_resume, stop_at=args.stop_at).train()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
