@@ -86,6 +86,10 @@ class Corpus:
         return cls(pairs, {p: shards[p] for p in pairs}, weights / weights.sum(), tokenizer)
 
 
+def _every(urls):
+    return urls
+
+
 class _Shards:
     """Opens shards for one process: checks each against its sha256 once, skips and counts the bad."""
 
@@ -111,7 +115,9 @@ class _Shards:
             errors.append(exc)
             return False  # stop reading this shard
 
-        for raw in wds.WebDataset([shard.path], shardshuffle=False, empty_check=False, handler=handler):
+        # This process reads exactly this shard: the stream, not webdataset, decides who reads what.
+        for raw in wds.WebDataset([shard.path], shardshuffle=False, empty_check=False, handler=handler,
+                                  nodesplitter=_every, workersplitter=_every):
             try:
                 yield decode_sample(raw)
             except ShardFormatError as exc:

@@ -1,0 +1,253 @@
+"""Training under DeepSpeed on CPU (gloo, 2 processes) on shards built by data_prep: losses, ZeRO-2 vs
+ZeRO-3, exact resume, export round trip, TensorBoard scalars; and the resumable stream on its own."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from data_prep.typed_config import ConfigError, from_dict
+from weam_ds.batch import TokenInfo
+from weam_ds.config import DataConfig, MaskingConfig, RunConfig, deepspeed_config, load_run_config
+from weam_ds.data import Corpus, TrainStream
+from weam_ds.export import export
+from weam_ds.presets import build_model
+from weam_ds.run_dir import PROBE_FILE, RunDir
+
+STEPS = 16
+
+
+def _port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run_config(dataset: Path, out: Path, **sections) -> dict:
+    cfg = {
+        "output_dir": str(out),
+        "model": "tiny",
+        "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
+                 "shuffle_buffer": 64},
+        "objective": {"name": "weam"},
+        "optimizer": {"lr": 2e-3},
+        "schedule": {"warmup_steps": 4},
+        "train": {"steps": STEPS, "log_interval": 4, "eval_interval": 8, "checkpoint_interval": 8,
+                  "keep_checkpoints": 1},
+        "deepspeed": {"config": "ds_configs/cpu.json"},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def train(cfg: dict, tmp: Path, ranks: int = 2, *extra: str) -> subprocess.CompletedProcess:
+    path = tmp / f"{Path(cfg['output_dir']).name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", f"--master-port={_port()}",
+           "-m", "weam_ds.train", "--config", str(path), *extra]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
+def losses(out: Path) -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    return [r["loss"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def zero3_run(small_dataset, tmp_path_factory):
+    """A 2-rank ZeRO-3 WEAM run that continues pre-training a saved checkpoint (so that other runs can start
+    from the very same weights)."""
+    dataset, _, _ = small_dataset
+    tmp = tmp_path_factory.mktemp("train")
+    info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(dataset / "tokenizer")))
+    torch.manual_seed(0)
+    build_model("tiny", info.vocab_size, pad_token_id=info.pad_id).save_pretrained(str(tmp / "init"))
+    cfg = run_config(dataset, tmp / "zero3", model=str(tmp / "init"))
+    train(cfg, tmp)
+    return tmp, cfg, Path(cfg["output_dir"])
+
+
+def test_two_rank_zero3_weam_run_learns_and_reports(zero3_run):
+    _, _, out = zero3_run
+    values = losses(out)
+    assert len(values) == STEPS
+    assert np.mean(values[-4:]) < np.mean(values[:4])
+    run = RunDir(out)
+    assert run.latest_tag() == f"step{STEPS}"
+    assert [p.name for p in run.checkpoints.glob("step*")] == [f"step{STEPS}"]  # keep_checkpoints: 1
+    assert (run.log(0)).is_file() and (run.log(1)).is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run.tensorboard))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("loss/total", "loss/mlm", "loss/xpred", "loss_by_pair/fr-en", "loss_by_pair/ja-en", "optim/lr",
+                "optim/grad_norm", "optim/loss_scale", "throughput/tokens_per_s", "throughput/samples_per_s",
+                "throughput/tflops", "throughput/data_wait_fraction", "memory/max_rss_gb",
+                "counters/skipped_steps", "counters/bad_shards", "eval/loss"):
+        assert tag in tags, tag
+    assert [e.step for e in events.Scalars("loss/total")] == [4, 8, 12, 16]
+
+
+def test_zero2_gives_the_losses_of_zero3(zero3_run):
+    tmp, cfg, out = zero3_run
+    zero2 = run_config(Path(cfg["data"]["datasets"][0]), tmp / "zero2", model=cfg["model"],
+                       deepspeed={"config": "ds_configs/cpu.json", "overrides": {"zero_optimization": {"stage": 2}}})
+    train(zero2, tmp)
+    assert losses(tmp / "zero2") == pytest.approx(losses(out), rel=1e-4)
+
+
+def test_interrupted_and_resumed_run_takes_the_same_steps(zero3_run):
+    tmp, cfg, out = zero3_run
+    resumed = {**cfg, "output_dir": str(tmp / "resumed")}
+    first = train(resumed, tmp, 2, "--stop-at", "5")
+    assert "stopping at step 5" in first.stderr
+    assert RunDir(tmp / "resumed").latest_tag() == "step5"
+    train(resumed, tmp)
+    assert losses(tmp / "resumed") == pytest.approx(losses(out), rel=1e-6)
+
+
+def test_export_loads_with_auto_model_and_matches_the_engine(zero3_run, tmp_path):
+    _, _, out = zero3_run
+    target = tmp_path / "hf"
+    difference = export(out / "checkpoints", target)
+    assert difference is not None and difference < 1e-4
+    model = AutoModelForMaskedLM.from_pretrained(str(target)).eval()
+    probe = torch.load(out / "checkpoints" / f"step{STEPS}" / PROBE_FILE, weights_only=True)
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+    real = probe["attention_mask"].bool()
+    assert torch.allclose(logits[..., :probe["logits"].shape[-1]][real], probe["logits"][real], atol=1e-4)
+    assert AutoTokenizer.from_pretrained(str(target)).vocab_size == model.config.vocab_size
+
+
+@pytest.mark.parametrize("objective", ["mlm", "tlm"])
+def test_baseline_objectives_train(small_dataset, tmp_path, objective):
+    dataset, _, _ = small_dataset
+    cfg = run_config(dataset, tmp_path / objective, objective={"name": objective}, train={"steps": 4})
+    train(cfg, tmp_path, 1)
+    values = losses(tmp_path / objective)
+    assert len(values) == 4 and all(np.isfinite(values))
+
+
+# --- the stream on its own -----------------------------------------------------------------------------
+
+def _stream(dataset: Path, rank: int, **data) -> tuple[TrainStream, Corpus]:
+    cfg = from_dict(DataConfig, {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 0,
+                                 "shuffle_buffer": 32, **data})
+    corpus = Corpus.open(cfg)
+    info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(corpus.tokenizer_dir)))
+    return TrainStream(corpus, cfg, MaskingConfig(), info, seed=7, rank=rank), corpus
+
+
+def _take(stream, n):
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
+
+
+def test_ranks_read_different_data_and_pairs_follow_the_temperature(small_dataset):
+    dataset, _, _ = small_dataset
+    a, corpus = _stream(dataset, 0)
+    b, _ = _stream(dataset, 1)
+    first_a, first_b = _take(a, 3), _take(b, 3)
+    assert not torch.equal(first_a[0]["src_ids"], first_b[0]["src_ids"])
+    sizes = np.array([sum(s.samples for s in corpus.shards[p]) for p in corpus.pairs], dtype=float)
+    assert corpus.probabilities == pytest.approx(sizes ** 0.3 / (sizes ** 0.3).sum())
+    uniform, _ = _stream(dataset, 0, temperature=0.0)
+    drawn = Counter(int(i) for batch in _take(uniform, 40) for i in batch["pair_index"])
+    assert all(abs(drawn[k] / 320 - 0.5) < 0.1 for k in range(2))
+
+
+def test_stream_resumes_exactly_from_a_batch_position(small_dataset):
+    dataset, _, _ = small_dataset
+    stream, corpus = _stream(dataset, 0, batch_size=None, batch_tokens=400)
+    batches = _take(stream, 12)
+    info, cfg = stream.info, stream.cfg
+    resumed = TrainStream(corpus, cfg, stream.masking, info, seed=7, rank=0,
+                          positions={0: batches[6]["stream"]["position"]}, first_batch=7)
+    for expected, got in zip(batches[7:], _take(resumed, 5)):
+        for key in ("src_input_ids", "tgt_input_ids", "src_labels", "links", "pair_index"):
+            assert torch.equal(expected[key], got[key]), key
+
+
+def test_corrupt_and_missing_shards_are_skipped_and_counted(small_dataset, tmp_path):
+    dataset, _, _ = small_dataset
+    copy = tmp_path / "dataset"
+    shutil.copytree(dataset, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    train_shards = [s for s in manifest["pairs"]["ja-en"]["shards"] if s["split"] == "train"]
+    corrupt = copy / train_shards[0]["path"]
+    corrupt.write_bytes(corrupt.read_bytes()[:1000] + b"\xff" * 5000)
+    for shard in train_shards[1:]:
+        (copy / shard["path"]).unlink()
+    kept = [s for s in manifest["pairs"]["fr-en"]["shards"] if s["split"] == "train"]
+    stream, corpus = _stream(copy, 0, pairs=["fr-en", "ja-en"])
+    with pytest.raises(RuntimeError, match="ja-en: 1000 shard visits"):
+        _take(stream, 200)  # every ja-en shard is bad: the stream says so rather than spinning
+    stream, _ = _stream(copy, 0, pairs=["fr-en"])
+    assert kept and _take(stream, 5)[-1]["stream"]["stats"] == {}
+    # With a good ja-en shard back, the bad ones are counted and the stream goes on.
+    shutil.copy(dataset / train_shards[1]["path"], copy / train_shards[1]["path"])
+    stream, corpus = _stream(copy, 0)
+    batches = _take(stream, 60)
+    assert batches[-1]["stream"]["stats"].get("bad_shards", 0) >= 1
+    ja = corpus.pairs.index("ja-en")
+    assert sum(int((b["pair_index"] == ja).sum()) for b in batches) > 0
+
+
+# --- configuration -------------------------------------------------------------------------------------
+
+def _bad(small_dataset, tmp_path, message, **sections):
+    dataset, _, _ = small_dataset
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_config(dataset, tmp_path / "out", **sections)))
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(path)
+
+
+def test_config_errors_name_the_key(small_dataset, tmp_path):
+    _bad(small_dataset, tmp_path, "train.stepz: unknown key", train={"stepz": 3})
+    _bad(small_dataset, tmp_path, "fp16.enabled and bf16.enabled", deepspeed={
+        "config": "ds_configs/zero3_bf16.json", "overrides": {"fp16": {"enabled": True}}})
+    _bad(small_dataset, tmp_path, "pipeline.stages", deepspeed={
+        "config": "ds_configs/zero3_bf16.json", "overrides": {"pipeline": {"stages": 2}}})
+    _bad(small_dataset, tmp_path, "nvme_path", deepspeed={"config": "ds_configs/zero3_nvme_bf16.json"})
+    _bad(small_dataset, tmp_path, "deepspeed.config: no file", deepspeed={"config": "nope.json"})
+    _bad(small_dataset, tmp_path, "data.datasets\\[0\\]: .* has no manifest.json", data={"datasets": ["/nonexistent"]})
+    _bad(small_dataset, tmp_path, "objective.exchange: 'soft'", objective={"exchange": "soft"})
+    _bad(small_dataset, tmp_path, "batch_size, batch_tokens: set exactly one", data={"batch_tokens": 512})
+
+
+def test_shipped_deepspeed_configs_resolve(small_dataset, tmp_path):
+    dataset, _, _ = small_dataset
+    shipped = sorted(Path(__file__).resolve().parents[2].joinpath("ds_configs").glob("*.json"))
+    assert {p.stem for p in shipped} >= {"cpu", "zero2_bf16", "zero2_fp16", "zero3_bf16", "zero3_fp16",
+                                         "zero3_offload_bf16", "zero3_offload_fp16", "zero3_nvme_bf16",
+                                         "zero3_nvme_fp16"}
+    for path in shipped:
+        overrides = {}
+        if "nvme" in path.stem:
+            nvme = {"device": "nvme", "nvme_path": str(tmp_path)}
+            overrides = {"zero_optimization": {"offload_optimizer": nvme, "offload_param": nvme}}
+        cfg = from_dict(RunConfig, run_config(dataset, tmp_path, deepspeed={"config": f"ds_configs/{path.name}",
+                                                                            "overrides": overrides}))
+        ds = deepspeed_config(cfg, world_size=4, hidden_size=768)
+        text = json.dumps(ds)
+        assert '"auto"' not in text, path.name
+        assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 1
+        assert ds["gradient_clipping"] == 1.0 and ds["optimizer"]["params"]["lr"] == 2e-3
+        assert not (ds.get("fp16", {}).get("enabled") and ds.get("bf16", {}).get("enabled"))

@@ -1,0 +1,108 @@
+"""``python -m weam_ds.export CKPT_DIR OUT_DIR``: a DeepSpeed checkpoint → a Hugging Face model directory.
+
+CKPT_DIR is a run's ``checkpoints/`` (the ``latest`` tag unless ``--tag``). ZeRO partitions are merged
+into one fp32 state dict (DeepSpeed's zero_to_fp32), the WEAM-only parameters (the prior-attention
+exchange) are left out, and the encoder with its MLM head is saved with ``save_pretrained`` (safetensors,
+fp32 or ``--dtype bf16/fp16``) next to the run's tokenizer, so ``AutoModelForMaskedLM.from_pretrained``
+loads it. The export is then checked: its MLM logits on the probe the trainer stored with the
+checkpoint must match the training engine's.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from weam_ds.run_dir import PROBE_FILE, RunDir
+
+log = logging.getLogger("weam_ds.export")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export(checkpoints: Path, out: Path, tag: str | None = None, dtype: str = "fp32") -> float | None:
+    """Writes the model to ``out``; returns the largest |logit difference| against the probe (None if the
+    checkpoint has no probe). Raises ExportError when the check fails."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    run = RunDir(checkpoints.parent)
+    tag = tag or run.latest_tag()
+    if tag is None or not (checkpoints / tag).is_dir():
+        raise ExportError(f"{checkpoints}: no checkpoint {tag or '(no latest)'}")
+    if not (run.model / "config.json").is_file():
+        raise ExportError(f"{run.model}: the run's model config is missing (is {checkpoints} a weam_ds run?)")
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag)
+    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    config = AutoConfig.from_pretrained(str(run.model), local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForMaskedLM.from_config(config)
+    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    tied = {"lm_head.decoder.weight", "cls.predictions.decoder.weight"}
+    if unexpected or set(missing) - tied:
+        raise ExportError(f"{checkpoints}/{tag}: weights do not fit the model (missing {sorted(missing)[:3]}, "
+                          f"unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    model = model.to(DTYPES[dtype]).eval()
+
+    # Write beside the target, then move into place: a failed export leaves nothing that looks complete.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(run.model)).save_pretrained(str(tmp))
+        difference = _check(tmp, checkpoints / tag / PROBE_FILE, dtype)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return difference
+
+
+def _check(model_dir: Path, probe_file: Path, dtype: str) -> float | None:
+    from transformers import AutoModelForMaskedLM
+
+    if not probe_file.is_file():
+        log.warning("%s: no probe; the export is not checked against the engine", probe_file.parent)
+        return None
+    probe = torch.load(probe_file, weights_only=True)
+    model = AutoModelForMaskedLM.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"], attention_mask=probe["attention_mask"]).logits
+    real = probe["attention_mask"].bool()
+    difference = float((logits[..., :probe["logits"].shape[-1]] - probe["logits"])[real].abs().max())
+    tolerance = 1e-3 if dtype == "fp32" else 0.5
+    if not difference <= tolerance:
+        raise ExportError(f"{probe_file}: exported logits differ from the engine's by {difference:.3g}")
+    return difference
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="weam_ds.export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", type=Path, help="a run's checkpoints/ directory")
+    parser.add_argument("out", type=Path, help="the Hugging Face model directory to write")
+    parser.add_argument("--tag", help="checkpoint tag (default: latest)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights precision (default fp32)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        difference = export(args.checkpoints, args.out, args.tag, args.dtype)
+    except (ExportError, OSError, ValueError) as exc:
+        print(f"weam_ds.export: error: {exc}", file=sys.stderr)
+        return 2
+    checked = "not checked (no probe)" if difference is None else f"max |Δ logit| vs the engine {difference:.2e}"
+    print(f"exported {args.out} ({checked})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
