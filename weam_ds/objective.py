@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
 
 from weam_ds.batch import IGNORE
 from weam_ds.config import ObjectiveConfig
@@ -121,17 +122,19 @@ class PriorAttentionExchange(nn.Module):
 
 
 @dataclass
-class ObjectiveOutput:
-    loss: torch.Tensor
-    mlm: torch.Tensor
+class ObjectiveOutput(ModelOutput):
+    """A ModelOutput (a dict), so that DeepSpeed's ZeRO-3 hooks see the tensors the module returns."""
+
+    loss: torch.Tensor | None = None
+    mlm: torch.Tensor | None = None
     """MLM(x) + MLM(y) (for tlm: the MLM loss over the concatenation)."""
-    xpred: torch.Tensor
+    xpred: torch.Tensor | None = None
     """XPRED(x←y) + XPRED(y←x); 0 for the baselines."""
-    tokens: dict[str, int]
+    tokens: dict[str, int] | None = None
     """Predicted positions per term: mlm, xpred."""
-    row_loss: torch.Tensor
+    row_loss: torch.Tensor | None = None
     """[B] summed cross-entropy of each row's predicted positions (MLM and XPRED), for per-pair monitoring."""
-    row_count: torch.Tensor
+    row_count: torch.Tensor | None = None
     """[B] predicted positions per row."""
 
 

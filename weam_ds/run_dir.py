@@ -53,9 +53,10 @@ class RunDir:
     def log(self, rank: int) -> Path:
         return self.root / "logs" / f"rank{rank}.log"
 
-    def latest_tag(self) -> str | None:
-        """The newest complete checkpoint (DeepSpeed writes ``latest`` after a checkpoint is saved)."""
-        latest = self.checkpoints / "latest"
+    def latest_tag(self, universal: bool = False) -> str | None:
+        """The newest complete checkpoint (DeepSpeed writes ``latest`` after a checkpoint is saved), or the
+        newest universal one (``ds_to_universal`` writes ``latest_universal``)."""
+        latest = self.checkpoints / ("latest_universal" if universal else "latest")
         if not latest.is_file():
             return None
         tag = latest.read_text().strip()

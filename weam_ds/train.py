@@ -124,6 +124,28 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+class NonFiniteGuard:
+    """Decides, on every rank alike, whether a micro-batch's loss can be back-propagated: a NaN/inf loss
+    on any rank skips the micro-batch everywhere (counted); ``limit`` in a row abort the run."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_row, self.skipped = limit, 0, 0
+
+    def ok(self, loss: torch.Tensor, step: int) -> bool:
+        finite = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=loss.device)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() == 1:
+            self.in_row = 0
+            return True
+        self.in_row += 1
+        self.skipped += 1
+        log.warning("non-finite loss at step %d: micro-batch skipped (%d in a row)", step, self.in_row)
+        if self.in_row >= self.limit:
+            raise RuntimeError(f"{self.in_row} non-finite losses in a row at step {step}: lower the learning "
+                               "rate, check the data, or raise train.max_nonfinite_in_row")
+        return False
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, resume: bool = True, stop_at: int | None = None):
         self.cfg, self.stop_at = cfg, stop_at
@@ -191,8 +213,12 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------------------
 
     def _resume(self) -> dict:
-        tag = self.run.latest_tag()
+        universal = bool(self.ds.get("checkpoint", {}).get("load_universal"))
+        tag = self.run.latest_tag(universal)
         if tag is None:
+            if universal:
+                raise RuntimeError(f"{self.run.checkpoints}: checkpoint.load_universal is set but there is no "
+                                   "latest_universal (convert with deepspeed.checkpoint.ds_to_universal)")
             return {}
         path, state = self.engine.load_checkpoint(str(self.run.checkpoints), tag)
         if path is None:
@@ -223,7 +249,7 @@ class Trainer:
         self.engine.save_checkpoint(str(self.run.checkpoints), tag=tag, client_state=state)
         self._save_probe(self.run.checkpoints / tag)
         if self.rank == 0:
-            tags = sorted((p for p in self.run.checkpoints.glob("step*") if p.is_dir()),
+            tags = sorted((p for p in self.run.checkpoints.glob("step*") if p.is_dir() and p.name[4:].isdigit()),
                           key=lambda p: int(p.name[4:]))
             for old in tags[:-self.cfg.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -274,7 +300,7 @@ class Trainer:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
-        nonfinite_in_row = 0
+        guard = NonFiniteGuard(cfg.max_nonfinite_in_row)
         self.engine.train()
         try:
             while self.step < cfg.steps:
@@ -292,18 +318,9 @@ class Trainer:
                     for key, value in stream["stats"].items():
                         self.counters[f"{key}_slot{stream['slot']}"] = value
                     out = self.engine(_to_device(batch, self.device))
-                    finite = torch.tensor([float(torch.isfinite(out.loss))], device=self.device)
-                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                    if finite.item() == 0:  # every rank skips this micro-batch together
-                        nonfinite_in_row += 1
+                    if not guard.ok(out.loss, self.step):
                         self.counters["skipped_steps"] = self.counters.get("skipped_steps", 0) + 1
-                        log.warning("non-finite loss at step %d: micro-batch skipped (%d in a row)",
-                                    self.step, nonfinite_in_row)
-                        if nonfinite_in_row >= cfg.max_nonfinite_in_row:
-                            raise RuntimeError(f"{nonfinite_in_row} non-finite losses in a row at step {self.step}; "
-                                               "lower the learning rate or check the data")
                         continue
-                    nonfinite_in_row = 0
                     self.engine.backward(out.loss)
                     self.engine.step()
                     done += 1

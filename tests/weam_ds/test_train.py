@@ -135,13 +135,17 @@ def test_export_loads_with_auto_model_and_matches_the_engine(zero3_run, tmp_path
     assert AutoTokenizer.from_pretrained(str(target)).vocab_size == model.config.vocab_size
 
 
-@pytest.mark.parametrize("objective", ["mlm", "tlm"])
-def test_baseline_objectives_train(small_dataset, tmp_path, objective):
+@pytest.mark.parametrize("objective,train_options", [
+    ("mlm", {"activation_checkpointing": True}), ("tlm", {"gradient_accumulation": 2})])
+def test_baseline_objectives_train(small_dataset, tmp_path, objective, train_options):
     dataset, _, _ = small_dataset
-    cfg = run_config(dataset, tmp_path / objective, objective={"name": objective}, train={"steps": 4})
+    cfg = run_config(dataset, tmp_path / objective, objective={"name": objective},
+                     train={"steps": 4, **train_options})
     train(cfg, tmp_path, 1)
-    values = losses(tmp_path / objective)
-    assert len(values) == 4 and all(np.isfinite(values))
+    rows = [json.loads(line) for line in (tmp_path / objective / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(np.isfinite(r["loss"]) and r["xpred"] == 0 for r in rows)
+    # Each optimizer step consumed gradient_accumulation micro-batches of 8 pairs.
+    assert all(r["samples"] == 8 * train_options.get("gradient_accumulation", 1) for r in rows)
 
 
 # --- the stream on its own -----------------------------------------------------------------------------
@@ -251,3 +255,42 @@ def test_shipped_deepspeed_configs_resolve(small_dataset, tmp_path):
         assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 1
         assert ds["gradient_clipping"] == 1.0 and ds["optimizer"]["params"]["lr"] == 2e-3
         assert not (ds.get("fp16", {}).get("enabled") and ds.get("bf16", {}).get("enabled"))
+
+
+def test_non_finite_losses_are_skipped_then_abort(tmp_path):
+    import torch.distributed as dist
+
+    from weam_ds.train import NonFiniteGuard
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_port()}", rank=0, world_size=1)
+    try:
+        guard = NonFiniteGuard(limit=3)
+        assert guard.ok(torch.tensor(2.5), step=0)
+        assert not guard.ok(torch.tensor(float("nan")), step=1)
+        assert not guard.ok(torch.tensor(float("inf")), step=1)
+        assert guard.ok(torch.tensor(1.0), step=1) and guard.in_row == 0 and guard.skipped == 2
+        assert not guard.ok(torch.tensor(float("nan")), step=2)
+        assert not guard.ok(torch.tensor(float("-inf")), step=2)
+        with pytest.raises(RuntimeError, match="3 non-finite losses in a row at step 2"):
+            guard.ok(torch.tensor(float("nan")), step=2)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_resume_on_another_number_of_ranks_through_a_universal_checkpoint(zero3_run, tmp_path):
+    _, cfg, out = zero3_run
+    copy = tmp_path / "universal"
+    shutil.copytree(out, copy)
+    ckpt = copy / "checkpoints"
+    convert = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                              str(ckpt / f"step{STEPS}"), "--output_folder", str(ckpt / f"step{STEPS}_universal")],
+                             capture_output=True, text=True, timeout=600)
+    assert convert.returncode == 0, convert.stderr[-3000:]
+    one_rank = {**cfg, "output_dir": str(copy), "train": {**cfg["train"], "steps": STEPS + 2},
+                "deepspeed": {"config": "ds_configs/cpu.json", "overrides": {"checkpoint": {"load_universal": True}}}}
+    run = train(one_rank, tmp_path, 1)
+    assert f"at step {STEPS}" in run.stderr and "written by 2 ranks, this run has 1" in run.stderr
+    values = losses(copy)
+    assert len(values) == STEPS + 2
+    # The weights came through: the loss goes on from where the 2-rank run left it, not from scratch.
+    assert values[-1] < (values[0] + np.mean(values[STEPS - 4:STEPS])) / 2
