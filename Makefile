@@ -22,9 +22,14 @@ test: venv
 demo: venv
 	$(PY) -m data_prep.demo_corpus --out $(DEMO_DIR)
 	$(PY) -m data_prep --config $(DEMO_DIR)/prep.yaml
+	$(PY) -m weam_ds.demo --dataset $(DEMO_DIR)/dataset --out $(DEMO_DIR)/run.yaml
+	$(PY) -m torch.distributed.run --standalone --nproc-per-node=2 -m weam_ds.train --config $(DEMO_DIR)/run.yaml
+	$(PY) -m weam_ds.export $(DEMO_DIR)/run/checkpoints $(DEMO_DIR)/run/export
+	@echo "TensorBoard logs: $(DEMO_DIR)/run/tensorboard  (tensorboard --logdir $(DEMO_DIR)/run/tensorboard)"
 
 bench: venv
 	$(PY) bench/bench_data_prep.py
+	$(PY) bench/bench_train_step.py
 
 clean:
 	rm -rf $(VENV) out

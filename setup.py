@@ -46,6 +46,8 @@ setup(
         "console_scripts": [
             "weam-data-prep=data_prep.cli:main",
             "weam-ds=weam_ds.cli:main",
+            "weam-ds-train=weam_ds.train:main",
+            "weam-ds-export=weam_ds.export:main",
             "weam-launch=launcher.cli:main",
         ]
     },
