@@ -31,15 +31,15 @@ def peak_tflops(configured: float | None) -> float | None:
 class Monitor:
     """Accumulates per-step figures and reports their means every ``interval`` steps."""
 
-    def __init__(self, tensorboard: Path | None, metrics: Path | None, pairs: list[str], flops_per_token: float,
-                 peak: float | None, world: int):
+    def __init__(self, tensorboard: Path | None, metrics: Path | None, pairs: list[str], peak: float | None,
+                 world: int):
         self.writer = None
         if tensorboard is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(tensorboard))
         self.metrics = open(metrics, "a", encoding="utf-8") if metrics is not None else None
-        self.pairs, self.flops_per_token, self.peak, self.world = pairs, flops_per_token, peak, world
+        self.pairs, self.peak, self.world = pairs, peak, world
         self._reset()
 
     def _reset(self) -> None:
@@ -72,7 +72,7 @@ class Monitor:
             "throughput/tokens_per_s": s["tokens"] / seconds, "throughput/samples_per_s": s["samples"] / seconds,
             "throughput/data_wait_fraction": s["data_wait"] / max(s["step_time"], 1e-9),
         }
-        tflops = s["tokens"] * self.flops_per_token / seconds / 1e12
+        tflops = s["flops"] / seconds / 1e12  # model FLOPs on real tokens (presets.train_flops)
         scalars["throughput/tflops"] = tflops
         if self.peak:
             scalars["throughput/mfu"] = tflops / (self.peak * self.world)

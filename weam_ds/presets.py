@@ -142,6 +142,16 @@ def train_flops_per_token(config: PretrainedConfig, non_embedding: int, *, seq_l
     return 6.0 * non_embedding + 6.0 * layers * seq_len * hidden + 6.0 * mask_rate * vocab * hidden
 
 
+def train_flops(config: PretrainedConfig, non_embedding: int, lengths: torch.Tensor, predicted: int) -> float:
+    """Forward + backward FLOPs of one batch of sentences with real ``lengths`` (padding excluded) and
+    ``predicted`` MLM/XPRED positions: the terms of :func:`train_flops_per_token`, each sentence's attention
+    over its own length."""
+    layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
+    lengths = lengths.double()
+    return float(6.0 * non_embedding * lengths.sum() + 6.0 * layers * hidden * (lengths ** 2).sum()
+                 + 6.0 * vocab * hidden * predicted)
+
+
 def _human(value: float, units: tuple[str, ...]) -> str:
     for unit in units[:-1]:
         if abs(value) < 1000:

@@ -39,7 +39,7 @@ from weam_ds.data import Corpus, TrainStream, eval_batches
 from weam_ds.hardware import Hardware, probe
 from weam_ds.monitor import Monitor, peak_tflops
 from weam_ds.objective import PretrainingObjective
-from weam_ds.presets import PRESETS, build_model, count_parameters, train_flops_per_token
+from weam_ds.presets import PRESETS, build_model, count_parameters, train_flops
 from weam_ds.run_dir import PROBE_FILE, RunDir
 
 log = logging.getLogger("weam_ds.train")
@@ -180,8 +180,7 @@ class Trainer:
         self.positions = dict(positions)
         self.eval = eval_batches(cfg.data, cfg.objective.masking, self.info, self.rank, self.world, cfg.train.seed)
         counts = count_parameters(self.model)
-        avg_len = cfg.data.max_length  # a bound; the monitor counts the real tokens
-        self.flops_per_token = train_flops_per_token(self.model.config, counts["non_embedding"], seq_len=avg_len)
+        self.non_embedding = counts["non_embedding"]
         log.info("model %s: %s parameters (%s non-embedding)", cfg.model, f"{counts['total']:,}",
                  f"{counts['non_embedding']:,}")
 
@@ -291,7 +290,7 @@ class Trainer:
             generator=torch.Generator())  # its own seed draw must not move the RNG that dropout uses
         batches = iter(loader)
         monitor = Monitor(self.run.tensorboard if self.rank == 0 else None,
-                          self.run.metrics if self.rank == 0 else None, self.corpus.pairs, self.flops_per_token,
+                          self.run.metrics if self.rank == 0 else None, self.corpus.pairs,
                           peak_tflops(self.cfg.monitor.peak_tflops), self.world)
         stop = {"signal": None}
 
@@ -306,7 +305,7 @@ class Trainer:
             while self.step < cfg.steps:
                 started = time.perf_counter()
                 wait = 0.0
-                figures = {"loss": 0.0, "mlm": 0.0, "xpred": 0.0, "tokens": 0.0, "samples": 0.0}
+                figures = {"loss": 0.0, "mlm": 0.0, "xpred": 0.0, "tokens": 0.0, "samples": 0.0, "flops": 0.0}
                 done = 0
                 while done < cfg.gradient_accumulation:
                     t = time.perf_counter()
@@ -329,6 +328,9 @@ class Trainer:
                     figures["xpred"] += out.xpred.item() / cfg.gradient_accumulation
                     figures["tokens"] += float(batch["src_attention_mask"].sum() + batch["tgt_attention_mask"].sum())
                     figures["samples"] += len(batch["src_ids"])
+                    lengths = torch.cat([batch["src_attention_mask"].sum(1), batch["tgt_attention_mask"].sum(1)])
+                    figures["flops"] += train_flops(self.model.config, self.non_embedding, lengths,
+                                                    out.tokens["mlm"] + out.tokens["xpred"])
                     pair_loss = torch.zeros(len(self.corpus.pairs), device=self.device).index_add(
                         0, batch["pair_index"].to(self.device), out.row_loss)
                     pair_count = torch.zeros(len(self.corpus.pairs), device=self.device).index_add(
@@ -337,21 +339,24 @@ class Trainer:
                 self.step += 1
                 loss, mlm, xpred = _all_mean([figures["loss"], figures["mlm"], figures["xpred"]], self.world,
                                              self.device)
-                tokens, samples, wait_all = _all_mean([figures["tokens"], figures["samples"], wait], self.world,
-                                                      self.device)
+                tokens, samples, flops, wait_all = _all_mean(
+                    [figures["tokens"], figures["samples"], figures["flops"], wait], self.world, self.device)
                 grad_norm = self.engine.get_global_grad_norm()
                 scale = getattr(self.optimizer, "cur_scale", 1.0)
                 monitor.step(self.step, {
                     "loss": loss, "mlm": mlm, "xpred": xpred, "lr": self.scheduler.get_last_lr()[0],
                     "grad_norm": float(grad_norm) if grad_norm is not None else 0.0, "loss_scale": float(scale),
-                    "tokens": tokens * self.world, "samples": samples * self.world, "data_wait": wait_all,
+                    "tokens": tokens * self.world, "samples": samples * self.world, "flops": flops * self.world,
+                    "data_wait": wait_all,
                     "step_time": time.perf_counter() - started})
                 if self.step % cfg.log_interval == 0 or self.step == cfg.steps:
-                    counters = {"skipped_steps": self.counters.get("skipped_steps", 0),
-                                "bad_shards": sum(v for k, v in self.counters.items() if k.startswith("bad_shards")),
-                                "bad_samples": sum(v for k, v in self.counters.items() if k.startswith("bad_samp"))}
-                    counters = dict(zip(counters, _all_mean(list(counters.values()), 1, self.device)))
-                    monitor.report(self.step, counters)
+                    bad = [sum(v for k, v in self.counters.items() if k.startswith(prefix))
+                           for prefix in ("bad_shards", "bad_samples")]
+                    bad = _all_mean(bad, 1, self.device)  # a sum over ranks
+                    # Ours (non-finite losses) and DeepSpeed's (fp16 overflow, loss scale lowered).
+                    skipped = self.counters.get("skipped_steps", 0) + getattr(self.engine, "skipped_steps", 0)
+                    monitor.report(self.step, {"skipped_steps": skipped,
+                                               "bad_shards": bad[0], "bad_samples": bad[1]})
                 if self.eval and (self.step % cfg.eval_interval == 0 or self.step == cfg.steps):
                     monitor.add("eval/loss", self.evaluate(), self.step)
                 flag = torch.tensor([1.0 if stop["signal"] or self.step == self.stop_at else 0.0],

@@ -146,3 +146,16 @@ def test_cli_prints_every_preset():
     assert rows["base"][1] == "XLMRobertaForMaskedLM" and rows["xxl"][1] == "XLMRobertaXLForMaskedLM"
     assert rows["xl"][2:6] == ["36", "2560", "32", "10240"]
     assert "8000" in out.stdout.splitlines()[0] and rows["xxl"][-1] == "GFLOP"
+
+
+def test_batch_flops_agree_with_the_per_token_formula():
+    from weam_ds.presets import train_flops
+
+    model = build_model("base", 250002, meta=True)
+    non_embedding = count_parameters(model)["non_embedding"]
+    lengths = torch.full((40,), 128)
+    per_token = train_flops_per_token(model.config, non_embedding, seq_len=128, mask_rate=0.25)
+    assert train_flops(model.config, non_embedding, lengths, predicted=40 * 32) == pytest.approx(40 * 128 * per_token)
+    # Attention grows with each sentence's own length: one long sentence costs more than two halves.
+    assert train_flops(model.config, non_embedding, torch.tensor([256]), 0) > \
+        train_flops(model.config, non_embedding, torch.tensor([128, 128]), 0)
