@@ -54,15 +54,19 @@ def main() -> None:
     batches = [next(stream) for _ in range(args.steps + 3)]
     vocab = args.vocab_size or info.vocab_size
 
-    weam_model = build_model(args.preset, vocab, pad_token_id=info.pad_id).train()
-    objective = PretrainingObjective(weam_model, ObjectiveConfig(name="weam"))
-    weam_opt = torch.optim.AdamW(objective.parameters(), lr=1e-4)
+    def objective_step(name: str):
+        """A training step of weam_ds's own objective ``name`` on a fresh model."""
+        objective = PretrainingObjective(build_model(args.preset, vocab, pad_token_id=info.pad_id).train(),
+                                         ObjectiveConfig(name=name))
+        optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-4)
 
-    def weam_step(batch):
-        out = objective(batch)
-        weam_opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        weam_opt.step()
+        def step(batch):
+            out = objective(batch)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+
+        return step
 
     mlm_model = build_model(args.preset, vocab, pad_token_id=info.pad_id).train()
     mlm_opt = torch.optim.AdamW(mlm_model.parameters(), lr=1e-4)
@@ -89,18 +93,9 @@ def main() -> None:
         out.loss.backward()
         mlm_opt.step()
 
-    own_mlm = PretrainingObjective(build_model(args.preset, vocab, pad_token_id=info.pad_id).train(),
-                                   ObjectiveConfig(name="mlm"))
-    own_opt = torch.optim.AdamW(own_mlm.parameters(), lr=1e-4)
-
-    def own_mlm_step(batch):
-        out = own_mlm(batch)
-        own_opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        own_opt.step()
-
     # Interleave them, so that machine noise hits all alike; the first 3 of each are warm-up.
-    steps = {"weam": weam_step, "two_mlm": mlm_steps, "stacked_mlm": stacked_mlm_step, "own_mlm": own_mlm_step}
+    steps = {"weam": objective_step("weam"), "two_mlm": mlm_steps, "stacked_mlm": stacked_mlm_step,
+             "own_mlm": objective_step("mlm")}
     times = {name: [] for name in steps}
     for batch in batches:
         for name, step in steps.items():
