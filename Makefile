@@ -30,6 +30,7 @@ demo: venv
 bench: venv
 	$(PY) bench/bench_data_prep.py
 	$(PY) bench/bench_train_step.py
+	$(PY) bench/bench_zero.py
 
 clean:
 	rm -rf $(VENV) out

@@ -294,3 +294,31 @@ def test_resume_on_another_number_of_ranks_through_a_universal_checkpoint(zero3_
     assert len(values) == STEPS + 2
     # The weights came through: the loss goes on from where the 2-rank run left it, not from scratch.
     assert values[-1] < (values[0] + np.mean(values[STEPS - 4:STEPS])) / 2
+
+
+def test_sigterm_checkpoints_and_exits(small_dataset, tmp_path):
+    import os
+    import signal
+    import time
+
+    dataset, _, _ = small_dataset
+    cfg = run_config(dataset, tmp_path / "preempted", train={"steps": 10_000, "checkpoint_interval": 10_000})
+    path = tmp_path / "preempted.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "weam_ds.train", "--config", str(path)],
+                            env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _port(), "RANK": "0",
+                                 "WORLD_SIZE": "1", "LOCAL_RANK": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "preempted" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.1)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "(SIGTERM): saving a checkpoint" in stderr
+    step = len(metrics.read_text().splitlines())
+    assert 3 <= step < 10_000
+    assert RunDir(tmp_path / "preempted").latest_tag() == f"step{step}"
