@@ -25,6 +25,7 @@ demo: venv
 	$(PY) -m weam_ds.demo --dataset $(DEMO_DIR)/dataset --out $(DEMO_DIR)/run.yaml
 	$(PY) -m torch.distributed.run --standalone --nproc-per-node=2 -m weam_ds.train --config $(DEMO_DIR)/run.yaml
 	$(PY) -m weam_ds.export $(DEMO_DIR)/run/checkpoints $(DEMO_DIR)/run/export
+	$(PY) -m weam_ds.xtreme_r tatoeba --model $(DEMO_DIR)/run/export --dataset $(DEMO_DIR)/dataset --out $(DEMO_DIR)/eval
 	@echo "TensorBoard logs: $(DEMO_DIR)/run/tensorboard  (tensorboard --logdir $(DEMO_DIR)/run/tensorboard)"
 
 bench: venv

@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "regex>=2023.0",
     "polib>=1.2,<2",
     "defusedxml>=0.7,<1",
+    "seqeval>=1.2.2,<1.3",  # the official XTREME scorer's span F1 (its chunking rules are part of the numbers)
 ]
 
 EXTRAS = {

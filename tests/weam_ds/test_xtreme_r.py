@@ -1,0 +1,209 @@
+"""The XTREME / XTREME-R scorer against hand-computed values, its file contract, and Tatoeba-style retrieval
+on the session dataset."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from weam_ds.presets import build_model
+from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.score import ScoreError, read_tags, score
+from weam_ds.xtreme_r.tasks import LANGUAGES
+from weam_ds.xtreme_r.tatoeba import evaluate_dataset, held_out_pairs
+
+# --- metrics by hand -----------------------------------------------------------------------------------
+
+
+def test_accuracy_and_bucc():
+    assert metrics.accuracy(["1", "0", "2", "2"], ["1", "1", "2", "0"]) == {"accuracy": 50.0}
+    gold = ["de-1\ten-1", "de-2\ten-2", "de-3\ten-3"]
+    found = ["de-1\ten-1", "de-2\ten-9"]
+    r = metrics.bucc_f1(gold, found)
+    assert r["precision"] == pytest.approx(50.0) and r["recall"] == pytest.approx(100 / 3)
+    assert r["f1"] == pytest.approx(100 * 2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+    assert metrics.bucc_f1(gold, ["x\ty"]) == {"f1": 0.0, "precision": 0.0, "recall": 0.0}
+
+
+def _squad(*qas):
+    return [{"paragraphs": [{"context": "", "qas": [{"id": i, "answers": [{"text": t} for t in golds]}
+                                                     for i, golds in qas]}]}]
+
+
+def test_squad_em_f1_with_several_golds_and_a_missing_answer():
+    data = _squad(("q1", ["The Eiffel Tower", "Eiffel tower!"]), ("q2", ["in 1889"]), ("q3", ["Paris"]))
+    # q1: normalises to "eiffel tower" = exact; q2: "1889" vs "in 1889": P 1, R 1/2; q3 unanswered.
+    r = metrics.squad(data, {"q1": "eiffel  Tower.", "q2": "1889"})
+    assert r["exact_match"] == pytest.approx(100 / 3)
+    assert r["f1"] == pytest.approx(100 * (1 + 2 * 1 * 0.5 / 1.5 + 0) / 3)
+    assert metrics.squad(data, {"q1": "", "q2": "", "q3": ""}) == {"exact_match": 0.0, "f1": 0.0}
+    assert metrics.squad_normalize("An apple, the pear and A fig.") == "apple pear and fig"
+
+
+def test_mlqa_normalisation_per_language():
+    assert metrics.mlqa_normalize("¡El niño, los gatos!", "es") == "niño gatos"
+    assert metrics.mlqa_normalize("Der Hund und die Katze «zu Hause»", "de") == "hund und katze zu hause"
+    assert metrics.mlqa_normalize("The «quick» fox", "en") == "quick fox"
+    assert metrics.mlqa_normalize("những con mèo của tôi", "vi") == "con mèo tôi"
+    # Arabic: the two letters ال go wherever they are, not only at the start of a word.
+    assert metrics.mlqa_normalize("الكتاب جميل", "ar") == "كتاب جميل"
+    assert metrics.mlqa_normalize("قالوا", "ar") == "ق وا"
+    # Chinese: each ideograph is a token, runs of other characters are split on spaces.
+    assert metrics.mlqa_normalize("北京是abc def首都。", "zh") == "北 京 是 abc def 首 都"
+    assert metrics.mlqa_normalize("नमस्ते, दुनिया!", "hi") == "नमस्ते दुनिया"
+    with pytest.raises(metrics.MetricError, match="'fr'"):
+        metrics.mlqa_normalize("le chat", "fr")
+
+
+def test_mlqa_scores_with_language_aware_tokens():
+    data = _squad(("a", ["北京大学"]))
+    r = metrics.mlqa(data, {"a": "北京"}, "zh")  # 2 of 4 characters: P 1, R 1/2
+    assert r["exact_match"] == 0.0 and r["f1"] == pytest.approx(100 * 2 * 0.5 / 1.5)
+    r = metrics.mlqa(_squad(("b", ["los perros"])), {"b": "perros"}, "es")
+    assert r == {"exact_match": 100.0, "f1": 100.0}
+
+
+def test_tagging_uses_seqeval_chunks_including_repairs():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"]]
+    # An I- tag with no B- before it opens a chunk in seqeval's default mode: I-PER I-PER = one PER.
+    assert metrics.tagging(gold, [["I-PER", "I-PER", "O", "B-LOC"]])["f1"] == pytest.approx(100.0)
+    r = metrics.tagging(gold, [["B-PER", "O", "O", "B-LOC"]])
+    assert r["precision"] == pytest.approx(50.0) and r["recall"] == pytest.approx(50.0)
+    # UD-POS tags have no prefix; seqeval's chunking of them is what the official numbers use.
+    pos = metrics.tagging([["NOUN", "VERB", "NOUN"]], [["NOUN", "VERB", "ADJ"]])
+    assert 0 < pos["f1"] < 100
+
+
+def test_mewslix_map_at_20():
+    labels = {"e1": [" Q1 "], "e2": ["Q2"], "e3": ["Q3"]}
+    predictions = {"e1": ["Q1", "Q9"], "e2": ["Q7", "Q8", "Q2"], "e3": ["Q0"] * 20 + ["Q3"]}
+    assert metrics.mewslix_map20(labels, predictions)["map@20"] == pytest.approx(100 * (1 + 1 / 3 + 0) / 3)
+
+
+# --- the scorer's contract ---------------------------------------------------------------------------
+
+
+def _write(root: Path, task: str, lang: str, suffix: str, text: str) -> None:
+    path = root / task / f"test-{lang}.{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _benchmark(tmp_path: Path, version: str, tasks: list[str]) -> tuple[Path, Path]:
+    """Prediction and label folders for ``tasks``: per language, a known share of correct answers."""
+    pred, gold = tmp_path / "pred", tmp_path / "gold"
+    for task in tasks:
+        for k, lang in enumerate(LANGUAGES[version][task]):
+            right = k % 4  # 0..3 of 4 examples right
+            if task in ("xnli", "pawsx", "tatoeba"):
+                _write(gold, task, lang, "tsv", "a\nb\nc\nd\n")
+                _write(pred, task, lang, "tsv", "".join((x if i < right else "z") + "\n" for i, x in enumerate("abcd")))
+            elif task == "xcopa":
+                _write(gold, task, lang, "jsonl", "".join(json.dumps({"label": i % 2}) + "\n" for i in range(4)))
+                _write(pred, task, lang, "jsonl", "".join(json.dumps({"label": i % 2 if i < right else 9}) + "\n"
+                                                          for i in range(4)))
+            elif task in ("udpos", "panx"):
+                _write(gold, task, lang, "tsv", "B-PER\nI-PER\n\nB-LOC\n")
+                _write(pred, task, lang, "tsv", "B-PER\nI-PER\n\nO\n" if right else "O\nO\n\nO\n")
+            elif task in ("xquad", "mlqa", "tydiqa"):
+                _write(gold, task, lang, "json", json.dumps({"data": _squad(*[(f"q{i}", ["yes"]) for i in range(4)])}))
+                _write(pred, task, lang, "json", json.dumps({f"q{i}": "yes" if i < right else "no" for i in range(4)}))
+            elif task == "mewslix":
+                _write(gold, task, lang, "json", json.dumps({f"e{i}": [f"Q{i}"] for i in range(4)}))
+                _write(pred, task, lang, "json", json.dumps({f"e{i}": [f"Q{i}" if i < right else "Q9"]
+                                                             for i in range(4)}))
+            elif task == "bucc2018":
+                _write(gold, task, lang, "tsv", "a\tb\nc\td\n")
+                _write(pred, task, lang, "tsv", "a\tb\n" if right else "x\ty\n")
+    return pred, gold
+
+
+def test_xtreme_r_scores_have_the_official_structure(tmp_path):
+    tasks = [t for t, langs in LANGUAGES["xtreme-r"].items() if langs]
+    pred, gold = _benchmark(tmp_path, "xtreme-r", tasks)
+    scores = score(pred, gold, "xtreme-r")
+    # Categories first (no all_task: lareqa has no languages), then the tasks in the scorer's order.
+    assert list(scores)[:5] == ["classification", "tagging", "qa", "retrieval", "multi_choice"]
+    assert "all_task" not in scores and list(scores)[5:] == tasks
+    xnli = scores["xnli"]
+    expected = {lang: 100 * (k % 4) / 4 for k, lang in enumerate(LANGUAGES["xtreme-r"]["xnli"])}
+    assert xnli["accuracy"] == pytest.approx(expected)
+    assert xnli["avg_accuracy"] == pytest.approx(sum(expected.values()) / len(expected))
+    assert xnli["avg_metric"] == xnli["avg_accuracy"]
+    assert set(scores["panx"]) == {"f1", "precision", "recall", "avg_f1", "avg_precision", "avg_recall", "avg_metric"}
+    qa = scores["mlqa"]
+    assert qa["avg_metric"] == pytest.approx((qa["avg_exact_match"] + qa["avg_f1"]) / 2)
+    assert scores["mewslix"]["avg_metric"] == scores["mewslix"]["avg_map@20"]
+    assert scores["classification"] == pytest.approx((xnli["avg_metric"] + scores["xcopa"]["avg_metric"]) / 2)
+    assert scores["multi_choice"] == scores["xcopa"]["avg_metric"]
+
+
+def test_xtreme_all_task_and_cli(tmp_path):
+    pred, gold = _benchmark(tmp_path, "xtreme", list(LANGUAGES["xtreme"]))
+    out = tmp_path / "scores.json"
+    run = subprocess.run([sys.executable, "-m", "weam_ds.xtreme_r", "score", "--predictions", str(pred), "--labels",
+                          str(gold), "--version", "xtreme", "--output", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    scores = json.loads(out.read_text())
+    assert list(scores)[0] == "all_task"
+    assert scores["all_task"] == pytest.approx(sum(scores[t]["avg_metric"] for t in LANGUAGES["xtreme"]) / 9)
+    retrieval = (scores["bucc2018"]["avg_metric"] + scores["tatoeba"]["avg_metric"]) / 2
+    assert scores["retrieval"] == pytest.approx(retrieval)
+
+
+def test_missing_and_mismatched_files_are_errors_naming_them(tmp_path):
+    pred, gold = _benchmark(tmp_path, "xtreme-r", ["xnli"])
+    (pred / "xnli" / "test-sw.tsv").unlink()
+    with pytest.raises(ScoreError, match="pred/xnli/test-sw.tsv"):
+        score(pred, gold, "xtreme-r")
+    _write(pred, "xnli", "sw", "tsv", "a\n")
+    with pytest.raises(ScoreError, match="test-sw.tsv has 1 examples but .*gold/xnli/test-sw.tsv has 4"):
+        score(pred, gold, "xtreme-r")
+    run = subprocess.run([sys.executable, "-m", "weam_ds.xtreme_r", "score", "--predictions", str(pred), "--labels",
+                          str(gold), "--output", str(tmp_path / "s.json")], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and not (tmp_path / "s.json").exists()
+
+
+def test_tag_files_keep_a_last_sentence_without_blank_line(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("B-PER\nO\n\nB-LOC\n\nO\nB-ORG")
+    assert read_tags(path) == [["B-PER", "O"], ["B-LOC"], ["O", "B-ORG"]]
+
+
+# --- Tatoeba-style retrieval on the project's own test pairs ---------------------------------------------
+
+
+def test_tatoeba_retrieval_in_both_directions(small_dataset, tmp_path):
+    dataset, _, _ = small_dataset
+    tok = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
+    torch.manual_seed(0)
+    model_dir = tmp_path / "model"
+    build_model("tiny", len(tok), pad_token_id=tok.pad_token_id).save_pretrained(str(model_dir))
+    tok.save_pretrained(str(model_dir))
+    results = evaluate_dataset(model_dir, dataset, tmp_path / "eval", batch_size=32)
+    pairs = held_out_pairs(dataset)
+    langs = sorted(lang for lang, _, _ in pairs.values())
+    assert langs == ["fr", "ja"]
+    for direction in ("xx2en", "en2xx"):
+        folder = tmp_path / "eval" / f"tatoeba-{direction}"
+        for lang in langs:
+            predicted = (folder / "predictions" / "tatoeba" / f"test-{lang}.tsv").read_text().split()
+            gold = (folder / "labels" / "tatoeba" / f"test-{lang}.tsv").read_text().split()
+            assert len(predicted) == len(gold) == 60 and gold == [str(i) for i in range(60)]
+            hits = sum(p == g for p, g in zip(predicted, gold))
+            assert results[direction]["tatoeba"]["accuracy"][lang] == pytest.approx(100 * hits / 60)
+        written = json.loads((folder / "scores.json").read_text())
+        assert written["tatoeba"]["avg_accuracy"] == pytest.approx(results[direction]["tatoeba"]["avg_accuracy"])
+
+
+def test_retrieval_takes_the_nearest_target_by_cosine():
+    from weam_ds.xtreme_r.tatoeba import retrieve
+
+    targets = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    queries = torch.nn.functional.normalize(torch.tensor([[0.1, 1.0], [1.0, 0.9], [1.0, -0.2]]), dim=-1)
+    assert retrieve(queries, targets) == [1, 2, 0]
