@@ -41,6 +41,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["data_prep*", "weam_ds*", "launcher*"]),
+    package_data={"weam_ds.xtreme_r": ["recipes/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

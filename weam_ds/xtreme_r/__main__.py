@@ -1,4 +1,4 @@
-"""``python -m weam_ds.xtreme_r {score,tatoeba} ...``"""
+"""``python -m weam_ds.xtreme_r {score,run,tatoeba} ...``"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from data_prep.typed_config import ConfigError
 from weam_ds.xtreme_r.metrics import MetricError
 from weam_ds.xtreme_r.score import ScoreError, score, write_scores
 from weam_ds.xtreme_r.tasks import LANGUAGES
@@ -30,6 +31,20 @@ def _tatoeba(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from weam_ds.xtreme_r.run import RECIPES, run
+
+    results = run(args.model, args.data, args.tasks.split(","), args.out, [int(s) for s in args.seeds.split(",")],
+                  args.recipes or RECIPES, args.languages.split(",") if args.languages else None, args.deepspeed)
+    for task, value in results.items():
+        if isinstance(value, dict):
+            print(f"{task:<8} {value['split']} {value['metric']}: avg {value['avg_metric']:.2f} "
+                  f"± {value['avg_metric_std']:.2f} over seeds {value['seeds']}"
+                  + (f", transfer gap {value['transfer_gap']:.2f}" if "transfer_gap" in value else ""))
+    print(f"results: {args.out / 'results.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="weam_ds.xtreme_r", description="Zero-shot XTREME / XTREME-R evaluation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--labels", type=Path, required=True, help="folder with one subfolder per task")
     s.add_argument("--version", choices=sorted(LANGUAGES), default="xtreme-r")
     s.add_argument("--output", type=Path, required=True, help="scores.json to write")
+    r = commands.add_parser("run", help="zero-shot fine-tune on English, predict every language, score")
+    r.add_argument("--model", type=Path, required=True, help="a Hugging Face encoder directory")
+    r.add_argument("--data", type=Path, required=True, help="the official download folder (one subfolder per task)")
+    r.add_argument("--tasks", required=True, help="comma-separated: xnli,pawsx,udpos,panx")
+    r.add_argument("--out", type=Path, required=True, help="run directory")
+    r.add_argument("--seeds", default="1,2,3", help="comma-separated fine-tuning seeds (default 1,2,3)")
+    r.add_argument("--recipes", type=Path, help="folder of <task>.yaml recipes (default: the shipped ones)")
+    r.add_argument("--languages", help="comma-separated subset of each task's languages")
+    r.add_argument("--deepspeed", help="a DeepSpeed config for fine-tuning large encoders (ds_configs/...)")
     t = commands.add_parser("tatoeba", help="Tatoeba-style retrieval on a data_prep dataset's test pairs")
     t.add_argument("--model", type=Path, required=True, help="a Hugging Face encoder directory")
     t.add_argument("--dataset", type=Path, required=True, help="a data_prep dataset directory")
@@ -47,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"score": _score, "tatoeba": _tatoeba}[args.command](args)
-    except (ScoreError, MetricError, OSError) as exc:
+        return {"score": _score, "tatoeba": _tatoeba, "run": _run}[args.command](args)
+    except (ScoreError, MetricError, ConfigError, OSError) as exc:
         print(f"weam_ds.xtreme_r: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,79 @@
+"""Zero-shot fine-tune → predict → score with a tiny model on task data in the official layout."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+from xtreme_fixtures import write_xtreme
+
+from weam_ds.presets import build_model
+from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.run import run
+from weam_ds.xtreme_r.score import ScoreError, read_lines, read_tags
+
+RECIPE = "learning_rate: 1.0e-3\nepochs: 2\nbatch_size: 8\nmax_length: 32\n"
+
+
+@pytest.fixture(scope="module")
+def setup(small_dataset, tmp_path_factory):
+    dataset, _, _ = small_dataset
+    tmp = tmp_path_factory.mktemp("xtreme")
+    tok = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
+    torch.manual_seed(0)
+    model = tmp / "model"
+    build_model("tiny", len(tok), pad_token_id=tok.pad_token_id).save_pretrained(str(model))
+    tok.save_pretrained(str(model))
+    recipes = tmp / "recipes"
+    recipes.mkdir()
+    for task in ("xnli", "panx"):
+        (recipes / f"{task}.yaml").write_text(RECIPE)
+    return tmp, model, recipes
+
+
+def test_classification_and_tagging_end_to_end(setup):
+    tmp, model, recipes = setup
+    data = write_xtreme(tmp / "data", tagged_test=False)  # tagging test labels withheld, as the download does
+    out = tmp / "run"
+    results = run(model, data, ["xnli", "panx"], out, seeds=[1, 2], recipes=recipes, languages=["en", "de", "fr"])
+
+    xnli = json.loads((out / "xnli" / "seed1" / "result.json").read_text())
+    assert xnli["split"] == "test" and xnli["recipe"]["epochs"] == 2
+    for lang in ("en", "de", "fr"):
+        predicted = read_lines(out / "xnli" / "seed1" / "predictions" / "xnli" / f"test-{lang}.tsv")
+        gold = read_lines(out / "labels" / "test" / "xnli" / f"test-{lang}.tsv")
+        assert len(predicted) == len(gold) == 27 and set(predicted) <= {"entailment", "neutral", "contradiction"}
+        assert xnli["scores"]["accuracy"][lang] == pytest.approx(metrics.accuracy(gold, predicted)["accuracy"])
+
+    panx = json.loads((out / "panx" / "seed2" / "result.json").read_text())
+    assert panx["split"] == "dev"  # no test tags: the dev sets were scored, and the result says so
+    predicted = read_tags(out / "panx" / "seed2" / "predictions" / "panx" / "test-de.tsv")
+    gold = read_tags(out / "labels" / "dev" / "panx" / "test-de.tsv")
+    assert [len(s) for s in predicted] == [len(s) for s in gold]
+    assert panx["scores"]["f1"]["de"] == pytest.approx(metrics.tagging(gold, predicted)["f1"])
+
+    agg = results["xnli"]
+    seeds = [json.loads((out / "xnli" / f"seed{s}" / "result.json").read_text())["scores"]["accuracy"] for s in (1, 2)]
+    assert agg["mean"]["fr"] == pytest.approx((seeds[0]["fr"] + seeds[1]["fr"]) / 2)
+    assert agg["std"]["fr"] == pytest.approx(abs(seeds[0]["fr"] - seeds[1]["fr"]) / 2)
+    gap = sum(s["en"] - (s["de"] + s["fr"]) / 2 for s in seeds) / 2
+    assert agg["transfer_gap"] == pytest.approx(gap)
+    assert "tagging" not in results  # udpos was not run, so no tagging category
+    assert json.loads((out / "results.json").read_text())["panx"]["split"] == "dev"
+
+    # Finished task/seed pairs are not redone.
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/result.json")}
+    run(model, data, ["xnli", "panx"], out, seeds=[1, 2], recipes=recipes, languages=["en", "de", "fr"])
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/result.json")} == before
+
+
+def test_missing_task_files_are_listed_in_one_message(setup, tmp_path):
+    _, model, recipes = setup
+    data = write_xtreme(tmp_path / "data")
+    (data / "xnli" / "test-de.tsv").unlink()
+    (data / "xnli" / "dev-en.tsv").unlink()
+    with pytest.raises(ScoreError, match=r"xnli needs .*dev-en.tsv, .*test-de.tsv"):
+        run(model, data, ["xnli"], tmp_path / "out", seeds=[1], recipes=recipes, languages=["en", "de"])
+    with pytest.raises(ScoreError, match="xquad not supported by run yet"):
+        run(model, data, ["xquad"], tmp_path / "out", seeds=[1], recipes=recipes)

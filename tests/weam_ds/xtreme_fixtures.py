@@ -1,0 +1,60 @@
+"""Small task data in the official XTREME download layout, written from the project's own sentences."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+WORDS = {
+    "en": {"people": ["Maria", "John", "Aiko"], "places": ["Paris", "Berlin", "Tokyo"], "lives": "lives in",
+           "works": "works in", "sleeps": "sleeps", "awake": "is awake", "someone": "Someone"},
+    "de": {"people": ["Maria", "Johann", "Aiko"], "places": ["Paris", "Berlin", "Tokio"], "lives": "wohnt in",
+           "works": "arbeitet in", "sleeps": "schläft", "awake": "ist wach", "someone": "Jemand"},
+    "fr": {"people": ["Marie", "Jean", "Aiko"], "places": ["Paris", "Berlin", "Tokyo"], "lives": "habite à",
+           "works": "travaille à", "sleeps": "dort", "awake": "est réveillé", "someone": "Quelqu'un"},
+}
+
+
+def nli_rows(lang: str) -> list[tuple[str, str, str]]:
+    w = WORDS[lang]
+    rows = []
+    for person, place in itertools.product(w["people"], w["places"]):
+        rows.append((f"{person} {w['sleeps']}.", f"{w['someone']} {w['sleeps']}.", "entailment"))
+        rows.append((f"{person} {w['sleeps']}.", f"{person} {w['awake']}.", "contradiction"))
+        rows.append((f"{person} {w['lives']} {place}.", f"{person} {w['works']} {place}.", "neutral"))
+    return rows
+
+
+def ner_rows(lang: str) -> list[list[tuple[str, str]]]:
+    w = WORDS[lang]
+    rows = []
+    for person, place in itertools.product(w["people"], w["places"]):
+        verb = w["lives"].split()
+        rows.append([(person, "B-PER")] + [(v, "O") for v in verb] + [(place, "B-LOC"), (".", "O")])
+        rows.append([(w["someone"], "O"), (w["sleeps"], "O"), (".", "O")])
+    return rows
+
+
+def write_xtreme(root: Path, languages=("en", "de", "fr"), tagged_test: bool = True) -> Path:
+    for task in ("xnli", "pawsx"):
+        folder = root / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for lang in languages:
+            rows = nli_rows(lang)
+            if task == "pawsx":  # paraphrase or not: entailment rows are the paraphrases
+                rows = [(a, b, "1" if label == "entailment" else "0") for a, b, label in rows]
+            text = "".join(f"{a}\t{b}\t{label}\n" for a, b, label in rows)
+            splits = ("train", "dev", "test") if lang == "en" else ("dev", "test")
+            for split in splits:
+                (folder / f"{split}-{lang}.tsv").write_text(text, encoding="utf-8")
+    for task in ("panx", "udpos"):
+        folder = root / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for lang in languages:
+            rows = ner_rows(lang)
+            full = "".join("".join(f"{tok}\t{tag}\n" for tok, tag in s) + "\n" for s in rows)
+            bare = "".join("".join(f"{tok}\n" for tok, _ in s) + "\n" for s in rows)
+            splits = ("train", "dev", "test") if lang == "en" else ("dev", "test")
+            for split in splits:
+                (folder / f"{split}-{lang}.tsv").write_text(full if split != "test" or tagged_test else bare,
+                                                              encoding="utf-8")
+    return root

@@ -1,0 +1,82 @@
+"""Readers for the official XTREME download layout (``download/<task>/...``), for the tasks ``run`` covers:
+sentence-pair classification (XNLI, PAWS-X) and tagging (UD-POS, PAN-X).
+
+Test labels of several tasks are withheld by the download scripts; ``eval_split`` then falls back to dev
+and says so, and results record which split was scored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from weam_ds.xtreme_r.score import ScoreError
+
+CLASSIFICATION = ("xnli", "pawsx")
+TAGGING = ("udpos", "panx")
+
+
+@dataclass
+class PairExample:
+    first: str
+    second: str
+    label: str | None
+
+
+@dataclass
+class TagExample:
+    words: list[str]
+    tags: list[str] | None
+
+
+def split_file(data: Path, task: str, split: str, lang: str) -> Path:
+    return data / task / f"{split}-{lang}.tsv"
+
+
+def read_pairs(path: Path) -> list[PairExample]:
+    """premise/sentence1 <TAB> hypothesis/sentence2 [<TAB> label] per line."""
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 2:
+                raise ScoreError(f"{path}:{n}: expected at least two tab-separated fields")
+            examples.append(PairExample(fields[0], fields[1], fields[2].strip() if len(fields) > 2 else None))
+    return examples
+
+
+def read_tagged(path: Path) -> list[TagExample]:
+    """``token<TAB>tag`` per line (the token alone where the tag is withheld), a blank line between sentences."""
+    sentences, words, tags = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line.strip():
+                if words:
+                    sentences.append(TagExample(words, tags if len(tags) == len(words) else None))
+                words, tags = [], []
+                continue
+            fields = line.split("\t")
+            words.append(fields[0])
+            if len(fields) > 1 and fields[1]:
+                tags.append(fields[1])
+    if words:
+        sentences.append(TagExample(words, tags if len(tags) == len(words) else None))
+    return sentences
+
+
+def read_split(data: Path, task: str, split: str, lang: str) -> list:
+    path = split_file(data, task, split, lang)
+    return read_pairs(path) if task in CLASSIFICATION else read_tagged(path)
+
+
+def labelled(examples: list) -> bool:
+    return bool(examples) and all((e.label if isinstance(e, PairExample) else e.tags) is not None for e in examples)
+
+
+def check_layout(data: Path, task: str, languages: list[str]) -> None:
+    """One message listing every file the task needs that the folder lacks."""
+    needed = [split_file(data, task, "train", "en"), split_file(data, task, "dev", "en")]
+    needed += [split_file(data, task, "test", lang) for lang in languages]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise ScoreError(f"{data}: {task} needs {', '.join(missing)}")

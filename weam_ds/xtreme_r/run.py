@@ -1,0 +1,250 @@
+"""Zero-shot fine-tuning and prediction under the matched protocol, for classification (XNLI, PAWS-X) and
+tagging (UD-POS, PAN-X); the QA and retrieval tasks' fine-tuning is still to come.
+
+For each task and seed: fine-tune MODEL_DIR on the English training data with the task's recipe (one
+file per task, the same for every model), select the epoch on the English dev set only (target-language
+dev data is never used), predict every language, write predictions and labels in the official layout,
+and score them with the official scorer. ``<out>/<task>/seed<k>/result.json`` is written last, so an
+interrupted run resumes at the task/seed level; ``<out>/results.json`` aggregates mean and standard
+deviation over seeds, per language, task and category, and the transfer gap (English minus the mean of
+the other languages). Pass a DeepSpeed config (``ds_configs/``) to fine-tune large encoders under ZeRO.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.typed_config import load_yaml
+from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.readers import CLASSIFICATION, TAGGING, check_layout, labelled, read_split
+from weam_ds.xtreme_r.score import ScoreError, score, write_scores
+from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES
+
+log = logging.getLogger(__name__)
+RECIPES = Path(__file__).with_name("recipes")
+IGNORE = -100
+
+
+@dataclass
+class Recipe:
+    learning_rate: float
+    epochs: float
+    batch_size: int
+    max_length: int
+    warmup_steps: float = 0
+    """Steps, or a fraction of all steps when below 1 (transformers' convention)."""
+    weight_decay: float = 0.0
+
+
+def task_languages(task: str) -> list[str]:
+    return LANGUAGES["xtreme-r"].get(task) or LANGUAGES["xtreme"][task]
+
+
+def run(model_dir: Path, data: Path, tasks: list[str], out: Path, seeds: list[int], recipes: Path = RECIPES,
+        languages: list[str] | None = None, deepspeed: str | None = None) -> dict:
+    unsupported = [t for t in tasks if t not in CLASSIFICATION + TAGGING]
+    if unsupported:
+        raise ScoreError(f"--tasks: {', '.join(unsupported)} not supported by run yet "
+                         f"(supported: {', '.join(CLASSIFICATION + TAGGING)})")
+    plan = {}
+    for task in tasks:
+        langs = [lang for lang in task_languages(task) if languages is None or lang in languages]
+        check_layout(data, task, langs)
+        plan[task] = (load_yaml(Recipe, recipes / f"{task}.yaml"), langs)
+    for task, (recipe, langs) in plan.items():
+        for seed in seeds:
+            done = out / task / f"seed{seed}" / "result.json"
+            if done.is_file():
+                log.info("%s seed %d: done before, skipped", task, seed)
+                continue
+            _run_seed(model_dir, data, task, langs, recipe, seed, out, deepspeed)
+    results = aggregate(out, plan, seeds)
+    write_scores(results, out / "results.json")
+    return results
+
+
+def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: Recipe, seed: int, out: Path,
+              deepspeed: str | None) -> None:
+    from transformers import AutoTokenizer
+
+    work = out / task / f"seed{seed}"
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    train, dev = read_split(data, task, "train", "en"), read_split(data, task, "dev", "en")
+    tests = {lang: read_split(data, task, "test", lang) for lang in langs}
+    split = "test" if all(labelled(t) for t in tests.values()) else "dev"
+    if split == "dev":  # the download withholds test labels: score the dev sets, and say so
+        tests = {lang: read_split(data, task, "dev", lang) for lang in langs}
+    log.info("%s seed %d: fine-tuning on %d English examples, scoring the %s split of %d languages",
+             task, seed, len(train), split, len(langs))
+    tuner = (_Classifier if task in CLASSIFICATION else _Tagger)(model_dir, tokenizer, train, recipe)
+    tuner.fit(dev, work / "checkpoints", seed, deepspeed)
+    for lang, examples in tests.items():
+        _write_lines(work / "predictions" / task / f"test-{lang}.tsv", tuner.predict_lines(examples))
+        _write_lines(out / "labels" / split / task / f"test-{lang}.tsv", tuner.gold_lines(examples))
+    scores = score(work / "predictions", out / "labels" / split, "xtreme-r" if task != "pawsx" else "xtreme",
+                   languages=langs)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    write_scores({"task": task, "seed": seed, "split": split, "model": str(model_dir), "recipe": asdict(recipe),
+                  "scores": scores[task]}, work / "result.json")
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def aggregate(out: Path, plan: dict, seeds: list[int]) -> dict:
+    """Mean and standard deviation over seeds; categories from the task means; the transfer gap."""
+    tasks = {}
+    for task, (_, langs) in plan.items():
+        runs = [json.loads((out / task / f"seed{s}" / "result.json").read_text()) for s in seeds]
+        main = "f1" if task in TAGGING else "accuracy"
+        per_lang = {lang: [r["scores"][main][lang] for r in runs] for lang in langs}
+        avg = [r["scores"]["avg_metric"] for r in runs]
+        others = [lang for lang in langs if lang != "en"]
+        gaps = [r["scores"][main]["en"] - statistics.fmean(r["scores"][main][lang] for lang in others)
+                for r in runs] if "en" in langs and others else []
+        tasks[task] = {
+            "split": runs[0]["split"], "seeds": seeds, "metric": main,
+            "mean": {lang: statistics.fmean(v) for lang, v in per_lang.items()},
+            "std": {lang: statistics.pstdev(v) for lang, v in per_lang.items()},
+            "avg_metric": statistics.fmean(avg), "avg_metric_std": statistics.pstdev(avg),
+            **({"transfer_gap": statistics.fmean(gaps)} if gaps else {}),
+        }
+    overall = {}
+    for category, members in CATEGORIES["xtreme-r"].items():
+        if all(m in tasks for m in members):
+            overall[category] = statistics.fmean(tasks[m]["avg_metric"] for m in members)
+    return {**overall, **tasks}
+
+
+class _Tuner:
+    """Fine-tunes with the Hugging Face Trainer (DeepSpeed when a config is given) and picks the epoch with
+    the best English dev score."""
+
+    def __init__(self, model_dir: Path, tokenizer, train: list, recipe: Recipe):
+        self.model_dir, self.tokenizer, self.train, self.recipe = model_dir, tokenizer, train, recipe
+
+    def fit(self, dev: list, checkpoints: Path, seed: int, deepspeed: str | None) -> None:
+        import torch
+        from transformers import Trainer, TrainingArguments, set_seed
+
+        set_seed(seed)
+        r = self.recipe
+        args = TrainingArguments(
+            output_dir=str(checkpoints), learning_rate=r.learning_rate, num_train_epochs=r.epochs,
+            per_device_train_batch_size=r.batch_size, per_device_eval_batch_size=r.batch_size,
+            warmup_steps=r.warmup_steps, weight_decay=r.weight_decay, eval_strategy="epoch", save_strategy="epoch",
+            load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=True, save_total_limit=1,
+            seed=seed, report_to=[], logging_strategy="epoch", deepspeed=deepspeed,
+            use_cpu=not torch.cuda.is_available())
+        self.trainer = Trainer(model=self.model(), args=args, train_dataset=self.encode(self.train),
+                               eval_dataset=self.encode(dev), compute_metrics=self.dev_score,
+                               data_collator=self.collator())
+        self.trainer.train()
+
+    def logits(self, examples: list) -> np.ndarray:
+        return self.trainer.predict(self.encode(examples)).predictions
+
+
+class _Classifier(_Tuner):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.labels = sorted({e.label for e in self.train})
+
+    def model(self):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(self.model_dir), num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
+            label2id={x: i for i, x in enumerate(self.labels)})
+
+    def collator(self):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(self.tokenizer)
+
+    def encode(self, examples: list) -> list[dict]:
+        enc = self.tokenizer([e.first for e in examples], [e.second for e in examples], truncation=True,
+                             max_length=self.recipe.max_length)
+        index = {x: i for i, x in enumerate(self.labels)}
+        return [{**{k: v[i] for k, v in enc.items()}, "labels": index.get(e.label, 0)} for i, e in enumerate(examples)]
+
+    def dev_score(self, prediction) -> dict:
+        guess = prediction.predictions.argmax(-1)
+        return {"score": float((guess == prediction.label_ids).mean())}
+
+    def predict_lines(self, examples: list) -> list[str]:
+        return [self.labels[i] for i in self.logits(examples).argmax(-1)]
+
+    def gold_lines(self, examples: list) -> list[str]:
+        return [e.label for e in examples]
+
+
+class _Tagger(_Tuner):
+    """First-subword labelling: a word's tag is predicted at its first subword; later subwords are ignored."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        counts = Counter(t for e in self.train for t in e.tags)
+        self.labels = sorted(counts)
+        self.fallback = counts.most_common(1)[0][0]  # for words cut off by max_length
+
+    def model(self):
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification.from_pretrained(
+            str(self.model_dir), num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
+            label2id={x: i for i, x in enumerate(self.labels)})
+
+    def collator(self):
+        from transformers import DataCollatorForTokenClassification
+
+        return DataCollatorForTokenClassification(self.tokenizer)
+
+    def encode(self, examples: list) -> list[dict]:
+        enc = self.tokenizer([e.words for e in examples], is_split_into_words=True, truncation=True,
+                             max_length=self.recipe.max_length)
+        index = {x: i for i, x in enumerate(self.labels)}
+        self._firsts = []
+        rows = []
+        for i, e in enumerate(examples):
+            firsts, seen = [], set()
+            labels = []
+            for pos, word in enumerate(enc.word_ids(i)):
+                if word is None or word in seen:
+                    labels.append(IGNORE)
+                    continue
+                seen.add(word)
+                firsts.append((word, pos))
+                labels.append(index.get(e.tags[word], 0) if e.tags else 0)
+            self._firsts.append(firsts)
+            rows.append({**{k: v[i] for k, v in enc.items()}, "labels": labels})
+        return rows
+
+    def dev_score(self, prediction) -> dict:
+        guess, gold = prediction.predictions.argmax(-1), prediction.label_ids
+        keep = gold != IGNORE
+        sequences = [([self.labels[g] for g in gr[k]], [self.labels[p] for p in pr[k]])
+                     for gr, pr, k in zip(gold, guess, keep)]
+        return {"score": metrics.tagging([g for g, _ in sequences], [p for _, p in sequences])["f1"]}
+
+    def predict_lines(self, examples: list) -> list[str]:
+        logits = self.logits(examples)  # encode() ran last on these examples: _firsts is theirs
+        lines = []
+        for e, firsts, row in zip(examples, self._firsts, logits):
+            tags = [self.fallback] * len(e.words)
+            for word, pos in firsts:
+                tags[word] = self.labels[int(row[pos].argmax())]
+            lines += tags + [""]
+        return lines
+
+    def gold_lines(self, examples: list) -> list[str]:
+        return [line for e in examples for line in e.tags + [""]]
