@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from transformers import AutoTokenizer
-from xtreme_fixtures import write_xtreme
+from xtreme_fixtures import write_qa, write_xtreme
 
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
@@ -27,8 +27,8 @@ def setup(small_dataset, tmp_path_factory):
     tok.save_pretrained(str(model))
     recipes = tmp / "recipes"
     recipes.mkdir()
-    for task in ("xnli", "panx"):
-        (recipes / f"{task}.yaml").write_text(RECIPE)
+    for task in ("xnli", "panx", "xquad", "mlqa"):
+        (recipes / f"{task}.yaml").write_text(RECIPE + ("doc_stride: 8\n" if task in ("xquad", "mlqa") else ""))
     return tmp, model, recipes
 
 
@@ -75,5 +75,26 @@ def test_missing_task_files_are_listed_in_one_message(setup, tmp_path):
     (data / "xnli" / "dev-en.tsv").unlink()
     with pytest.raises(ScoreError, match=r"xnli needs .*dev-en.tsv, .*test-de.tsv"):
         run(model, data, ["xnli"], tmp_path / "out", seeds=[1], recipes=recipes, languages=["en", "de"])
-    with pytest.raises(ScoreError, match="xquad not supported by run yet"):
-        run(model, data, ["xquad"], tmp_path / "out", seeds=[1], recipes=recipes)
+    with pytest.raises(ScoreError, match="xcopa not supported by run yet"):
+        run(model, data, ["xcopa"], tmp_path / "out", seeds=[1], recipes=recipes)
+
+
+def test_question_answering_end_to_end(setup):
+    tmp, model, recipes = setup
+    data = write_qa(tmp / "qa")
+    out = tmp / "qa-run"
+    results = run(model, data, ["xquad", "mlqa"], out, seeds=[3], recipes=recipes, languages=["en", "de"])
+    for task, metric in (("xquad", metrics.squad), ("mlqa", metrics.mlqa)):
+        result = json.loads((out / task / "seed3" / "result.json").read_text())
+        assert result["split"] == "test"
+        for lang in ("en", "de"):
+            answers = json.loads((out / task / "seed3" / "predictions" / task / f"test-{lang}.json").read_text())
+            gold = json.loads((out / "labels" / "test" / task / f"test-{lang}.json").read_text())["data"]
+            contexts = {qa["id"]: p["context"] for a in gold for p in a["paragraphs"] for qa in p["qas"]}
+            assert set(answers) == set(contexts)
+            # Every answer is a span of its own context (or empty when no valid span was found).
+            assert all(text in contexts[qid] for qid, text in answers.items())
+            expected = metric(gold, answers, lang) if task == "mlqa" else metric(gold, answers)
+            assert result["scores"]["f1"][lang] == pytest.approx(expected["f1"])
+            assert result["scores"]["exact_match"][lang] == pytest.approx(expected["exact_match"])
+        assert results[task]["metric"] == "f1"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 WORDS = {
@@ -12,6 +13,7 @@ WORDS = {
     "fr": {"people": ["Marie", "Jean", "Aiko"], "places": ["Paris", "Berlin", "Tokyo"], "lives": "habite à",
            "works": "travaille à", "sleeps": "dort", "awake": "est réveillé", "someone": "Quelqu'un"},
 }
+QUESTION = {"en": "Where does {} live?", "de": "Wo wohnt {}?", "fr": "Où habite {} ?"}
 
 
 def nli_rows(lang: str) -> list[tuple[str, str, str]]:
@@ -57,4 +59,33 @@ def write_xtreme(root: Path, languages=("en", "de", "fr"), tagged_test: bool = T
             for split in splits:
                 (folder / f"{split}-{lang}.tsv").write_text(full if split != "test" or tagged_test else bare,
                                                               encoding="utf-8")
+    return root
+
+
+def squad_articles(lang: str, prefix: str) -> list[dict]:
+    """One paragraph per person: where they live (the answer) and where someone else works (a distractor)."""
+    w = WORDS[lang]
+    paragraphs = []
+    for k, (person, place) in enumerate(itertools.product(w["people"], w["places"])):
+        other = w["people"][(w["people"].index(person) + 1) % 3]
+        elsewhere = w["places"][(w["places"].index(place) + 1) % 3]
+        context = f"{other} {w['works']} {elsewhere}. {person} {w['lives']} {place}."
+        start = context.rindex(place)
+        paragraphs.append({"context": context, "qas": [{"id": f"{prefix}-{lang}-{k}",
+                                                        "question": QUESTION[lang].format(person),
+                                                        "answers": [{"text": place, "answer_start": start}]}]})
+    return [{"title": "fixture", "paragraphs": paragraphs}]
+
+
+def write_qa(root: Path, languages=("en", "de")) -> Path:
+    def put(path: Path, articles: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"version": "1.1", "data": articles}, ensure_ascii=False), encoding="utf-8")
+
+    put(root / "squad" / "train-v1.1.json", squad_articles("en", "train") * 4)
+    put(root / "squad" / "dev-v1.1.json", squad_articles("en", "dev"))
+    for lang in languages:
+        put(root / "xquad" / f"xquad.{lang}.json", squad_articles(lang, "xquad"))
+        put(root / "mlqa" / "MLQA_V1" / "test" / f"test-context-{lang}-question-{lang}.json",
+            squad_articles(lang, "mlqa"))
     return root

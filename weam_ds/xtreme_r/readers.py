@@ -1,11 +1,13 @@
 """Readers for the official XTREME download layout (``download/<task>/...``), for the tasks ``run`` covers:
-sentence-pair classification (XNLI, PAWS-X) and tagging (UD-POS, PAN-X).
+sentence-pair classification (XNLI, PAWS-X), tagging (UD-POS, PAN-X) and extractive QA (XQuAD, MLQA,
+TyDiQA-GoldP).
 
 Test labels of several tasks are withheld by the download scripts; ``eval_split`` then falls back to dev
 and says so, and results record which split was scored.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +77,50 @@ def labelled(examples: list) -> bool:
 
 def check_layout(data: Path, task: str, languages: list[str]) -> None:
     """One message listing every file the task needs that the folder lacks."""
-    needed = [split_file(data, task, "train", "en"), split_file(data, task, "dev", "en")]
-    needed += [split_file(data, task, "test", lang) for lang in languages]
+    if task in QA:
+        needed = list(qa_files(data, task, None).values())
+        needed += [f for lang in languages for f in qa_files(data, task, lang).values()]
+    else:
+        needed = [split_file(data, task, "train", "en"), split_file(data, task, "dev", "en")]
+        needed += [split_file(data, task, "test", lang) for lang in languages]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise ScoreError(f"{data}: {task} needs {', '.join(missing)}")
+
+
+# --- extractive QA (SQuAD format) ----------------------------------------------------------------------
+
+QA = ("xquad", "mlqa", "tydiqa")
+
+
+@dataclass
+class QAExample:
+    id: str
+    question: str
+    context: str
+    answers: list[dict]
+    """SQuAD answers: {"text", "answer_start"}; the first is the training target."""
+
+
+def qa_files(data: Path, task: str, lang: str | None) -> dict[str, Path]:
+    """The files of a QA task in the official download: ``train``/``dev`` (English) when ``lang`` is None,
+    else ``test`` for that language. TyDiQA-GoldP publishes no test set: its dev sets are the test sets."""
+    if lang is None:
+        if task == "tydiqa":
+            return {"train": data / "tydiqa" / "tydiqa-goldp-v1.1-train" / "tydiqa.goldp.en.train.json",
+                    "dev": data / "tydiqa" / "tydiqa-goldp-v1.1-dev" / "tydiqa.goldp.en.dev.json"}
+        return {"train": data / "squad" / "train-v1.1.json", "dev": data / "squad" / "dev-v1.1.json"}
+    if task == "xquad":
+        return {"test": data / "xquad" / f"xquad.{lang}.json"}
+    if task == "mlqa":
+        return {"test": data / "mlqa" / "MLQA_V1" / "test" / f"test-context-{lang}-question-{lang}.json"}
+    return {"test": data / "tydiqa" / "tydiqa-goldp-v1.1-dev" / f"tydiqa.goldp.{lang}.dev.json"}
+
+
+def read_squad(path: Path) -> tuple[list[QAExample], list[dict]]:
+    """The examples of a SQuAD-format file, and its ``data`` list (the labels the scorer reads)."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    articles = raw["data"] if isinstance(raw, dict) and "data" in raw else raw
+    examples = [QAExample(qa["id"], qa["question"], p["context"], qa.get("answers", []))
+                for article in articles for p in article["paragraphs"] for qa in p["qas"]]
+    return examples, articles

@@ -23,7 +23,8 @@ import numpy as np
 
 from data_prep.typed_config import load_yaml
 from weam_ds.xtreme_r import metrics
-from weam_ds.xtreme_r.readers import CLASSIFICATION, TAGGING, check_layout, labelled, read_split
+from weam_ds.xtreme_r.readers import (CLASSIFICATION, QA, TAGGING, check_layout, labelled, qa_files,
+                                      read_split, read_squad)
 from weam_ds.xtreme_r.score import ScoreError, score, write_scores
 from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES
 
@@ -41,6 +42,8 @@ class Recipe:
     warmup_steps: float = 0
     """Steps, or a fraction of all steps when below 1 (transformers' convention)."""
     weight_decay: float = 0.0
+    doc_stride: int = 128
+    """QA: overlap of the windows a long context is cut into."""
 
 
 def task_languages(task: str) -> list[str]:
@@ -49,10 +52,10 @@ def task_languages(task: str) -> list[str]:
 
 def run(model_dir: Path, data: Path, tasks: list[str], out: Path, seeds: list[int], recipes: Path = RECIPES,
         languages: list[str] | None = None, deepspeed: str | None = None) -> dict:
-    unsupported = [t for t in tasks if t not in CLASSIFICATION + TAGGING]
+    unsupported = [t for t in tasks if t not in CLASSIFICATION + TAGGING + QA]
     if unsupported:
         raise ScoreError(f"--tasks: {', '.join(unsupported)} not supported by run yet "
-                         f"(supported: {', '.join(CLASSIFICATION + TAGGING)})")
+                         f"(supported: {', '.join(CLASSIFICATION + TAGGING + QA)})")
     plan = {}
     for task in tasks:
         langs = [lang for lang in task_languages(task) if languages is None or lang in languages]
@@ -76,23 +79,40 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
 
     work = out / task / f"seed{seed}"
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    train, dev = read_split(data, task, "train", "en"), read_split(data, task, "dev", "en")
-    tests = {lang: read_split(data, task, "test", lang) for lang in langs}
-    split = "test" if all(labelled(t) for t in tests.values()) else "dev"
-    if split == "dev":  # the download withholds test labels: score the dev sets, and say so
-        tests = {lang: read_split(data, task, "dev", lang) for lang in langs}
+    if task in QA:
+        files = qa_files(data, task, None)
+        train, dev = read_squad(files["train"])[0], read_squad(files["dev"])[0]
+        tests = {lang: read_squad(qa_files(data, task, lang)["test"]) for lang in langs}
+        split = "dev" if task == "tydiqa" else "test"  # TyDiQA-GoldP's public evaluation sets are its dev sets
+    else:
+        train, dev = read_split(data, task, "train", "en"), read_split(data, task, "dev", "en")
+        tests = {lang: read_split(data, task, "test", lang) for lang in langs}
+        split = "test" if all(labelled(t) for t in tests.values()) else "dev"
+        if split == "dev":  # the download withholds test labels: score the dev sets, and say so
+            tests = {lang: read_split(data, task, "dev", lang) for lang in langs}
     log.info("%s seed %d: fine-tuning on %d English examples, scoring the %s split of %d languages",
              task, seed, len(train), split, len(langs))
-    tuner = (_Classifier if task in CLASSIFICATION else _Tagger)(model_dir, tokenizer, train, recipe)
+    tuner = {**dict.fromkeys(CLASSIFICATION, _Classifier), **dict.fromkeys(TAGGING, _Tagger),
+             **dict.fromkeys(QA, _QuestionAnswering)}[task](model_dir, tokenizer, train, recipe)
     tuner.fit(dev, work / "checkpoints", seed, deepspeed)
     for lang, examples in tests.items():
-        _write_lines(work / "predictions" / task / f"test-{lang}.tsv", tuner.predict_lines(examples))
-        _write_lines(out / "labels" / split / task / f"test-{lang}.tsv", tuner.gold_lines(examples))
+        pred, gold = work / "predictions" / task / f"test-{lang}", out / "labels" / split / task / f"test-{lang}"
+        if task in QA:
+            _write_json(pred.with_suffix(".json"), tuner.answers(examples[0]))
+            _write_json(gold.with_suffix(".json"), {"data": examples[1]})
+        else:
+            _write_lines(pred.with_suffix(".tsv"), tuner.predict_lines(examples))
+            _write_lines(gold.with_suffix(".tsv"), tuner.gold_lines(examples))
     scores = score(work / "predictions", out / "labels" / split, "xtreme-r" if task != "pawsx" else "xtreme",
                    languages=langs)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     write_scores({"task": task, "seed": seed, "split": split, "model": str(model_dir), "recipe": asdict(recipe),
                   "scores": scores[task]}, work / "result.json")
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
@@ -105,7 +125,7 @@ def aggregate(out: Path, plan: dict, seeds: list[int]) -> dict:
     tasks = {}
     for task, (_, langs) in plan.items():
         runs = [json.loads((out / task / f"seed{s}" / "result.json").read_text()) for s in seeds]
-        main = "f1" if task in TAGGING else "accuracy"
+        main = "f1" if task in TAGGING + QA else "accuracy"
         per_lang = {lang: [r["scores"][main][lang] for r in runs] for lang in langs}
         avg = [r["scores"]["avg_metric"] for r in runs]
         others = [lang for lang in langs if lang != "en"]
@@ -248,3 +268,71 @@ class _Tagger(_Tuner):
 
     def gold_lines(self, examples: list) -> list[str]:
         return [line for e in examples for line in e.tags + [""]]
+
+
+class _QuestionAnswering(_Tuner):
+    """Extractive QA: contexts cut into overlapping windows (``doc_stride``); an answer is the best-scoring
+    valid span (start and end among the 20 best logits, at most 30 tokens, inside the context) over all
+    windows of its question."""
+
+    n_best, max_answer_tokens = 20, 30
+
+    def model(self):
+        from transformers import AutoModelForQuestionAnswering
+
+        return AutoModelForQuestionAnswering.from_pretrained(str(self.model_dir))
+
+    def collator(self):
+        from transformers import default_data_collator
+
+        return default_data_collator
+
+    def encode(self, examples: list) -> list[dict]:
+        """One row per window, labelled with the answer's token span, or (0, 0) when the window lacks it."""
+        r = self.recipe
+        enc = self.tokenizer([e.question for e in examples], [e.context for e in examples], truncation="only_second",
+                             max_length=r.max_length, stride=r.doc_stride, return_overflowing_tokens=True,
+                             return_offsets_mapping=True, padding="max_length")
+        owners, offsets = enc.pop("overflow_to_sample_mapping"), enc.pop("offset_mapping")
+        rows, windows = [], []
+        for i, owner in enumerate(owners):
+            in_context = [s == 1 for s in enc.sequence_ids(i)]
+            spans = [o if c else None for o, c in zip(offsets[i], in_context)]
+            windows.append((owner, spans))
+            start = end = 0
+            answers = examples[owner].answers
+            if answers:
+                first = answers[0]
+                a, b = first["answer_start"], first["answer_start"] + len(first["text"])
+                tokens = [k for k, span in enumerate(spans) if span is not None and span[0] < b and span[1] > a]
+                if tokens and spans[tokens[0]][0] <= a and spans[tokens[-1]][1] >= b:
+                    start, end = tokens[0], tokens[-1]
+            rows.append({**{k: v[i] for k, v in enc.items()}, "start_positions": start, "end_positions": end})
+        self._windows = windows
+        return rows
+
+    def _decode(self, start_logits: np.ndarray, end_logits: np.ndarray, examples: list) -> dict[str, str]:
+        best: dict[int, tuple[float, str]] = {}
+        for (owner, spans), starts, ends in zip(self._windows, start_logits, end_logits):
+            for s in np.argsort(starts)[::-1][:self.n_best]:
+                for e in np.argsort(ends)[::-1][:self.n_best]:
+                    if spans[s] is None or spans[e] is None or e < s or e - s + 1 > self.max_answer_tokens:
+                        continue
+                    value = float(starts[s] + ends[e])
+                    if owner not in best or value > best[owner][0]:
+                        best[owner] = (value, examples[owner].context[spans[s][0]:spans[e][1]].strip())
+        return {e.id: best[k][1] if k in best else "" for k, e in enumerate(examples)}
+
+    def dev_score(self, prediction) -> dict:
+        start, end = prediction.predictions[:2]
+        answers = self._decode(start, end, self._dev)
+        gold = [{"paragraphs": [{"qas": [{"id": e.id, "answers": e.answers} for e in self._dev]}]}]
+        return {"score": metrics.squad(gold, answers)["f1"]}
+
+    def fit(self, dev: list, checkpoints: Path, seed: int, deepspeed: str | None) -> None:
+        self._dev = dev
+        super().fit(dev, checkpoints, seed, deepspeed)
+
+    def answers(self, examples: list) -> dict[str, str]:
+        output = self.trainer.predict(self.encode(examples)).predictions
+        return self._decode(output[0], output[1], examples)
