@@ -236,7 +236,9 @@ class TrainStream(IterableDataset):
             batch["pair_index"] = torch.tensor([self.corpus.pairs.index(s["pair"]) for s in samples])
             # The position after this batch; a pending sample is drawn again on resume.
             held = 1 if pending is not None else 0
-            pairs_pos = {p: [s.visit, s.taken] for p, s in streams.items()}
+            # Pairs not drawn since this slot (re)started keep the position they had.
+            pairs_pos = {p: list(v) for p, v in position["pairs"].items()}
+            pairs_pos.update({p: [s.visit, s.taken] for p, s in streams.items()})
             if pending is not None:
                 pairs_pos[pending[0]][1] -= 1
             batch["stream"] = {"slot": slot, "batch": batch_index, "stats": dict(stats),
@@ -261,15 +263,12 @@ def eval_batches(cfg: DataConfig, masking: MaskingConfig, info: TokenInfo, rank:
     except ConfigError:
         return []
     opener = _Shards(cfg.verify_sha256, Counter())
-    mine = []
-    for pair in corpus.pairs:
-        index = corpus.pairs.index(pair)
-        for shard in corpus.shards[pair]:
-            for k, sample in enumerate(opener.samples(shard)):
-                if k % world == rank:
-                    mine.append((index, sample))
-    if not mine:
-        return []
+    every = [(index, sample) for index, pair in enumerate(corpus.pairs) for shard in corpus.shards[pair]
+             for sample in opener.samples(shard)]
+    if not every:
+        return []  # the same on every rank: none evaluates
+    # A rank's share; a rank whose share is empty (fewer dev samples than ranks) evaluates them all.
+    mine = every[rank::world] or every
     size = cfg.batch_size or max(1, cfg.batch_tokens // (2 * cfg.max_length))
     batches = []
     for b in range(cfg.eval_batches):

@@ -16,6 +16,7 @@ torchrun, the DeepSpeed runner or SLURM (see launcher/). Read top to bottom, a r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -64,7 +65,8 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases and LayerNorm weights (the BERT/RoBERTa convention)."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitions leave a flat shard: ask for the real shape
+        (no_decay if ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -106,6 +108,13 @@ def _setup_logging(run: RunDir, rank: int) -> None:
     root.setLevel(logging.INFO)
     for noisy in ("DeepSpeed", "deepspeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _ignore_stop_signals(_worker: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT (sent to every process on preemption) to the training process,
+    which checkpoints; a worker dying of it would make the loader raise before the checkpoint."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _to_device(batch: dict, device: str) -> dict:
@@ -174,6 +183,7 @@ class Trainer:
         self.step, self.counters, positions, self.batches_taken = 0, {}, {}, 0
         if resume:
             positions = self._resume()
+        self.counters_at_start = dict(self.counters)
         self._write_run_files()
         self.stream = TrainStream(self.corpus, cfg.data, cfg.objective.masking, self.info, cfg.train.seed,
                                   self.rank, positions, self.batches_taken)
@@ -201,7 +211,10 @@ class Trainer:
                                  eos=info.eos_id)
         if cfg.train.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        objective = PretrainingObjective(self.model, cfg.objective)
+        # The objective's own parameters (prior_attention) are created partitioned and in the training dtype,
+        # like the model's.
+        with deepspeed.zero.Init(config_dict_or_path=self.ds) if zero3 else contextlib.nullcontext():
+            objective = PretrainingObjective(self.model, cfg.objective)
         optimizer = _optimizer_for(self.ds, self.hw, objective, cfg)
         params = _param_groups(objective, cfg.optimizer.weight_decay) if optimizer is None else None
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -268,7 +281,10 @@ class Trainer:
             logits = objective.head(objective.encode(ids, mask)).float()[..., :1024].cpu()
         objective.train(was_training)
         if self.rank == 0:
-            torch.save({"input_ids": ids.cpu(), "attention_mask": mask.cpu(), "logits": logits}, tag_dir / PROBE_FILE)
+            precision = "bf16" if self.ds.get("bf16", {}).get("enabled") else (
+                "fp16" if self.ds.get("fp16", {}).get("enabled") else "fp32")
+            torch.save({"input_ids": ids.cpu(), "attention_mask": mask.cpu(), "logits": logits,
+                        "precision": precision}, tag_dir / PROBE_FILE)
 
     def _write_run_files(self) -> None:
         if self.rank != 0:
@@ -286,7 +302,7 @@ class Trainer:
         cfg = self.cfg.train
         loader = torch.utils.data.DataLoader(
             self.stream, batch_size=None, num_workers=self.cfg.data.workers, pin_memory=self.hw.device == "cuda",
-            prefetch_factor=2 if self.cfg.data.workers else None,
+            prefetch_factor=2 if self.cfg.data.workers else None, worker_init_fn=_ignore_stop_signals,
             generator=torch.Generator())  # its own seed draw must not move the RNG that dropout uses
         batches = iter(loader)
         monitor = Monitor(self.run.tensorboard if self.rank == 0 else None,
@@ -314,8 +330,9 @@ class Trainer:
                     stream = batch.pop("stream")
                     self.positions[stream["slot"]] = stream["position"]
                     self.batches_taken += 1
-                    for key, value in stream["stats"].items():
-                        self.counters[f"{key}_slot{stream['slot']}"] = value
+                    for key, value in stream["stats"].items():  # per slot, counted since this process started
+                        name = f"{key}_slot{stream['slot']}"
+                        self.counters[name] = self.counters_at_start.get(name, 0) + value
                     out = self.engine(_to_device(batch, self.device))
                     if not guard.ok(out.loss, self.step):
                         self.counters["skipped_steps"] = self.counters.get("skipped_steps", 0) + 1

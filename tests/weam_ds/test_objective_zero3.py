@@ -25,3 +25,5 @@ def test_weam_trains_under_zero3_with_tied_decoder():
     losses = result["losses"]
     assert losses[-1][0] < losses[0][0] and losses[-1][1] < losses[0][1]
     assert all(c > 0 for c in result["changed"])  # the exchange's query weights and the embeddings moved
+    # Weight decay applies to the weight matrices even though ZeRO-3 has flattened them into shards.
+    assert result["decayed_matrices"] > 0 and result["decayed_vectors"] == 0 and result["undecayed_matrices"] == 0

@@ -322,3 +322,37 @@ def test_sigterm_checkpoints_and_exits(small_dataset, tmp_path):
     step = len(metrics.read_text().splitlines())
     assert 3 <= step < 10_000
     assert RunDir(tmp_path / "preempted").latest_tag() == f"step{step}"
+
+
+def test_bf16_zero3_with_prior_attention_trains_and_exports(small_dataset, tmp_path):
+    dataset, _, _ = small_dataset
+    cfg = run_config(dataset, tmp_path / "bf16", objective={"name": "weam", "exchange": "prior_attention"},
+                     train={"steps": 3}, deepspeed={"config": "ds_configs/cpu.json",
+                                                    "overrides": {"bf16": {"enabled": True}}})
+    train(cfg, tmp_path, 1)
+    assert len(losses(tmp_path / "bf16")) == 3
+    # The probe was computed in bf16; the fp32 export must agree within 16-bit rounding.
+    difference = export(tmp_path / "bf16" / "checkpoints", tmp_path / "hf")
+    assert difference is not None and (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_positions_keep_pairs_not_drawn_since_the_resume(small_dataset):
+    dataset, _, _ = small_dataset
+    stream, corpus = _stream(dataset, 0, pairs=["fr-en"])
+    resumed = TrainStream(corpus, stream.cfg, stream.masking, stream.info, seed=7, rank=0,
+                          positions={0: {"drawn": 0, "pairs": {"fr-en": [0, 3], "ja-en": [2, 7]}}})
+    position = _take(resumed, 1)[0]["stream"]["position"]
+    assert position["pairs"]["ja-en"] == [2, 7]
+    assert position["pairs"]["fr-en"] == [0, 3 + 8]
+
+
+def test_every_rank_gets_eval_batches_even_with_more_ranks_than_samples(small_dataset):
+    from weam_ds.data import eval_batches
+
+    dataset, _, _ = small_dataset
+    cfg = from_dict(DataConfig, {"datasets": [str(dataset)], "max_length": 32, "batch_size": 4, "eval_batches": 2})
+    info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(dataset / "tokenizer")))
+    few, many = (eval_batches(cfg, MaskingConfig(), info, rank=rank, world=world, seed=1)
+                 for rank, world in ((1, 2), (999, 1000)))
+    assert len(few) == len(many) == 2
+    assert not torch.equal(few[0]["src_ids"], eval_batches(cfg, MaskingConfig(), info, 0, 2, 1)[0]["src_ids"])
