@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -60,11 +62,19 @@ def test_classification_and_tagging_end_to_end(setup):
     gap = sum(s["en"] - (s["de"] + s["fr"]) / 2 for s in seeds) / 2
     assert agg["transfer_gap"] == pytest.approx(gap)
     assert "tagging" not in results  # udpos was not run, so no tagging category
+    assert results["tasks_mean"] == pytest.approx((agg["avg_metric"] + results["panx"]["avg_metric"]) / 2)
     assert json.loads((out / "results.json").read_text())["panx"]["split"] == "dev"
 
     # Finished task/seed pairs are not redone.
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/result.json")}
     run(model, data, ["xnli", "panx"], out, seeds=[1, 2], recipes=recipes, languages=["en", "de", "fr"])
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/result.json")} == before
+    # The command line does the same: nothing left to train, it aggregates and reports.
+    cli = subprocess.run([sys.executable, "-m", "weam_ds.xtreme_r", "run", "--model", str(model), "--data", str(data),
+                          "--tasks", "xnli,panx", "--out", str(out), "--seeds", "1,2", "--recipes", str(recipes),
+                          "--languages", "en,de,fr"], capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "xnli     test accuracy" in cli.stdout and "panx     dev f1" in cli.stdout
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/result.json")} == before
 
 

@@ -41,6 +41,8 @@ def _run(args) -> int:
             print(f"{task:<8} {value['split']} {value['metric']}: avg {value['avg_metric']:.2f} "
                   f"± {value['avg_metric_std']:.2f} over seeds {value['seeds']}"
                   + (f", transfer gap {value['transfer_gap']:.2f}" if "transfer_gap" in value else ""))
+        else:
+            print(f"{task:<8} {value:.2f}")
     print(f"results: {args.out / 'results.json'}")
     return 0
 

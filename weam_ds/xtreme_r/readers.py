@@ -108,13 +108,22 @@ def qa_files(data: Path, task: str, lang: str | None) -> dict[str, Path]:
     if lang is None:
         if task == "tydiqa":
             return {"train": data / "tydiqa" / "tydiqa-goldp-v1.1-train" / "tydiqa.goldp.en.train.json",
-                    "dev": data / "tydiqa" / "tydiqa-goldp-v1.1-dev" / "tydiqa.goldp.en.dev.json"}
+                    "dev": _tydiqa_dev(data, "en")}
         return {"train": data / "squad" / "train-v1.1.json", "dev": data / "squad" / "dev-v1.1.json"}
     if task == "xquad":
         return {"test": data / "xquad" / f"xquad.{lang}.json"}
     if task == "mlqa":
         return {"test": data / "mlqa" / "MLQA_V1" / "test" / f"test-context-{lang}-question-{lang}.json"}
-    return {"test": data / "tydiqa" / "tydiqa-goldp-v1.1-dev" / f"tydiqa.goldp.{lang}.dev.json"}
+    return {"test": _tydiqa_dev(data, lang)}
+
+
+def _tydiqa_dev(data: Path, lang: str) -> Path:
+    """The download leaves the per-language dev files beside the train file or in the unpacked dev folder;
+    the first that exists (else the first place, for the error message)."""
+    name = f"tydiqa.goldp.{lang}.dev.json"
+    places = [data / "tydiqa" / "tydiqa-goldp-v1.1-dev" / name, data / "tydiqa" / "tydiqa-goldp-v1.1-train" / name,
+              data / "tydiqa" / name]
+    return next((p for p in places if p.is_file()), places[0])
 
 
 def read_squad(path: Path) -> tuple[list[QAExample], list[dict]]:

@@ -138,7 +138,7 @@ def aggregate(out: Path, plan: dict, seeds: list[int]) -> dict:
             "avg_metric": statistics.fmean(avg), "avg_metric_std": statistics.pstdev(avg),
             **({"transfer_gap": statistics.fmean(gaps)} if gaps else {}),
         }
-    overall = {}
+    overall = {"tasks_mean": statistics.fmean(t["avg_metric"] for t in tasks.values())}  # over the tasks run
     for category, members in CATEGORIES["xtreme-r"].items():
         if all(m in tasks for m in members):
             overall[category] = statistics.fmean(tasks[m]["avg_metric"] for m in members)
