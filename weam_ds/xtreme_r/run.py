@@ -170,21 +170,26 @@ class _Tuner:
                                data_collator=self.collator())
         self.trainer.train()
 
+    auto_class = ""
+    """The transformers Auto class of the task head; ``self.labels`` names its outputs."""
+
+    def model(self):
+        import transformers
+
+        return getattr(transformers, self.auto_class).from_pretrained(
+            str(self.model_dir), num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
+            label2id={x: i for i, x in enumerate(self.labels)})
+
     def logits(self, examples: list) -> np.ndarray:
         return self.trainer.predict(self.encode(examples)).predictions
 
 
 class _Classifier(_Tuner):
+    auto_class = "AutoModelForSequenceClassification"
+
     def __init__(self, *args):
         super().__init__(*args)
         self.labels = sorted({e.label for e in self.train})
-
-    def model(self):
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification.from_pretrained(
-            str(self.model_dir), num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
-            label2id={x: i for i, x in enumerate(self.labels)})
 
     def collator(self):
         from transformers import DataCollatorWithPadding
@@ -211,18 +216,13 @@ class _Classifier(_Tuner):
 class _Tagger(_Tuner):
     """First-subword labelling: a word's tag is predicted at its first subword; later subwords are ignored."""
 
+    auto_class = "AutoModelForTokenClassification"
+
     def __init__(self, *args):
         super().__init__(*args)
         counts = Counter(t for e in self.train for t in e.tags)
         self.labels = sorted(counts)
         self.fallback = counts.most_common(1)[0][0]  # for words cut off by max_length
-
-    def model(self):
-        from transformers import AutoModelForTokenClassification
-
-        return AutoModelForTokenClassification.from_pretrained(
-            str(self.model_dir), num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
-            label2id={x: i for i, x in enumerate(self.labels)})
 
     def collator(self):
         from transformers import DataCollatorForTokenClassification
