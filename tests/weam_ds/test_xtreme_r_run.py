@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from transformers import AutoTokenizer
-from xtreme_fixtures import write_qa, write_xtreme
+from xtreme_fixtures import write_qa, write_xcopa, write_xtreme
 
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
@@ -29,7 +29,7 @@ def setup(small_dataset, tmp_path_factory):
     tok.save_pretrained(str(model))
     recipes = tmp / "recipes"
     recipes.mkdir()
-    for task in ("xnli", "panx", "xquad", "mlqa"):
+    for task in ("xnli", "panx", "xquad", "mlqa", "xcopa"):
         (recipes / f"{task}.yaml").write_text(RECIPE + ("doc_stride: 8\n" if task in ("xquad", "mlqa") else ""))
     return tmp, model, recipes
 
@@ -85,8 +85,27 @@ def test_missing_task_files_are_listed_in_one_message(setup, tmp_path):
     (data / "xnli" / "dev-en.tsv").unlink()
     with pytest.raises(ScoreError, match=r"xnli needs .*dev-en.tsv, .*test-de.tsv"):
         run(model, data, ["xnli"], tmp_path / "out", seeds=[1], recipes=recipes, languages=["en", "de"])
-    with pytest.raises(ScoreError, match="xcopa not supported by run yet"):
-        run(model, data, ["xcopa"], tmp_path / "out", seeds=[1], recipes=recipes)
+    with pytest.raises(ScoreError, match="--languages: none of xcopa's"):
+        run(model, data, ["xcopa"], tmp_path / "out", seeds=[1], recipes=recipes, languages=["en"])
+    with pytest.raises(ScoreError, match="mewslix not supported by run yet"):
+        run(model, data, ["mewslix"], tmp_path / "out", seeds=[1], recipes=recipes)
+
+
+def test_xcopa_multiple_choice_end_to_end(setup):
+    tmp, model, recipes = setup
+    data = write_xcopa(tmp / "copa")
+    out = tmp / "copa-run"
+    run(model, data, ["xcopa"], out, seeds=[1], recipes=recipes, languages=["it", "id"])
+    result = json.loads((out / "xcopa" / "seed1" / "result.json").read_text())
+    assert result["split"] == "test"
+    assert set(result["scores"]["accuracy"]) == {"it", "id"}  # XCOPA has no English test set
+    for lang in ("it", "id"):
+        predicted = [json.loads(line)["label"] for line in
+                     read_lines(out / "xcopa" / "seed1" / "predictions" / "xcopa" / f"test-{lang}.jsonl") if line]
+        gold = [json.loads(line)["label"] for line in
+                read_lines(out / "labels" / "test" / "xcopa" / f"test-{lang}.jsonl") if line]
+        assert len(predicted) == len(gold) == 9 and set(predicted) <= {0, 1}
+        assert result["scores"]["accuracy"][lang] == pytest.approx(metrics.accuracy(gold, predicted)["accuracy"])
 
 
 def test_question_answering_end_to_end(setup):

@@ -12,6 +12,10 @@ WORDS = {
            "works": "arbeitet in", "sleeps": "schläft", "awake": "ist wach", "someone": "Jemand"},
     "fr": {"people": ["Marie", "Jean", "Aiko"], "places": ["Paris", "Berlin", "Tokyo"], "lives": "habite à",
            "works": "travaille à", "sleeps": "dort", "awake": "est réveillé", "someone": "Quelqu'un"},
+    "it": {"people": ["Maria", "Giovanni", "Aiko"], "places": ["Parigi", "Berlino", "Tokyo"], "lives": "abita a",
+           "works": "lavora a", "sleeps": "dorme", "awake": "è sveglio", "someone": "Qualcuno"},
+    "id": {"people": ["Maria", "Budi", "Aiko"], "places": ["Paris", "Berlin", "Tokyo"], "lives": "tinggal di",
+           "works": "bekerja di", "sleeps": "tidur", "awake": "sudah bangun", "someone": "Seseorang"},
 }
 QUESTION = {"en": "Where does {} live?", "de": "Wo wohnt {}?", "fr": "Où habite {} ?"}
 
@@ -88,4 +92,23 @@ def write_qa(root: Path, languages=("en", "de")) -> Path:
         put(root / "xquad" / f"xquad.{lang}.json", squad_articles(lang, "xquad"))
         put(root / "mlqa" / "MLQA_V1" / "test" / f"test-context-{lang}-question-{lang}.json",
             squad_articles(lang, "mlqa"))
+    return root
+
+
+def write_xcopa(root: Path, languages=("en", "it", "id")) -> Path:
+    """COPA-style records: the premise, a cause or effect question, the right and a wrong choice."""
+    folder = root / "xcopa"
+    folder.mkdir(parents=True, exist_ok=True)
+    for lang in languages:
+        w = WORDS[lang]
+        rows = []
+        for k, person in enumerate(w["people"] * 3):
+            right, wrong = f"{person} {w['sleeps']}.", f"{person} {w['lives']} {w['places'][k % 3]}."
+            label = k % 2
+            choices = (wrong, right) if label else (right, wrong)
+            rows.append({"premise": f"{person} {w['awake']}.", "choice1": choices[0], "choice2": choices[1],
+                         "question": "cause" if k % 3 else "effect", "label": label, "idx": k})
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        for split in (("train", "val", "test") if lang == "en" else ("val", "test")):
+            (folder / f"{split}-{lang}.jsonl").write_text(text, encoding="utf-8")
     return root

@@ -15,6 +15,7 @@ from weam_ds.xtreme_r.score import ScoreError
 
 CLASSIFICATION = ("xnli", "pawsx")
 TAGGING = ("udpos", "panx")
+MULTIPLE_CHOICE = ("xcopa",)
 
 
 @dataclass
@@ -80,6 +81,9 @@ def check_layout(data: Path, task: str, languages: list[str]) -> None:
     if task in QA:
         needed = list(qa_files(data, task, None).values())
         needed += [f for lang in languages for f in qa_files(data, task, lang).values()]
+    elif task in MULTIPLE_CHOICE:
+        needed = [choice_file(data, "train", "en"), choice_file(data, "val", "en")]
+        needed += [choice_file(data, "test", lang) for lang in languages]
     else:
         needed = [split_file(data, task, "train", "en"), split_file(data, task, "dev", "en")]
         needed += [split_file(data, task, "test", lang) for lang in languages]
@@ -133,3 +137,22 @@ def read_squad(path: Path) -> tuple[list[QAExample], list[dict]]:
     examples = [QAExample(qa["id"], qa["question"], p["context"], qa.get("answers", []))
                 for article in articles for p in article["paragraphs"] for qa in p["qas"]]
     return examples, articles
+
+
+# --- XCOPA (COPA-style multiple choice, JSON lines) -----------------------------------------------------
+
+def choice_file(data: Path, split: str, lang: str) -> Path:
+    return data / "xcopa" / f"{split}-{lang}.jsonl"
+
+
+def read_choices(path: Path) -> list[dict]:
+    """COPA records: premise, choice1, choice2, question (cause or effect), and label where it is kept."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    raise ScoreError(f"{path}:{n}: not JSON ({exc})") from None
+    return rows

@@ -23,8 +23,8 @@ import numpy as np
 
 from data_prep.typed_config import load_yaml
 from weam_ds.xtreme_r import metrics
-from weam_ds.xtreme_r.readers import (CLASSIFICATION, QA, TAGGING, check_layout, labelled, qa_files,
-                                      read_split, read_squad)
+from weam_ds.xtreme_r.readers import (CLASSIFICATION, MULTIPLE_CHOICE, QA, TAGGING, check_layout, choice_file,
+                                      labelled, qa_files, read_choices, read_split, read_squad)
 from weam_ds.xtreme_r.score import ScoreError, score, write_scores
 from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES
 
@@ -52,13 +52,16 @@ def task_languages(task: str) -> list[str]:
 
 def run(model_dir: Path, data: Path, tasks: list[str], out: Path, seeds: list[int], recipes: Path = RECIPES,
         languages: list[str] | None = None, deepspeed: str | None = None) -> dict:
-    unsupported = [t for t in tasks if t not in CLASSIFICATION + TAGGING + QA]
+    supported = CLASSIFICATION + MULTIPLE_CHOICE + TAGGING + QA
+    unsupported = [t for t in tasks if t not in supported]
     if unsupported:
         raise ScoreError(f"--tasks: {', '.join(unsupported)} not supported by run yet "
-                         f"(supported: {', '.join(CLASSIFICATION + TAGGING + QA)})")
+                         f"(supported: {', '.join(supported)})")
     plan = {}
     for task in tasks:
         langs = [lang for lang in task_languages(task) if languages is None or lang in languages]
+        if not langs:
+            raise ScoreError(f"--languages: none of {task}'s languages ({' '.join(task_languages(task))})")
         check_layout(data, task, langs)
         plan[task] = (load_yaml(Recipe, recipes / f"{task}.yaml"), langs)
     for task, (recipe, langs) in plan.items():
@@ -84,6 +87,12 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
         train, dev = read_squad(files["train"])[0], read_squad(files["dev"])[0]
         tests = {lang: read_squad(qa_files(data, task, lang)["test"]) for lang in langs}
         split = "dev" if task == "tydiqa" else "test"  # TyDiQA-GoldP's public evaluation sets are its dev sets
+    elif task in MULTIPLE_CHOICE:
+        train, dev = read_choices(choice_file(data, "train", "en")), read_choices(choice_file(data, "val", "en"))
+        tests = {lang: read_choices(choice_file(data, "test", lang)) for lang in langs}
+        split = "test" if all("label" in r for t in tests.values() for r in t) else "dev"
+        if split == "dev":
+            tests = {lang: read_choices(choice_file(data, "val", lang)) for lang in langs}
     else:
         train, dev = read_split(data, task, "train", "en"), read_split(data, task, "dev", "en")
         tests = {lang: read_split(data, task, "test", lang) for lang in langs}
@@ -93,13 +102,17 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
     log.info("%s seed %d: fine-tuning on %d English examples, scoring the %s split of %d languages",
              task, seed, len(train), split, len(langs))
     tuner = {**dict.fromkeys(CLASSIFICATION, _Classifier), **dict.fromkeys(TAGGING, _Tagger),
-             **dict.fromkeys(QA, _QuestionAnswering)}[task](model_dir, tokenizer, train, recipe)
+             **dict.fromkeys(QA, _QuestionAnswering), **dict.fromkeys(MULTIPLE_CHOICE, _MultipleChoice)}[task](
+        model_dir, tokenizer, train, recipe)
     tuner.fit(dev, work / "checkpoints", seed, deepspeed)
     for lang, examples in tests.items():
         pred, gold = work / "predictions" / task / f"test-{lang}", out / "labels" / split / task / f"test-{lang}"
         if task in QA:
             _write_json(pred.with_suffix(".json"), tuner.answers(examples[0]))
             _write_json(gold.with_suffix(".json"), {"data": examples[1]})
+        elif task in MULTIPLE_CHOICE:
+            _write_lines(pred.with_suffix(".jsonl"), [json.dumps({"label": k}) for k in tuner.choose(examples)])
+            _write_lines(gold.with_suffix(".jsonl"), [json.dumps(r, ensure_ascii=False) for r in examples])
         else:
             _write_lines(pred.with_suffix(".tsv"), tuner.predict_lines(examples))
             _write_lines(gold.with_suffix(".tsv"), tuner.gold_lines(examples))
@@ -125,7 +138,7 @@ def aggregate(out: Path, plan: dict, seeds: list[int]) -> dict:
     tasks = {}
     for task, (_, langs) in plan.items():
         runs = [json.loads((out / task / f"seed{s}" / "result.json").read_text()) for s in seeds]
-        main = "f1" if task in TAGGING + QA else "accuracy"
+        main = "f1" if task in TAGGING + QA else "accuracy"  # XCOPA too
         per_lang = {lang: [r["scores"][main][lang] for r in runs] for lang in langs}
         avg = [r["scores"]["avg_metric"] for r in runs]
         others = [lang for lang in langs if lang != "en"]
@@ -336,3 +349,35 @@ class _QuestionAnswering(_Tuner):
     def answers(self, examples: list) -> dict[str, str]:
         output = self.trainer.predict(self.encode(examples)).predictions
         return self._decode(output[0], output[1], examples)
+
+
+class _MultipleChoice(_Tuner):
+    """COPA-style: the premise with its question ("What was the cause?" / "What happened as a result?") is
+    paired with each choice, and the model scores the pairs against each other. Trained on English COPA
+    (the official recipe first trains on SIQA; that stage is not built yet)."""
+
+    QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
+
+    def model(self):
+        from transformers import AutoModelForMultipleChoice
+
+        return AutoModelForMultipleChoice.from_pretrained(str(self.model_dir))
+
+    def collator(self):
+        from transformers import DataCollatorForMultipleChoice
+
+        return DataCollatorForMultipleChoice(self.tokenizer)
+
+    def encode(self, examples: list) -> list[dict]:
+        firsts = [f"{r['premise']} {self.QUESTIONS.get(r.get('question'), '')}".strip()
+                  for r in examples for _ in (1, 2)]
+        seconds = [r[f"choice{k}"] for r in examples for k in (1, 2)]
+        enc = self.tokenizer(firsts, seconds, truncation=True, max_length=self.recipe.max_length)
+        return [{**{key: [v[2 * i], v[2 * i + 1]] for key, v in enc.items()}, "labels": int(r.get("label", 0))}
+                for i, r in enumerate(examples)]
+
+    def dev_score(self, prediction) -> dict:
+        return {"score": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+    def choose(self, examples: list) -> list[int]:
+        return [int(k) for k in self.logits(examples).argmax(-1)]
