@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from transformers import AutoTokenizer
-from xtreme_fixtures import write_qa, write_xcopa, write_xtreme
+from xtreme_fixtures import write_qa, write_tatoeba, write_xcopa, write_xtreme
 
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
@@ -127,3 +127,17 @@ def test_question_answering_end_to_end(setup):
             assert result["scores"]["f1"][lang] == pytest.approx(expected["f1"])
             assert result["scores"]["exact_match"][lang] == pytest.approx(expected["exact_match"])
         assert results[task]["metric"] == "f1"
+
+
+def test_tatoeba_from_the_official_layout(setup):
+    tmp, model, _ = setup
+    data = write_tatoeba(tmp / "tatoeba-data")
+    out = tmp / "tatoeba-run"
+    results = run(model, data, ["tatoeba"], out, seeds=[1, 2], languages=["de", "fr"])
+    one, two = (json.loads((out / "tatoeba" / f"seed{s}" / "result.json").read_text()) for s in (1, 2))
+    assert one["scores"] == two["scores"] and one["layer"] == 2  # no training: the seed changes nothing
+    predicted = read_lines(out / "tatoeba" / "seed1" / "predictions" / "tatoeba" / "test-de.tsv")
+    assert len(predicted) == 27 and all(0 <= int(i) < 27 for i in predicted)
+    hits = sum(int(i) == k for k, i in enumerate(predicted))
+    assert one["scores"]["accuracy"]["de"] == pytest.approx(100 * hits / 27)
+    assert results["tatoeba"]["std"]["de"] == 0.0

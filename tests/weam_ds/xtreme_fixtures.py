@@ -112,3 +112,14 @@ def write_xcopa(root: Path, languages=("en", "it", "id")) -> Path:
         for split in (("train", "val", "test") if lang == "en" else ("val", "test")):
             (folder / f"{split}-{lang}.jsonl").write_text(text, encoding="utf-8")
     return root
+
+
+def write_tatoeba(root: Path, languages=("de", "fr")) -> Path:
+    """Translations aligned by line, as the download leaves them: ``<lang>-en.<lang>`` and ``<lang>-en.en``."""
+    folder = root / "tatoeba"
+    folder.mkdir(parents=True, exist_ok=True)
+    english = [f"{a} {b}" for a, b, _ in nli_rows("en")]
+    for lang in languages:
+        (folder / f"{lang}-en.{lang}").write_text("".join(f"{a} {b}\n" for a, b, _ in nli_rows(lang)), encoding="utf-8")
+        (folder / f"{lang}-en.en").write_text("".join(f"{s}\n" for s in english), encoding="utf-8")
+    return root

@@ -16,6 +16,7 @@ from weam_ds.xtreme_r.score import ScoreError
 CLASSIFICATION = ("xnli", "pawsx")
 TAGGING = ("udpos", "panx")
 MULTIPLE_CHOICE = ("xcopa",)
+RETRIEVAL = ("tatoeba",)
 
 
 @dataclass
@@ -81,6 +82,8 @@ def check_layout(data: Path, task: str, languages: list[str]) -> None:
     if task in QA:
         needed = list(qa_files(data, task, None).values())
         needed += [f for lang in languages for f in qa_files(data, task, lang).values()]
+    elif task in RETRIEVAL:
+        needed = [f for lang in languages for f in tatoeba_files(data, lang)]
     elif task in MULTIPLE_CHOICE:
         needed = [choice_file(data, "train", "en"), choice_file(data, "val", "en")]
         needed += [choice_file(data, "test", lang) for lang in languages]
@@ -156,3 +159,13 @@ def read_choices(path: Path) -> list[dict]:
                 except ValueError as exc:
                     raise ScoreError(f"{path}:{n}: not JSON ({exc})") from None
     return rows
+
+
+def tatoeba_files(data: Path, lang: str) -> tuple[Path, Path]:
+    """The download's Tatoeba pair: ``<lang>-en.<lang>`` and ``<lang>-en.en``, aligned by line."""
+    return data / "tatoeba" / f"{lang}-en.{lang}", data / "tatoeba" / f"{lang}-en.en"
+
+
+def read_sentences(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]

@@ -23,8 +23,9 @@ import numpy as np
 
 from data_prep.typed_config import load_yaml
 from weam_ds.xtreme_r import metrics
-from weam_ds.xtreme_r.readers import (CLASSIFICATION, MULTIPLE_CHOICE, QA, TAGGING, check_layout, choice_file,
-                                      labelled, qa_files, read_choices, read_split, read_squad)
+from weam_ds.xtreme_r.readers import (CLASSIFICATION, MULTIPLE_CHOICE, QA, RETRIEVAL, TAGGING, check_layout,
+                                      choice_file, labelled, qa_files, read_choices, read_sentences, read_split,
+                                      read_squad, tatoeba_files)
 from weam_ds.xtreme_r.score import ScoreError, score, write_scores
 from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES
 
@@ -44,6 +45,8 @@ class Recipe:
     weight_decay: float = 0.0
     doc_stride: int = 128
     """QA: overlap of the windows a long context is cut into."""
+    layer: int | None = None
+    """Tatoeba: the hidden layer whose mean-pooled states are the sentence embeddings (default: a middle one)."""
 
 
 def task_languages(task: str) -> list[str]:
@@ -52,7 +55,7 @@ def task_languages(task: str) -> list[str]:
 
 def run(model_dir: Path, data: Path, tasks: list[str], out: Path, seeds: list[int], recipes: Path = RECIPES,
         languages: list[str] | None = None, deepspeed: str | None = None) -> dict:
-    supported = CLASSIFICATION + MULTIPLE_CHOICE + TAGGING + QA
+    supported = CLASSIFICATION + MULTIPLE_CHOICE + TAGGING + QA + RETRIEVAL
     unsupported = [t for t in tasks if t not in supported]
     if unsupported:
         raise ScoreError(f"--tasks: {', '.join(unsupported)} not supported by run yet "
@@ -82,6 +85,8 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
 
     work = out / task / f"seed{seed}"
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if task in RETRIEVAL:
+        return _retrieve_seed(model_dir, tokenizer, data, task, langs, recipe, seed, out)
     if task in QA:
         files = qa_files(data, task, None)
         train, dev = read_squad(files["train"])[0], read_squad(files["dev"])[0]
@@ -121,6 +126,31 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     write_scores({"task": task, "seed": seed, "split": split, "model": str(model_dir), "recipe": asdict(recipe),
                   "scores": scores[task]}, work / "result.json")
+
+
+def _retrieve_seed(model_dir: Path, tokenizer, data: Path, task: str, langs: list[str], recipe: Recipe, seed: int,
+                   out: Path) -> None:
+    """Tatoeba needs no fine-tuning: each sentence retrieves its nearest English sentence (the seed changes
+    nothing; it is recorded like the others so that every task aggregates alike)."""
+    from transformers import AutoModelForMaskedLM
+
+    from weam_ds.xtreme_r.tatoeba import embed, retrieve
+
+    work = out / task / f"seed{seed}"
+    encoder = AutoModelForMaskedLM.from_pretrained(str(model_dir)).base_model.eval()
+    layer = encoder.config.num_hidden_layers // 2 + 1 if recipe.layer is None else recipe.layer
+    for lang in langs:
+        source, english = (read_sentences(f) for f in tatoeba_files(data, lang))
+        if len(source) != len(english):
+            raise ScoreError(f"{tatoeba_files(data, lang)[0]}: {len(source)} lines but its English side has "
+                             f"{len(english)}")
+        found = retrieve(embed(encoder, tokenizer, source, layer, recipe.batch_size, recipe.max_length),
+                         embed(encoder, tokenizer, english, layer, recipe.batch_size, recipe.max_length))
+        _write_lines(work / "predictions" / task / f"test-{lang}.tsv", [str(i) for i in found])
+        _write_lines(out / "labels" / "test" / task / f"test-{lang}.tsv", [str(i) for i in range(len(source))])
+    scores = score(work / "predictions", out / "labels" / "test", "xtreme-r", languages=langs)
+    write_scores({"task": task, "seed": seed, "split": "test", "model": str(model_dir), "recipe": asdict(recipe),
+                  "layer": layer, "scores": scores[task]}, work / "result.json")
 
 
 def _write_json(path: Path, value) -> None:
