@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -141,3 +143,23 @@ def test_tatoeba_from_the_official_layout(setup):
     hits = sum(int(i) == k for k, i in enumerate(predicted))
     assert one["scores"]["accuracy"]["de"] == pytest.approx(100 * hits / 27)
     assert results["tatoeba"]["std"]["de"] == 0.0
+
+
+def test_fine_tuning_under_deepspeed_zero3(setup, tmp_path):
+    tmp, model, recipes = setup
+    data = write_xtreme(tmp_path / "data")
+    out = tmp_path / "ds-run"
+    cmd = [sys.executable, "-m", "weam_ds.xtreme_r", "run", "--model", str(model), "--data", str(data),
+           "--tasks", "xnli", "--out", str(out), "--seeds", "1", "--recipes", str(recipes), "--languages", "en,de",
+           "--deepspeed", "ds_configs/cpu.json"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "xnli" / "seed1" / "result.json").read_text())
+    predicted = read_lines(out / "xnli" / "seed1" / "predictions" / "xnli" / "test-de.tsv")
+    gold = read_lines(out / "labels" / "test" / "xnli" / "test-de.tsv")
+    assert result["scores"]["accuracy"]["de"] == pytest.approx(metrics.accuracy(gold, predicted)["accuracy"])
