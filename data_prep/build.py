@@ -92,14 +92,16 @@ def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Exec
     # Largest chunks first, so that the last task to finish is a short one (the final chunk of a pair
     # is usually partial).
     tasks.sort(key=lambda t: -min(cfg.chunk_size, cleaned_sizes[t.pair] - t.first))
-    log.info("aligning and encoding %d chunks with %d workers", len(tasks), cfg.n_workers if pool else 1)
+    log.info("aligning and encoding %d chunks with %d workers", len(tasks), cfg.n_workers)
 
     # Alignment works on words, not subwords: the workers align while this process makes the tokenizer.
     clock = time.perf_counter()
-    aligned_before = [t for t in tasks if t.aligned.exists()]  # by an interrupted run
+    aligned_before, to_align = [], []  # aligned by an interrupted run, or not yet
+    for t in tasks:
+        (aligned_before if t.aligned.exists() else to_align).append(t)
     if aligned_before:
         log.info("%d chunks were aligned by an earlier run", len(aligned_before))
-    pending = {pool.submit(align_chunk, t): ("align", t) for t in tasks if t not in aligned_before}
+    pending = {pool.submit(align_chunk, t): ("align", t) for t in to_align}
     _prepare_tokenizer(cfg, manifest, cleaned, heldout, out)
     write_manifest(out, manifest)
     report.wall["tokenizer"] = time.perf_counter() - clock
