@@ -195,56 +195,62 @@ class TrainStream(IterableDataset):
         opener = _Shards(self.cfg.verify_sha256, stats)
         streams = {}
 
-        def stream(pair: str) -> _PairStream:
+        def stream(index: int) -> _PairStream:
+            pair = self.corpus.pairs[index]
             if pair not in streams:
                 visit, taken = position["pairs"].get(pair, (0, 0))
-                key = (self.seed, self.rank, slot, self.corpus.pairs.index(pair))
-                streams[pair] = _PairStream(pair, self.corpus.shards[pair], key, self.cfg.shuffle_buffer,
-                                            opener, visit, taken)
+                streams[pair] = _PairStream(pair, self.corpus.shards[pair], (self.seed, self.rank, slot, index),
+                                            self.cfg.shuffle_buffer, opener, visit, taken)
             return streams[pair]
+
+        def width(sample: dict) -> int:
+            """Tokens the sample adds to each row of its batch (both sides, after truncation)."""
+            return min(self.cfg.max_length, len(sample["src_ids"])) + min(self.cfg.max_length, len(sample["tgt_ids"]))
 
         drawn = position["drawn"]
         block, draws = -1, None
-        pending = None
+        pending = None  # (pair index, sample) drawn but not yet in a batch
         while True:
-            samples, width = [], 0
+            samples, indices, widest = [], [], 0
             while True:
                 if pending is None:
                     if drawn // _MIX_BLOCK != block:
                         block = drawn // _MIX_BLOCK
                         rng = np.random.default_rng((self.seed, self.rank, slot, block))
                         draws = rng.choice(len(self.corpus.pairs), _MIX_BLOCK, p=self.corpus.probabilities)
-                    pair = self.corpus.pairs[draws[drawn % _MIX_BLOCK]]
-                    pending = (pair, stream(pair).next())
+                    index = int(draws[drawn % _MIX_BLOCK])
+                    pending = (index, stream(index).next())
                     drawn += 1
-                pair, sample = pending
-                if self.cfg.batch_tokens is not None and samples:
-                    longest = max(width, min(self.cfg.max_length, len(sample["src_ids"]))
-                                  + min(self.cfg.max_length, len(sample["tgt_ids"])))
-                    if longest * (len(samples) + 1) > self.cfg.batch_tokens:
-                        break  # the pending sample opens the next batch
-                sample["pair"] = pair
+                index, sample = pending
+                if (self.cfg.batch_tokens is not None and samples
+                        and max(widest, width(sample)) * (len(samples) + 1) > self.cfg.batch_tokens):
+                    break  # the pending sample opens the next batch
                 samples.append(sample)
-                width = max(width, min(self.cfg.max_length, len(sample["src_ids"]))
-                            + min(self.cfg.max_length, len(sample["tgt_ids"])))
+                indices.append(index)
+                widest = max(widest, width(sample))
                 pending = None
                 if self.cfg.batch_size is not None and len(samples) == self.cfg.batch_size:
                     break
-            batch = collate(samples, self.info, self.cfg.max_length)
             generator = torch.Generator().manual_seed(_seed(self.seed, self.rank, slot, batch_index))
-            batch = mask_batch(batch, self.info, self.masking, generator)
-            batch["pair_index"] = torch.tensor([self.corpus.pairs.index(s["pair"]) for s in samples])
-            # The position after this batch; a pending sample is drawn again on resume.
-            held = 1 if pending is not None else 0
-            # Pairs not drawn since this slot (re)started keep the position they had.
+            batch = _masked_batch(samples, indices, self.info, self.cfg.max_length, self.masking, generator)
+            # The position after this batch; a pending sample is drawn again on resume. Pairs not drawn
+            # since this slot (re)started keep the position they had.
             pairs_pos = {p: list(v) for p, v in position["pairs"].items()}
             pairs_pos.update({p: [s.visit, s.taken] for p, s in streams.items()})
             if pending is not None:
-                pairs_pos[pending[0]][1] -= 1
+                pairs_pos[self.corpus.pairs[pending[0]]][1] -= 1
             batch["stream"] = {"slot": slot, "batch": batch_index, "stats": dict(stats),
-                               "position": {"drawn": drawn - held, "pairs": pairs_pos}}
+                               "position": {"drawn": drawn - (pending is not None), "pairs": pairs_pos}}
             yield batch
             batch_index += self.slots
+
+
+def _masked_batch(samples: list[dict], pair_indices: list[int], info: TokenInfo, max_length: int,
+                  masking: MaskingConfig, generator: torch.Generator) -> dict:
+    """Collated, masked, and each row's language pair (an index into Corpus.pairs)."""
+    batch = mask_batch(collate(samples, info, max_length), info, masking, generator)
+    batch["pair_index"] = torch.tensor(pair_indices)
+    return batch
 
 
 def _seed(*parts: int) -> int:
@@ -273,8 +279,6 @@ def eval_batches(cfg: DataConfig, masking: MaskingConfig, info: TokenInfo, rank:
     batches = []
     for b in range(cfg.eval_batches):
         picked = [mine[(b * size + k) % len(mine)] for k in range(size)]
-        batch = collate([s for _, s in picked], info, cfg.max_length)
-        batch = mask_batch(batch, info, masking, torch.Generator().manual_seed(_seed(seed, rank, b, 99)))
-        batch["pair_index"] = torch.tensor([i for i, _ in picked])
-        batches.append(batch)
+        batches.append(_masked_batch([s for _, s in picked], [i for i, _ in picked], info, cfg.max_length, masking,
+                                     torch.Generator().manual_seed(_seed(seed, rank, b, 99))))
     return batches
