@@ -32,20 +32,20 @@ class Monitor:
     """Accumulates per-step figures and reports their means every ``interval`` steps."""
 
     def __init__(self, tensorboard: Path | None, metrics: Path | None, pairs: list[str], peak: float | None,
-                 world: int):
+                 world: int, device: str = "cpu"):
         self.writer = None
         if tensorboard is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(tensorboard))
         self.metrics = open(metrics, "a", encoding="utf-8") if metrics is not None else None
-        self.pairs, self.peak, self.world = pairs, peak, world
+        self.pairs, self.peak, self.world, self.device = pairs, peak, world, device
         self._reset()
 
     def _reset(self) -> None:
         self.sums = defaultdict(float)
-        self.pair_loss = torch.zeros(len(self.pairs), dtype=torch.float64)
-        self.pair_count = torch.zeros(len(self.pairs), dtype=torch.float64)
+        self.pair_loss = torch.zeros(len(self.pairs), dtype=torch.float64, device=self.device)
+        self.pair_count = torch.zeros(len(self.pairs), dtype=torch.float64, device=self.device)
         self.steps = 0
         self.started = time.perf_counter()
 
@@ -58,11 +58,14 @@ class Monitor:
             self.sums[key] += value
         self.steps += 1
 
-    def pairs_seen(self, loss: torch.Tensor, count: torch.Tensor) -> None:
-        self.pair_loss += loss.double().cpu()
-        self.pair_count += count.double().cpu()
+    def pairs_seen(self, pair_index: torch.Tensor, row_loss: torch.Tensor, row_count: torch.Tensor) -> None:
+        """One micro-batch's per-row losses, added up per language pair on this rank (no collective, no sync)."""
+        self.pair_loss.index_add_(0, pair_index, row_loss.double())
+        self.pair_count.index_add_(0, pair_index, row_count.double())
 
-    def report(self, step: int, counters: dict[str, float]) -> dict[str, float]:
+    def report(self, step: int, counters: dict[str, float], reduce=lambda t: t) -> dict[str, float]:
+        """``reduce`` sums a tensor over ranks (every rank calls report); per-pair losses are reduced only here."""
+        pair_loss, pair_count = reduce(self.pair_loss).cpu(), reduce(self.pair_count).cpu()
         seconds = time.perf_counter() - self.started
         n = max(self.steps, 1)
         s = self.sums
@@ -77,8 +80,8 @@ class Monitor:
         if self.peak:
             scalars["throughput/mfu"] = tflops / (self.peak * self.world)
         for k, pair in enumerate(self.pairs):
-            if self.pair_count[k] > 0:
-                scalars[f"loss_by_pair/{pair}"] = float(self.pair_loss[k] / self.pair_count[k])
+            if pair_count[k] > 0:
+                scalars[f"loss_by_pair/{pair}"] = float(pair_loss[k] / pair_count[k])
         if torch.cuda.is_available():
             scalars["memory/allocated_gb"] = torch.cuda.memory_allocated() / 2**30
             scalars["memory/reserved_gb"] = torch.cuda.memory_reserved() / 2**30

@@ -121,16 +121,15 @@ def _to_device(batch: dict, device: str) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def _all_mean(values: list[float], world: int, device: str) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / world).tolist()
-
-
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t)
     return t
+
+
+def _all_sums(values: list[float], device: str) -> list[float]:
+    """Several figures summed over ranks in one collective."""
+    return _all_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 class NonFiniteGuard:
@@ -307,7 +306,7 @@ class Trainer:
         batches = iter(loader)
         monitor = Monitor(self.run.tensorboard if self.rank == 0 else None,
                           self.run.metrics if self.rank == 0 else None, self.corpus.pairs,
-                          peak_tflops(self.cfg.monitor.peak_tflops), self.world)
+                          peak_tflops(self.cfg.monitor.peak_tflops), self.world, self.device)
         stop = {"signal": None}
 
         def on_signal(signum, _frame):
@@ -348,32 +347,27 @@ class Trainer:
                     lengths = torch.cat([batch["src_attention_mask"].sum(1), batch["tgt_attention_mask"].sum(1)])
                     figures["flops"] += train_flops(self.model.config, self.non_embedding, lengths,
                                                     out.tokens["mlm"] + out.tokens["xpred"])
-                    pair_loss = torch.zeros(len(self.corpus.pairs), device=self.device).index_add(
-                        0, batch["pair_index"].to(self.device), out.row_loss)
-                    pair_count = torch.zeros(len(self.corpus.pairs), device=self.device).index_add(
-                        0, batch["pair_index"].to(self.device), out.row_count.float())
-                    monitor.pairs_seen(_all_sum(pair_loss), _all_sum(pair_count))
+                    monitor.pairs_seen(batch["pair_index"].to(self.device), out.row_loss, out.row_count)
                 self.step += 1
-                loss, mlm, xpred = _all_mean([figures["loss"], figures["mlm"], figures["xpred"]], self.world,
-                                             self.device)
-                tokens, samples, flops, wait_all = _all_mean(
-                    [figures["tokens"], figures["samples"], figures["flops"], wait], self.world, self.device)
+                # Losses and data wait are means over ranks; tokens, samples and FLOPs are totals.
+                loss, mlm, xpred, wait_all, tokens, samples, flops = _all_sums(
+                    [figures["loss"] / self.world, figures["mlm"] / self.world, figures["xpred"] / self.world,
+                     wait / self.world, figures["tokens"], figures["samples"], figures["flops"]], self.device)
                 grad_norm = self.engine.get_global_grad_norm()
                 scale = getattr(self.optimizer, "cur_scale", 1.0)
                 monitor.step(self.step, {
                     "loss": loss, "mlm": mlm, "xpred": xpred, "lr": self.scheduler.get_last_lr()[0],
                     "grad_norm": float(grad_norm) if grad_norm is not None else 0.0, "loss_scale": float(scale),
-                    "tokens": tokens * self.world, "samples": samples * self.world, "flops": flops * self.world,
-                    "data_wait": wait_all,
+                    "tokens": tokens, "samples": samples, "flops": flops, "data_wait": wait_all,
                     "step_time": time.perf_counter() - started})
                 if self.step % cfg.log_interval == 0 or self.step == cfg.steps:
                     bad = [sum(v for k, v in self.counters.items() if k.startswith(prefix))
                            for prefix in ("bad_shards", "bad_samples")]
-                    bad = _all_mean(bad, 1, self.device)  # a sum over ranks
+                    bad = _all_sums(bad, self.device)
                     # Ours (non-finite losses) and DeepSpeed's (fp16 overflow, loss scale lowered).
                     skipped = self.counters.get("skipped_steps", 0) + getattr(self.engine, "skipped_steps", 0)
-                    monitor.report(self.step, {"skipped_steps": skipped,
-                                               "bad_shards": bad[0], "bad_samples": bad[1]})
+                    monitor.report(self.step, {"skipped_steps": skipped, "bad_shards": bad[0], "bad_samples": bad[1]},
+                                   reduce=_all_sum)
                 if self.eval and (self.step % cfg.eval_interval == 0 or self.step == cfg.steps):
                     monitor.add("eval/loss", self.evaluate(), self.step)
                 flag = torch.tensor([1.0 if stop["signal"] or self.step == self.stop_at else 0.0],
@@ -399,7 +393,7 @@ class Trainer:
             for batch in self.eval:
                 total += self.engine(_to_device(batch, self.device)).loss.item()
         self.engine.train()
-        (mean,) = _all_mean([total / len(self.eval)], self.world, self.device)
+        (mean,) = _all_sums([total / len(self.eval) / self.world], self.device)
         return mean
 
 
