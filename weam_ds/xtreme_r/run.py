@@ -83,10 +83,10 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
               deepspeed: str | None) -> None:
     from transformers import AutoTokenizer
 
+    if task in RETRIEVAL:
+        return _retrieve_seed(model_dir, data, task, langs, recipe, seed, out)
     work = out / task / f"seed{seed}"
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if task in RETRIEVAL:
-        return _retrieve_seed(model_dir, tokenizer, data, task, langs, recipe, seed, out)
     if task in QA:
         files = qa_files(data, task, None)
         train, dev = read_squad(files["train"])[0], read_squad(files["dev"])[0]
@@ -121,24 +121,35 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
         else:
             _write_lines(pred.with_suffix(".tsv"), tuner.predict_lines(examples))
             _write_lines(gold.with_suffix(".tsv"), tuner.gold_lines(examples))
-    scores = score(work / "predictions", out / "labels" / split, "xtreme-r" if task != "pawsx" else "xtreme",
-                   languages=langs)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    write_scores({"task": task, "seed": seed, "split": split, "model": str(model_dir), "recipe": asdict(recipe),
-                  "scores": scores[task]}, work / "result.json")
+    _score_seed(out, task, seed, split, langs, {"model": str(model_dir), "recipe": asdict(recipe)})
 
 
-def _retrieve_seed(model_dir: Path, tokenizer, data: Path, task: str, langs: list[str], recipe: Recipe, seed: int,
+def _score_seed(out: Path, task: str, seed: int, split: str, langs: list[str], details: dict) -> None:
+    """Scores a seed's predictions against the labels with the official scorer; its result.json, written
+    last, marks the seed done."""
+    work = out / task / f"seed{seed}"
+    scores = score(work / "predictions", out / "labels" / split, "xtreme" if task == "pawsx" else "xtreme-r",
+                   languages=langs)
+    write_scores({"task": task, "seed": seed, "split": split, **details, "scores": scores[task]},
+                 work / "result.json")
+
+
+def _retrieve_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: Recipe, seed: int,
                    out: Path) -> None:
-    """Tatoeba needs no fine-tuning: each sentence retrieves its nearest English sentence (the seed changes
-    nothing; it is recorded like the others so that every task aggregates alike)."""
-    from transformers import AutoModelForMaskedLM
-
-    from weam_ds.xtreme_r.tatoeba import embed, retrieve
+    """Tatoeba needs no fine-tuning: each sentence retrieves its nearest English sentence. The seed changes
+    nothing, so a later seed reuses the first one's predictions; each is recorded so that every task
+    aggregates alike."""
+    from weam_ds.xtreme_r.tatoeba import embed, load_encoder, retrieve, write_retrieval
 
     work = out / task / f"seed{seed}"
-    encoder = AutoModelForMaskedLM.from_pretrained(str(model_dir)).base_model.eval()
-    layer = encoder.config.num_hidden_layers // 2 + 1 if recipe.layer is None else recipe.layer
+    earlier = next(iter(sorted((out / task).glob("seed*/result.json"))), None)
+    if earlier is not None:
+        shutil.copytree(earlier.parent / "predictions", work / "predictions", dirs_exist_ok=True)
+        _score_seed(out, task, seed, "test", langs, {k: v for k, v in json.loads(earlier.read_text()).items()
+                                                     if k not in ("task", "seed", "split", "scores")})
+        return
+    encoder, tokenizer, layer = load_encoder(model_dir, recipe.layer)
     for lang in langs:
         source, english = (read_sentences(f) for f in tatoeba_files(data, lang))
         if len(source) != len(english):
@@ -146,11 +157,9 @@ def _retrieve_seed(model_dir: Path, tokenizer, data: Path, task: str, langs: lis
                              f"{len(english)}")
         found = retrieve(embed(encoder, tokenizer, source, layer, recipe.batch_size, recipe.max_length),
                          embed(encoder, tokenizer, english, layer, recipe.batch_size, recipe.max_length))
-        _write_lines(work / "predictions" / task / f"test-{lang}.tsv", [str(i) for i in found])
-        _write_lines(out / "labels" / "test" / task / f"test-{lang}.tsv", [str(i) for i in range(len(source))])
-    scores = score(work / "predictions", out / "labels" / "test", "xtreme-r", languages=langs)
-    write_scores({"task": task, "seed": seed, "split": "test", "model": str(model_dir), "recipe": asdict(recipe),
-                  "layer": layer, "scores": scores[task]}, work / "result.json")
+        write_retrieval(found, work / "predictions" / task / f"test-{lang}.tsv",
+                        out / "labels" / "test" / task / f"test-{lang}.tsv")
+    _score_seed(out, task, seed, "test", langs, {"model": str(model_dir), "recipe": asdict(recipe), "layer": layer})
 
 
 def _write_json(path: Path, value) -> None:

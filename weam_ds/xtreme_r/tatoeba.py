@@ -55,29 +55,43 @@ def held_out_pairs(dataset: Path) -> dict[str, tuple[str, list[str], list[str]]]
     return pairs
 
 
-def evaluate_dataset(model_dir: Path, dataset: Path, out: Path, layer: int | None = None,
-                     batch_size: int = 64) -> dict[str, dict]:
+def load_encoder(model_dir: Path, layer: int | None):
+    """(encoder, tokenizer, layer): the encoder of a masked-LM directory (AutoModel would add an untrained
+    pooler) and the layer to pool, a middle one by default."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    # The encoder of the masked-LM export (AutoModel would add an untrained pooler).
-    model = AutoModelForMaskedLM.from_pretrained(str(model_dir)).base_model.eval()
-    layer = model.config.num_hidden_layers // 2 + 1 if layer is None else layer
-    if not 0 <= layer <= model.config.num_hidden_layers:
-        raise ValueError(f"--layer {layer}: the model has layers 0-{model.config.num_hidden_layers}")
+    encoder = AutoModelForMaskedLM.from_pretrained(str(model_dir)).base_model.eval()
+    layers = encoder.config.num_hidden_layers
+    layer = layers // 2 + 1 if layer is None else layer
+    if not 0 <= layer <= layers:
+        raise ValueError(f"layer {layer}: the model has layers 0-{layers}")
+    return encoder, tokenizer, layer
+
+
+def write_retrieval(found: list[int], predictions: Path, labels: Path) -> None:
+    """Retrieved indices and the gold ones (query i's translation is target i), one per line."""
+    for path, rows in ((predictions, found), (labels, range(len(found)))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{i}\n" for i in rows), encoding="utf-8")
+
+
+def evaluate_dataset(model_dir: Path, dataset: Path, out: Path, layer: int | None = None,
+                     batch_size: int = 64) -> dict[str, dict]:
+    model, tokenizer, layer = load_encoder(model_dir, layer)
     log.info("Tatoeba-style retrieval with %s, mean-pooled layer %d", model_dir, layer)
-    results = {}
     pairs = held_out_pairs(dataset)
-    for direction in ("xx2en", "en2xx"):
-        folder = out / f"tatoeba-{direction}"
-        for lang, foreign, english in pairs.values():
-            queries, targets = (foreign, english) if direction == "xx2en" else (english, foreign)
-            found = retrieve(embed(model, tokenizer, queries, layer, batch_size, desc=f"{lang} {direction}"),
-                             embed(model, tokenizer, targets, layer, batch_size, desc=f"{lang} {direction}"))
-            for kind, rows in (("predictions", found), ("labels", range(len(queries)))):
-                path = folder / kind / "tatoeba" / f"test-{lang}.tsv"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("".join(f"{i}\n" for i in rows), encoding="utf-8")
+    folders = {direction: out / f"tatoeba-{direction}" for direction in ("xx2en", "en2xx")}
+    for lang, foreign, english in pairs.values():
+        # Each side is embedded once and serves as queries in one direction, targets in the other.
+        f = embed(model, tokenizer, foreign, layer, batch_size, desc=lang)
+        e = embed(model, tokenizer, english, layer, batch_size, desc=f"{lang} (en)")
+        for direction, (queries, targets) in (("xx2en", (f, e)), ("en2xx", (e, f))):
+            folder = folders[direction]
+            write_retrieval(retrieve(queries, targets), folder / "predictions" / "tatoeba" / f"test-{lang}.tsv",
+                            folder / "labels" / "tatoeba" / f"test-{lang}.tsv")
+    results = {}
+    for direction, folder in folders.items():
         scores = score(folder / "predictions", folder / "labels", "xtreme-r",
                        languages=[lang for lang, _, _ in pairs.values()])
         write_scores(scores, folder / "scores.json")
