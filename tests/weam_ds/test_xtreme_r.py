@@ -1,5 +1,5 @@
-"""The XTREME / XTREME-R scorer against hand-computed values, its file contract, and Tatoeba-style retrieval
-on the session dataset."""
+"""The XTREME / XTREME-R scorer against hand-computed values, its file contract, Tatoeba-style retrieval
+on the session dataset, and the Mewsli-X / LAReQA readers and dual-encoder loss."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from xtreme_fixtures import write_mewslix
+
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.dual_encoder import DualEncoder
+from weam_ds.xtreme_r.readers import (entity_text, mention_query, mewslix_files, read_squad_sentences, read_wikinews,
+                                      read_xquad_r, sentence_breaks)
 from weam_ds.xtreme_r.score import ScoreError, read_tags, score
 from weam_ds.xtreme_r.tasks import LANGUAGES
 from weam_ds.xtreme_r.tatoeba import evaluate_dataset, held_out_pairs
@@ -83,6 +88,16 @@ def test_mewslix_map_at_20():
     labels = {"e1": [" Q1 "], "e2": ["Q2"], "e3": ["Q3"]}
     predictions = {"e1": ["Q1", "Q9"], "e2": ["Q7", "Q8", "Q2"], "e3": ["Q0"] * 20 + ["Q3"]}
     assert metrics.mewslix_map20(labels, predictions)["map@20"] == pytest.approx(100 * (1 + 1 / 3 + 0) / 3)
+
+
+def test_lareqa_map_at_20_counts_every_relevant_answer():
+    labels = {"q1": ["a", "b"], "q2": ["c"], "q3": ["d", "e"]}
+    predictions = {"q1": ["x", "a", "a", "b"], "q2": ["y", "c"], "q3": ["z"] * 20 + ["d"]}
+    # q1: hits at ranks 2 and 4 (the repeated "a" counts once): (1/2 + 2/4) / 2; q2: 1/2; q3: outside the 20.
+    assert metrics.lareqa_map20(labels, predictions)["map@20"] == pytest.approx(100 * (0.5 + 0.5 + 0) / 3)
+    # With one relevant id it is Mewsli-X's reciprocal rank.
+    single, guesses = {"e1": ["Q1"], "e2": ["Q2"], "e3": ["Q3"]}, {"e1": ["Q0", "Q1"], "e2": ["Q2"]}
+    assert metrics.lareqa_map20(single, guesses) == metrics.mewslix_map20(single, guesses)
 
 
 # --- the scorer's contract ---------------------------------------------------------------------------
@@ -207,3 +222,110 @@ def test_retrieval_takes_the_nearest_target_by_cosine():
     targets = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
     queries = torch.nn.functional.normalize(torch.tensor([[0.1, 1.0], [1.0, 0.9], [1.0, -0.2]]), dim=-1)
     assert retrieve(queries, targets) == [1, 2, 0]
+
+
+
+# --- Mewsli-X and LAReQA: readers and the dual encoder ---------------------------------------------------
+
+
+def _spans_of(text: str, *sentences: str) -> list[dict]:
+    return [{"start": text.index(x), "end": text.index(x) + len(x)} for x in sentences]
+
+
+def test_mention_query_marks_the_mention_in_its_sentence():
+    text = "Rain fell. The {old} mayor of Oslo\nspoke today. Then he left."
+    context = {"text": text, "sentence_spans": _spans_of(text, "Rain fell.", "The {old} mayor of Oslo\nspoke today.",
+                                                          "Then he left.")}
+    at = text.index("Oslo")
+    mention = {"example_id": "m1", "entity_id": "Q1", "mention_span": {"start": at, "end": at + 4, "text": "Oslo"}}
+    # One sentence of context, braces in the text escaped, the mention in front, on one line.
+    assert mention_query(context, mention) == "Oslo: The (old) mayor of { Oslo } spoke today."
+    # A mention across a sentence break keeps the whole text.
+    across = {"example_id": "m2", "entity_id": "Q2", "mention_span": {"start": 5, "end": 14, "text": text[5:14]}}
+    assert mention_query(context, across) == ("fell. The: Rain { fell. The } (old) mayor of Oslo spoke today. "
+                                              "Then he left.")
+    description = "Oslo is a city.\nIt is in Norway. (Trailing notes"
+    entity = {"entity_id": "Q585", "description": description,
+              "sentence_spans": _spans_of(description, "Oslo is a city.", "It is in Norway.")}
+    assert entity_text(entity) == "Oslo is a city. It is in Norway."
+
+
+def test_wikinews_mentions_from_either_download_layout(tmp_path):
+    combined = write_mewslix(tmp_path / "a", languages=("en", "de"))
+    files = mewslix_files(combined, ["de"])
+    assert files["wikinews-test"].name == "wikinews_mentions-test.jsonl"
+    tests = read_wikinews(files, "test", ["de"])  # the file holds en and de: de's mentions only
+    assert list(tests) == ["de"] and tests["de"].labelled()
+    assert all(q.startswith("news-de-") for q in tests["de"].query_ids)
+
+    split = write_mewslix(tmp_path / "b", languages=("en", "de"), layout="xtreme")
+    files = mewslix_files(split, ["en", "de"])
+    assert files["wikinews-dev-de"] == split / "mewslix" / "wikinews_mentions" / "dev-de.jsonl"
+    assert not any(s.labelled() for s in read_wikinews(files, "test", ["en", "de"]).values())  # ids blanked
+    dev = read_wikinews(files, "dev", ["en", "de"])
+    labels = json.loads((split / "mewslix" / "wikinews_labels" / "dev-de.json").read_text())
+    assert dev["de"].gold == labels and dev["de"].query_ids == list(labels)
+    with pytest.raises(ScoreError, match="dev-de.jsonl: no dev mentions in es"):
+        read_wikinews({"wikinews-dev": files["wikinews-dev-de"]}, "dev", ["de", "es"])
+
+
+def test_sentence_breaks():
+    text = 'He said "Stop." Then he left!  東京は大きい。本当に？ End'
+    assert [text[s:e] for s, e in sentence_breaks(text)] == ['He said "Stop."', "Then he left!", "東京は大きい。",
+                                                             "本当に？", "End"]
+    assert sentence_breaks("No stop at all") == [(0, 14)] and sentence_breaks("") == []
+
+
+def test_xquad_r_questions_are_relevant_to_their_answer_in_every_language(tmp_path):
+    def paragraph(context: str, answers: list[tuple[str, str]], breaks: list[list[int]]) -> dict:
+        return {"context": context, "sentence_breaks": breaks,
+                "qas": [{"id": qid, "question": f"{qid}?", "answers": [{"text": a, "answer_start": context.index(a)}]}
+                        for qid, a in answers]}
+
+    en = "Ana rows. Ben sails far."
+    de = "Ana rudert. Ben segelt weit."
+    for lang, context in (("en", en), ("de", de)):
+        cut = context.index(". ") + 1
+        # q3's answer starts at the space between the sentences: in no sentence, so it is left out.
+        answers = [("q1", "Ana"), ("q2", "Ben"), ("q3", " Ben")]
+        data = {"data": [{"paragraphs": [paragraph(context, answers, [[0, cut], [cut + 1, len(context)]])]}]}
+        path = tmp_path / "lareqa" / "xquad-r" / f"{lang}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data), encoding="utf-8")
+    tests, ids, texts = read_xquad_r(tmp_path, ["en", "de"])
+    assert ids == ["en_1_0", "en_1_1", "de_1_0", "de_1_1"]
+    assert texts[1] == f"Ben sails far. {en}"  # the sentence, then its paragraph
+    assert tests["de"].query_ids == ["q1_de", "q2_de"] and tests["de"].queries == ["q1?", "q2?"]
+    assert tests["de"].gold == {"q1_de": ["en_1_0", "de_1_0"], "q2_de": ["en_1_1", "de_1_1"]}
+    assert tests["en"].candidates == [] and tests["en"].labelled()
+
+    # SQuAD ships no sentence breaks: they are found; the English set keeps its own pool for training.
+    squad = tmp_path / "train.json"
+    squad.write_text(json.dumps({"data": [{"paragraphs": [{"context": en, "qas": [
+        {"id": "s1", "question": "Who sails?", "answers": [{"text": "Ben", "answer_start": en.index("Ben")}]}]}]}]}))
+    found = read_squad_sentences(squad, "en")
+    assert found.candidate_ids == ["en_1_0", "en_1_1"] and found.gold == {"s1_en": ["en_1_1"]}
+    assert found.training_pairs() == [("Who sails?", f"Ben sails far. {en}", "en_1_1")]
+
+
+def test_dual_encoder_loss_takes_in_batch_negatives_but_not_duplicates():
+    torch.manual_seed(0)
+    model = DualEncoder(build_model("tiny", 100).base_model).eval()  # eval: no dropout
+    queries, answers = torch.randint(5, 100, (4, 6)), torch.randint(5, 100, (4, 6))
+    mask = torch.ones_like(queries)
+    keys = torch.tensor([0, 0, 1, 2])  # the first two candidates are one item
+    with torch.no_grad():
+        logits = 100 * model.embed(queries, mask) @ model.embed(answers, mask).T
+    logits[0, 1] = logits[1, 0] = float("-inf")
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(4))
+    assert model(queries, mask, answers, mask, keys)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # One item four times leaves no negatives: nothing to learn.
+    assert model(queries, mask, answers, mask, torch.zeros(4, dtype=torch.long))["loss"].item() == pytest.approx(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = model(queries, mask, answers, mask, keys)["loss"]
+    for _ in range(30):
+        loss = model(queries, mask, answers, mask, keys)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first.item() / 10

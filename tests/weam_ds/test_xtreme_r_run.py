@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from transformers import AutoTokenizer
-from xtreme_fixtures import write_qa, write_tatoeba, write_xcopa, write_xtreme
+from xtreme_fixtures import ENTITIES, write_lareqa, write_mewslix, write_qa, write_tatoeba, write_xcopa, write_xtreme
 
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
@@ -31,8 +31,9 @@ def setup(small_dataset, tmp_path_factory):
     tok.save_pretrained(str(model))
     recipes = tmp / "recipes"
     recipes.mkdir()
-    for task in ("xnli", "panx", "xquad", "mlqa", "xcopa"):
-        (recipes / f"{task}.yaml").write_text(RECIPE + ("doc_stride: 8\n" if task in ("xquad", "mlqa") else ""))
+    extra = {"xquad": "doc_stride: 8\n", "mlqa": "doc_stride: 8\n", "lareqa": "query_length: 16\n"}
+    for task in ("xnli", "panx", "xquad", "mlqa", "xcopa", "mewslix", "lareqa"):
+        (recipes / f"{task}.yaml").write_text(RECIPE + extra.get(task, ""))
     return tmp, model, recipes
 
 
@@ -89,8 +90,8 @@ def test_missing_task_files_are_listed_in_one_message(setup, tmp_path):
         run(model, data, ["xnli"], tmp_path / "out", seeds=[1], recipes=recipes, languages=["en", "de"])
     with pytest.raises(ScoreError, match="--languages: none of xcopa's"):
         run(model, data, ["xcopa"], tmp_path / "out", seeds=[1], recipes=recipes, languages=["en"])
-    with pytest.raises(ScoreError, match="mewslix not supported by run yet"):
-        run(model, data, ["mewslix"], tmp_path / "out", seeds=[1], recipes=recipes)
+    with pytest.raises(ScoreError, match="bucc2018 not supported by run yet"):
+        run(model, data, ["bucc2018"], tmp_path / "out", seeds=[1], recipes=recipes)
 
 
 def test_xcopa_multiple_choice_end_to_end(setup):
@@ -145,12 +146,10 @@ def test_tatoeba_from_the_official_layout(setup):
     assert results["tatoeba"]["std"]["de"] == 0.0
 
 
-def test_fine_tuning_under_deepspeed_zero3(setup, tmp_path):
-    tmp, model, recipes = setup
-    data = write_xtreme(tmp_path / "data")
-    out = tmp_path / "ds-run"
+def _under_zero3(model, recipes, data, out, task: str, languages: str) -> None:
+    """``run`` from the command line with DeepSpeed ZeRO-3 (ds_configs/cpu.json), as one launched process."""
     cmd = [sys.executable, "-m", "weam_ds.xtreme_r", "run", "--model", str(model), "--data", str(data),
-           "--tasks", "xnli", "--out", str(out), "--seeds", "1", "--recipes", str(recipes), "--languages", "en,de",
+           "--tasks", task, "--out", str(out), "--seeds", "1", "--recipes", str(recipes), "--languages", languages,
            "--deepspeed", "ds_configs/cpu.json"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,7 +158,121 @@ def test_fine_tuning_under_deepspeed_zero3(setup, tmp_path):
            "LOCAL_RANK": "0"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_fine_tuning_under_deepspeed_zero3(setup, tmp_path):
+    tmp, model, recipes = setup
+    data = write_xtreme(tmp_path / "data")
+    out = tmp_path / "ds-run"
+    _under_zero3(model, recipes, data, out, "xnli", "en,de")
     result = json.loads((out / "xnli" / "seed1" / "result.json").read_text())
     predicted = read_lines(out / "xnli" / "seed1" / "predictions" / "xnli" / "test-de.tsv")
     gold = read_lines(out / "labels" / "test" / "xnli" / "test-de.tsv")
     assert result["scores"]["accuracy"]["de"] == pytest.approx(metrics.accuracy(gold, predicted)["accuracy"])
+
+
+def test_dual_encoder_under_deepspeed_zero3(setup, tmp_path):
+    """The dual encoder is no transformers model class: ZeRO-3 partitions it, evaluates it on the dev set
+    after each epoch, reloads the best epoch and embeds the pool all the same."""
+    tmp, model, recipes = setup
+    data = write_mewslix(tmp_path / "data", languages=("en", "de"))
+    out = tmp_path / "ds-mewslix"
+    _under_zero3(model, recipes, data, out, "mewslix", "en,de")
+    result = json.loads((out / "mewslix" / "seed1" / "result.json").read_text())
+    predicted = json.loads((out / "mewslix" / "seed1" / "predictions" / "mewslix" / "test-de.json").read_text())
+    gold = json.loads((out / "labels" / "test" / "mewslix" / "test-de.json").read_text())
+    assert all(set(r) == set(ENTITIES) for r in predicted.values()) and set(predicted) == set(gold)
+    assert result["scores"]["map@20"]["de"] == pytest.approx(metrics.mewslix_map20(gold, predicted)["map@20"])
+
+def _mtimes(out):
+    return {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/result.json")}
+
+
+def test_mewslix_dual_encoder_end_to_end(setup):
+    tmp, model, recipes = setup
+    data = write_mewslix(tmp / "mewslix-data")
+    out = tmp / "mewslix-run"
+    langs = ["en", "de", "es"]
+    results = run(model, data, ["mewslix"], out, seeds=[1, 2], recipes=recipes, languages=langs)
+    articles = [json.loads(line) for line in
+                (data / "mewslix" / "wikinews_mentions-test.jsonl").read_text(encoding="utf-8").splitlines()]
+    for seed in (1, 2):
+        result = json.loads((out / "mewslix" / f"seed{seed}" / "result.json").read_text())
+        assert result["split"] == "test" and result["candidates"] == len(ENTITIES)
+        assert not (out / "mewslix" / f"seed{seed}" / "checkpoints").exists()
+        for lang in langs:
+            predicted = json.loads((out / "mewslix" / f"seed{seed}" / "predictions" / "mewslix" /
+                                    f"test-{lang}.json").read_text())
+            gold = json.loads((out / "labels" / "test" / "mewslix" / f"test-{lang}.json").read_text())
+            # The labels are the official shape: every test mention of the language -> [its entity id].
+            assert gold == {m["example_id"]: [m["entity_id"]] for a in articles
+                            if a["context"]["language"] == lang for m in a["mentions"]}
+            # Eight candidates, fewer than 20: each mention ranks the whole candidate set, once each.
+            assert set(predicted) == set(gold)
+            assert all(len(r) == len(ENTITIES) and set(r) == set(ENTITIES) for r in predicted.values())
+            value = result["scores"]["map@20"][lang]
+            assert 0 <= value <= 100 and value == pytest.approx(metrics.mewslix_map20(gold, predicted)["map@20"])
+    agg = results["mewslix"]
+    assert agg["metric"] == "map@20" and agg["split"] == "test" and set(agg["mean"]) == set(langs)
+    assert "transfer_gap" in agg and "retrieval" not in results  # tatoeba was not run
+
+    before = _mtimes(out)
+    run(model, data, ["mewslix"], out, seeds=[1, 2], recipes=recipes, languages=langs)
+    assert _mtimes(out) == before
+
+
+def test_mewslix_from_xtremes_split_layout_scores_dev(setup):
+    """XTREME's download_data.sh splits WikiNews per language and blanks the test entity ids: the dev
+    mentions are scored, and the result says so."""
+    tmp, model, recipes = setup
+    data = write_mewslix(tmp / "mewslix-split", languages=("en", "de"), layout="xtreme")
+    assert not (data / "mewslix" / "wikinews_mentions-test.jsonl").exists()
+    out = tmp / "mewslix-split-run"
+    run(model, data, ["mewslix"], out, seeds=[1], recipes=recipes, languages=["en", "de"])
+    result = json.loads((out / "mewslix" / "seed1" / "result.json").read_text())
+    assert result["split"] == "dev"
+    gold = json.loads((out / "labels" / "dev" / "mewslix" / "test-de.json").read_text())
+    assert gold == json.loads((data / "mewslix" / "wikinews_labels" / "dev-de.json").read_text())
+    predicted = json.loads((out / "mewslix" / "seed1" / "predictions" / "mewslix" / "test-de.json").read_text())
+    assert result["scores"]["map@20"]["de"] == pytest.approx(metrics.mewslix_map20(gold, predicted)["map@20"])
+
+
+def test_lareqa_dual_encoder_end_to_end(setup):
+    tmp, model, recipes = setup
+    langs = ["en", "de", "es"]
+    data = write_lareqa(tmp / "lareqa-data", languages=langs)
+    out = tmp / "lareqa-run"
+    results = run(model, data, ["lareqa"], out, seeds=[1], recipes=recipes, languages=langs)
+    result = json.loads((out / "lareqa" / "seed1" / "result.json").read_text())
+    assert result["split"] == "test" and result["recipe"]["query_length"] == 16
+    pool = {f"{lang}_{p}_{k}" for lang in langs for p in range(1, 10) for k in (0, 1)}  # 9 paragraphs, 2 sentences
+    assert result["candidates"] == len(pool)
+    for lang in langs:
+        predicted = json.loads((out / "lareqa" / "seed1" / "predictions" / "lareqa" / f"test-{lang}.json").read_text())
+        gold = json.loads((out / "labels" / "test" / "lareqa" / f"test-{lang}.json").read_text())
+        # Question k of every language is answered by the second sentence of paragraph k+1, in each language.
+        assert {q: sorted(ids) for q, ids in gold.items()} == \
+            {f"xquad-r-{k}_{lang}": sorted(f"{x}_{k + 1}_1" for x in langs) for k in range(9)}
+        assert set(predicted) == set(gold)
+        assert all(len(r) == 20 == len(set(r)) and set(r) <= pool for r in predicted.values())
+        value = result["scores"]["map@20"][lang]
+        assert 0 <= value <= 100 and value == pytest.approx(metrics.lareqa_map20(gold, predicted)["map@20"])
+    assert results["lareqa"]["metric"] == "map@20"
+    assert results["lareqa"]["avg_metric"] == pytest.approx(sum(result["scores"]["map@20"].values()) / 3)
+
+    before = _mtimes(out)
+    run(model, data, ["lareqa"], out, seeds=[1], recipes=recipes, languages=langs)
+    assert _mtimes(out) == before
+
+
+def test_retrieval_tasks_name_every_missing_file(setup, tmp_path):
+    _, model, recipes = setup
+    data = write_lareqa(write_mewslix(tmp_path / "data"))
+    (data / "mewslix" / "candidate_set_entities.jsonl").unlink()
+    (data / "mewslix" / "wikinews_mentions-test.jsonl").unlink()
+    (data / "lareqa" / "xquad-r" / "de.json").unlink()
+    with pytest.raises(ScoreError, match=r"mewslix needs .*candidate_set_entities.jsonl, .*wikinews_mentions-test"):
+        run(model, data, ["mewslix"], tmp_path / "out", seeds=[1], recipes=recipes, languages=["en", "de"])
+    with pytest.raises(ScoreError, match=r"lareqa needs .*xquad-r/de.json"):
+        run(model, data, ["lareqa"], tmp_path / "out", seeds=[1], recipes=recipes, languages=["en", "de"])
+    assert not (tmp_path / "out").exists()

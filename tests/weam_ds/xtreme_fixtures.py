@@ -16,8 +16,10 @@ WORDS = {
            "works": "lavora a", "sleeps": "dorme", "awake": "è sveglio", "someone": "Qualcuno"},
     "id": {"people": ["Maria", "Budi", "Aiko"], "places": ["Paris", "Berlin", "Tokyo"], "lives": "tinggal di",
            "works": "bekerja di", "sleeps": "tidur", "awake": "sudah bangun", "someone": "Seseorang"},
+    "es": {"people": ["María", "Juan", "Aiko"], "places": ["París", "Berlín", "Tokio"], "lives": "vive en",
+           "works": "trabaja en", "sleeps": "duerme", "awake": "está despierto", "someone": "Alguien"},
 }
-QUESTION = {"en": "Where does {} live?", "de": "Wo wohnt {}?", "fr": "Où habite {} ?"}
+QUESTION = {"en": "Where does {} live?", "de": "Wo wohnt {}?", "fr": "Où habite {} ?", "es": "¿Dónde vive {}?"}
 
 
 def nli_rows(lang: str) -> list[tuple[str, str, str]]:
@@ -122,4 +124,121 @@ def write_tatoeba(root: Path, languages=("de", "fr")) -> Path:
     for lang in languages:
         (folder / f"{lang}-en.{lang}").write_text("".join(f"{a} {b}\n" for a, b, _ in nli_rows(lang)), encoding="utf-8")
         (folder / f"{lang}-en.en").write_text("".join(f"{s}\n" for s in english), encoding="utf-8")
+    return root
+
+
+# --- Mewsli-X and LAReQA -----------------------------------------------------------------------------------
+
+# Made-up entities (ids in WikiData's Q-number style): the people and places of WORDS, and two distractors.
+ENTITIES = {
+    "Q9000001": ("Paris", "Paris is the capital of France. It lies on the river Seine."),
+    "Q9000002": ("Berlin", "Berlin is the capital of Germany. It lies on the river Spree."),
+    "Q9000003": ("Tokyo", "Tokyo is the capital of Japan. It lies on a large bay."),
+    "Q9000004": ("Maria", "Maria is a painter. She was born in Lisbon."),
+    "Q9000005": ("John", "John is a baker. He sells bread every morning."),
+    "Q9000006": ("Aiko", "Aiko is a pianist. She plays jazz at night."),
+    "Q9000007": ("Madrid", "Madrid is the capital of Spain. It has a royal palace."),
+    "Q9000008": ("Oslo", "Oslo is the capital of Norway. It lies at the end of a fjord."),
+}
+PEOPLE_IDS, PLACE_IDS = ["Q9000004", "Q9000005", "Q9000006"], ["Q9000001", "Q9000002", "Q9000003"]
+
+
+def _spans(text: str, sentences: list[str]) -> list[dict]:
+    spans, start = [], 0
+    for sentence in sentences:
+        start = text.index(sentence, start)
+        spans.append({"start": start, "end": start + len(sentence)})
+        start += len(sentence)
+    return spans
+
+
+def _entity(qid: str, lang: str = "en") -> dict:
+    title, description = ENTITIES[qid]
+    return {"entity_id": qid, "title": title, "description": description,
+            "sentence_spans": _spans(description, description.replace(". ", ".|").split("|")),
+            "description_language": lang, "description_url": f"https://{lang}.wikipedia.org/wiki/{title}"}
+
+
+def _article(lang: str, k: int, person: int, place: int, verb: str) -> tuple[dict, list[tuple[int, int, str]]]:
+    """A context about one person and one place; its mentions as (start, end, entity id)."""
+    w = WORDS[lang]
+    first = f"{w['people'][person]} {w[verb]} {w['places'][place]}."
+    second = f"{w['someone']} {w['sleeps']}."
+    text = f"{first} {second}"
+    context = {"document_id": f"{lang}-{k}", "document_url": f"https://{lang}.wikinews.org/wiki?curid={k}",
+               "document_title": first, "language": lang, "text": text, "sentence_spans": _spans(text, [first, second])}
+    who, where = w["people"][person], w["places"][place]
+    at = text.index(where)
+    mentions = [(0, len(who), PEOPLE_IDS[person]), (at, at + len(where), PLACE_IDS[place])]
+    return context, mentions
+
+
+def _mention(prefix: str, context: dict, start: int, end: int, qid: str) -> dict:
+    return {"example_id": f"{prefix}-{context['document_id']}-{start}", "entity_id": qid,
+            "mention_span": {"start": start, "end": end, "text": context["text"][start:end]}}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def write_mewslix(root: Path, languages=("en", "de", "es"), layout: str = "combined") -> Path:
+    """``mewslix/`` as Mewsli-X's own script leaves it (``layout="combined"``: WikiNews mentions of all
+    languages in one file per split, with their entity ids), or as XTREME's download_data.sh leaves it
+    (``layout="xtreme"``: one file per split and language, test entity ids blanked, labels beside)."""
+    folder = root / "mewslix"
+    _jsonl(folder / "candidate_set_entities.jsonl", [_entity(q) for q in ENTITIES])
+    for split, verb in (("train", "lives"), ("dev", "works")):
+        rows = []
+        for k, (person, place) in enumerate(itertools.product(range(3), range(3))):
+            context, mentions = _article("en", k, person, place, verb)
+            context = {**context, "section_title": "Life"}
+            rows += [{"contextual_mention": {"context": context, "mention": _mention(split, context, *m)},
+                      "entity": _entity(m[2])} for m in mentions]
+        _jsonl(folder / f"wikipedia_pairs-{split}.jsonl", rows)
+    articles = {split: {lang: [] for lang in languages} for split in ("dev", "test")}
+    for lang in languages:
+        for k, (person, place) in enumerate(itertools.product(range(3), range(3))):
+            split = "dev" if k % 3 == 0 else "test"
+            context, mentions = _article(lang, k, person, place, "lives" if k % 2 else "works")
+            articles[split][lang].append({"context": context,
+                                          "mentions": [_mention("news", context, *m) for m in mentions]})
+    for split, by_lang in articles.items():
+        if layout == "combined":
+            _jsonl(folder / f"wikinews_mentions-{split}.jsonl", [a for rows in by_lang.values() for a in rows])
+            continue
+        for lang, rows in by_lang.items():
+            if split == "test":
+                rows = [{**a, "mentions": [{**m, "entity_id": ""} for m in a["mentions"]]} for a in rows]
+            _jsonl(folder / "wikinews_mentions" / f"{split}-{lang}.jsonl", rows)
+            labels = {m["example_id"]: [m["entity_id"]] for a in rows for m in a["mentions"]}
+            (folder / "wikinews_labels").mkdir(exist_ok=True)
+            (folder / "wikinews_labels" / f"{split}-{lang}.json").write_text(json.dumps(labels), encoding="utf-8")
+    return root
+
+
+def xquad_r_articles(lang: str) -> list[dict]:
+    """XQuAD-R style: squad_articles' paragraphs with shared question ids across languages and the
+    paragraphs' sentence breaks ([start, end) pairs) and sentences."""
+    articles = squad_articles(lang, "xquad-r")
+    for k, paragraph in enumerate(articles[0]["paragraphs"]):
+        context = paragraph["context"]
+        cut = context.index(". ") + 1
+        paragraph["sentence_breaks"] = [[0, cut], [cut + 1, len(context)]]
+        paragraph["sentences"] = [context[:cut], context[cut + 1:]]
+        paragraph["qas"][0]["id"] = f"xquad-r-{k}"
+    return articles
+
+
+def write_lareqa(root: Path, languages=("en", "de", "es")) -> Path:
+    """English SQuAD v1.1 (no sentence breaks, as SQuAD ships) and ``lareqa/xquad-r/<lang>.json``."""
+    def put(path: Path, articles: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"version": "1.1", "data": articles}, ensure_ascii=False), encoding="utf-8")
+
+    put(root / "squad" / "train-v1.1.json", squad_articles("en", "train") + squad_articles("en", "train2"))
+    put(root / "squad" / "dev-v1.1.json", squad_articles("en", "dev"))
+    for lang in languages:
+        put(root / "lareqa" / "xquad-r" / f"{lang}.json", xquad_r_articles(lang))
     return root

@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     r = commands.add_parser("run", help="zero-shot fine-tune on English, predict every language, score")
     r.add_argument("--model", type=Path, required=True, help="a Hugging Face encoder directory")
     r.add_argument("--data", type=Path, required=True, help="the official download folder (one subfolder per task)")
-    r.add_argument("--tasks", required=True, help="comma-separated: xnli,pawsx,udpos,panx")
+    r.add_argument("--tasks", required=True, help="comma-separated, of: xnli pawsx xcopa udpos panx xquad mlqa "
+                   "tydiqa tatoeba mewslix lareqa")
     r.add_argument("--out", type=Path, required=True, help="run directory")
     r.add_argument("--seeds", default="1,2,3", help="comma-separated fine-tuning seeds (default 1,2,3)")
     r.add_argument("--recipes", type=Path, help="folder of <task>.yaml recipes (default: the shipped ones)")

@@ -2,7 +2,8 @@
 
 Written from the metric definitions in ../shared/xtreme_r_spec.md: accuracy, seqeval span F1 (through the
 ``seqeval`` package itself, whose chunking rules are part of the official numbers), BUCC F1 over sets of
-sentence-id pairs, SQuAD v1.1 EM/F1, MLQA's language-aware EM/F1, and Mewsli-X mAP@20.
+sentence-id pairs, SQuAD v1.1 EM/F1, MLQA's language-aware EM/F1, Mewsli-X mAP@20, and LAReQA's mAP@20 (the
+XTREME repository's definition; its scorer does not score LAReQA).
 """
 from __future__ import annotations
 
@@ -135,4 +136,24 @@ def mewslix_map20(labels: dict[str, list[str]], predictions: dict[str, list[str]
             if guess == target:
                 total += 1.0 / rank
                 break
+    return {"map@20": 100.0 * total / len(labels)}
+
+
+def lareqa_map20(labels: dict[str, list[str]], predictions: dict[str, list[str]]) -> dict[str, float]:
+    """Mean average precision in the first 20 predictions, every query having one or more relevant ids (in
+    LAReQA, the answer sentence in each language): for each hit at rank r, the number of hits up to r over r,
+    summed, over min(number relevant, 20); a repeated prediction counts once. With one relevant id this is
+    the reciprocal rank, as in mewslix_map20."""
+    total = 0.0
+    for example, gold in labels.items():
+        relevant = {g.strip() for g in gold} - {""}
+        if not relevant:
+            continue
+        hits, precision, seen = 0, 0.0, set()
+        for rank, guess in enumerate(predictions.get(example, [])[:20], start=1):
+            if guess in relevant and guess not in seen:
+                hits += 1
+                precision += hits / rank
+            seen.add(guess)
+        total += precision / min(len(relevant), 20)
     return {"map@20": 100.0 * total / len(labels)}

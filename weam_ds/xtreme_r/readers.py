@@ -1,6 +1,6 @@
 """Readers for the official XTREME download layout (``download/<task>/...``), for the tasks ``run`` covers:
-sentence-pair classification (XNLI, PAWS-X), tagging (UD-POS, PAN-X) and extractive QA (XQuAD, MLQA,
-TyDiQA-GoldP).
+sentence-pair classification (XNLI, PAWS-X), tagging (UD-POS, PAN-X), extractive QA (XQuAD, MLQA,
+TyDiQA-GoldP), XCOPA, Tatoeba, and the dual-encoder retrieval tasks Mewsli-X and LAReQA (XQuAD-R).
 
 Test labels of several tasks are withheld by the download scripts; ``eval_split`` then falls back to dev
 and says so, and results record which split was scored.
@@ -8,7 +8,8 @@ and says so, and results record which split was scored.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from weam_ds.xtreme_r.score import ScoreError
@@ -17,6 +18,8 @@ CLASSIFICATION = ("xnli", "pawsx")
 TAGGING = ("udpos", "panx")
 MULTIPLE_CHOICE = ("xcopa",)
 RETRIEVAL = ("tatoeba",)
+DUAL_ENCODER = ("mewslix", "lareqa")
+"""Retrieval with a fine-tuned dual encoder: queries and candidates embedded by one shared encoder."""
 
 
 @dataclass
@@ -84,6 +87,11 @@ def check_layout(data: Path, task: str, languages: list[str]) -> None:
         needed += [f for lang in languages for f in qa_files(data, task, lang).values()]
     elif task in RETRIEVAL:
         needed = [f for lang in languages for f in tatoeba_files(data, lang)]
+    elif task == "mewslix":
+        needed = list(mewslix_files(data, languages).values())
+    elif task == "lareqa":
+        needed = [data / "squad" / "train-v1.1.json", data / "squad" / "dev-v1.1.json"]
+        needed += [xquad_r_file(data, lang) for lang in languages]
     elif task in MULTIPLE_CHOICE:
         needed = [choice_file(data, "train", "en"), choice_file(data, "val", "en")]
         needed += [choice_file(data, "test", lang) for lang in languages]
@@ -169,3 +177,220 @@ def tatoeba_files(data: Path, lang: str) -> tuple[Path, Path]:
 def read_sentences(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
+
+
+# --- dual-encoder retrieval: Mewsli-X and LAReQA (XQuAD-R) ------------------------------------------------
+
+@dataclass
+class RetrievalSet:
+    """Queries, and for each the ids of its relevant candidates (an empty list where the download withholds
+    them). ``candidate_ids``/``candidates`` hold the pool they rank when the set carries its own (the English
+    sets used for training and model selection); test sets rank a pool shared by all languages."""
+    query_ids: list[str]
+    queries: list[str]
+    gold: dict[str, list[str]]
+    candidate_ids: list[str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+
+    def labelled(self) -> bool:
+        return bool(self.query_ids) and all(self.gold.get(q) for q in self.query_ids)
+
+    def training_pairs(self) -> list[tuple[str, str, str]]:
+        """(query, its first relevant candidate's text, that candidate's id) for every labelled query."""
+        text = dict(zip(self.candidate_ids, self.candidates))
+        return [(query, text[self.gold[q][0]], self.gold[q][0])
+                for q, query in zip(self.query_ids, self.queries) if self.gold.get(q)]
+
+
+def read_jsonl(path: Path):
+    """The JSON object of every non-blank line; a malformed line is an error naming it."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError as exc:
+                    raise ScoreError(f"{path}:{n}: not JSON ({exc})") from None
+
+
+def _span(span) -> tuple[int, int]:
+    """Mewsli-X writes spans as {"start", "end"}, XQuAD-R as [start, end]; end is exclusive in both."""
+    return (span["start"], span["end"]) if isinstance(span, dict) else (span[0], span[1])
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# Mewsli-X. The official download leaves, in ``mewslix/``: the candidate set (``candidate_set_entities.jsonl``:
+# one entity per line: entity_id, title, description, sentence_spans, description_language, description_url),
+# English Wikipedia (mention, entity) pairs for training and dev (``wikipedia_pairs-{train,dev}.jsonl``: each
+# line {"contextual_mention": {"context", "mention"}, "entity"}), and WikiNews mentions for evaluation
+# (``wikinews_mentions-{dev,test}.jsonl``: each line one article, {"context", "mentions": [...]}). A context has
+# document_id/url/title, language, text and sentence_spans; a mention has example_id, entity_id (a WikiData QID)
+# and mention_span {start, end, text}. XTREME's download_data.sh further splits the WikiNews files by language
+# (``wikinews_mentions/{dev,test}-<lang>.jsonl``, test entity ids blanked) and deletes the combined ones: both
+# layouts are read, the combined one first.
+
+def mewslix_files(data: Path, languages: list[str]) -> dict[str, Path]:
+    folder = data / "mewslix"
+    files = {"candidates": folder / "candidate_set_entities.jsonl", "train": folder / "wikipedia_pairs-train.jsonl",
+             "dev": folder / "wikipedia_pairs-dev.jsonl"}
+    combined = {f"wikinews-{split}": folder / f"wikinews_mentions-{split}.jsonl" for split in ("dev", "test")}
+    per_language = {f"wikinews-{split}-{lang}": folder / "wikinews_mentions" / f"{split}-{lang}.jsonl"
+                    for split in ("dev", "test") for lang in languages}
+    use_split = (folder / "wikinews_mentions").is_dir() and not all(p.is_file() for p in combined.values())
+    return {**files, **(per_language if use_split else combined)}
+
+
+def mention_query(context: dict, mention: dict) -> str:
+    """A mention in context, as the official baseline feeds it to the query encoder: the sentence holding
+    the mention (the whole text when no sentence holds it entirely), the mention marked by braces (braces
+    already in the text become parentheses), and the mention text again in front, so that truncation to a
+    short length keeps it."""
+    text = context.get("text") or ""
+    start, end = _span(mention["mention_span"])
+    surface = mention["mention_span"].get("text", text[start:end])
+    first, last = 0, len(text)
+    for span in context.get("sentence_spans") or []:
+        s, e = _span(span)
+        if s <= start < e and end <= e:
+            first, last = s, e
+            break
+    escape = str.maketrans("{}", "()")
+    left, right = text[first:start].translate(escape), text[end:last].translate(escape)
+    return _one_line(f"{surface}: {left} {{ {surface} }} {right}")
+
+
+def entity_text(entity: dict) -> str:
+    """An entity's description (its annotated sentences), on one line."""
+    description = entity.get("description") or ""
+    spans = entity.get("sentence_spans") or []
+    return _one_line(" ".join(description[s:e] for s, e in map(_span, spans)) if spans else description)
+
+
+def read_entities(path: Path) -> tuple[list[str], list[str]]:
+    """The candidate set: entity ids and their description texts."""
+    ids, texts = [], []
+    for entity in read_jsonl(path):
+        ids.append(entity["entity_id"])
+        texts.append(entity_text(entity))
+    return ids, texts
+
+
+def read_mention_pairs(path: Path) -> RetrievalSet:
+    """Wikipedia (mention, entity) pairs: each mention is a query whose one relevant candidate is its entity;
+    the pool is the distinct entities of the file."""
+    queries = RetrievalSet([], [], {})
+    seen = set()
+    for row in read_jsonl(path):
+        cm, entity = row["contextual_mention"], row["entity"]
+        mention = cm["mention"]
+        queries.query_ids.append(mention["example_id"])
+        queries.queries.append(mention_query(cm["context"], mention))
+        queries.gold[mention["example_id"]] = [entity["entity_id"]]
+        if entity["entity_id"] not in seen:
+            seen.add(entity["entity_id"])
+            queries.candidate_ids.append(entity["entity_id"])
+            queries.candidates.append(entity_text(entity))
+    return queries
+
+
+def read_wikinews(files: dict[str, Path], split: str, languages: list[str]) -> dict[str, RetrievalSet]:
+    """The WikiNews mentions of one split, per language; gold is the mention's entity id (none when blank)."""
+    sources = [files[f"wikinews-{split}"]] if f"wikinews-{split}" in files else \
+        [files[f"wikinews-{split}-{lang}"] for lang in languages]
+    sets = {lang: RetrievalSet([], [], {}) for lang in languages}
+    for path in sources:
+        for article in read_jsonl(path):
+            context = article["context"]
+            target = sets.get(context.get("language"))
+            if target is None:
+                continue
+            for mention in article["mentions"]:
+                target.query_ids.append(mention["example_id"])
+                target.queries.append(mention_query(context, mention))
+                gold = (mention.get("entity_id") or "").strip()
+                target.gold[mention["example_id"]] = [gold] if gold else []
+    empty = [lang for lang, s in sets.items() if not s.query_ids]
+    if empty:
+        raise ScoreError(f"{', '.join(map(str, sources))}: no {split} mentions in {' '.join(empty)}")
+    return sets
+
+
+# LAReQA. XQuAD-R (``lareqa/xquad-r/<lang>.json``, from google-research-datasets/lareqa) is XQuAD in SQuAD
+# format with each paragraph's sentences added: ``sentence_breaks`` ([start, end) character offsets into the
+# context) and ``sentences``. Every sentence of every paragraph, in every language, is a candidate; a question's
+# relevant candidates are the sentences holding the answer (its first answer's start) to the same question
+# (same id) in each language of the pool. English SQuAD v1.1, the official training data, carries no
+# sentence breaks: sentence_breaks() finds them.
+
+_SENTENCE_END = re.compile(r"""[.!?…]+["'”’)\]]*(?=\s)|[。！？]+""")
+
+
+def sentence_breaks(text: str) -> list[tuple[int, int]]:
+    """[start, end) spans of the sentences of ``text``: each ends at . ! ? … (and closing quotes or brackets)
+    before whitespace, or at a CJK full stop; leading whitespace is not part of a sentence."""
+    spans, start = [], 0
+    for match in list(_SENTENCE_END.finditer(text)) + [None]:
+        end = match.end() if match else len(text)
+        while start < end and text[start].isspace():
+            start += 1
+        if start < end:
+            spans.append((start, end))
+        start = end
+    return spans
+
+
+def xquad_r_file(data: Path, lang: str) -> Path:
+    return data / "lareqa" / "xquad-r" / f"{lang}.json"
+
+
+def read_squad_sentences(path: Path, lang: str) -> RetrievalSet:
+    """Questions (ids ``<question id>_<lang>``) of a SQuAD-format file and every sentence of its paragraphs
+    as candidates (ids ``<lang>_<paragraph number>_<sentence number>``, numbered from 1 and 0). A candidate's
+    text is its sentence followed by its whole paragraph (the official baseline's answer encoding). A
+    question's gold is the sentence holding its first answer's start; questions whose answer starts in no
+    sentence are left out, as the official code does."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    articles = raw["data"] if isinstance(raw, dict) and "data" in raw else raw
+    found = RetrievalSet([], [], {})
+    number = 0
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            number += 1
+            context = paragraph["context"]
+            breaks = [_span(b) for b in paragraph["sentence_breaks"]] if "sentence_breaks" in paragraph \
+                else sentence_breaks(context)
+            ids = [f"{lang}_{number}_{k}" for k in range(len(breaks))]
+            found.candidate_ids += ids
+            found.candidates += [_one_line(f"{context[s:e]} {context}") for s, e in breaks]
+            for qa in paragraph["qas"]:
+                if not qa.get("answers"):
+                    continue
+                start = qa["answers"][0]["answer_start"]
+                holder = next((k for k, (s, e) in enumerate(breaks) if s <= start < e), None)
+                if holder is None:
+                    continue
+                uid = f"{qa['id']}_{lang}"
+                found.query_ids.append(uid)
+                found.queries.append(qa["question"])
+                found.gold[uid] = [ids[holder]]
+    return found
+
+
+def read_xquad_r(data: Path, languages: list[str]) -> tuple[dict[str, RetrievalSet], list[str], list[str]]:
+    """Per language its questions, each relevant to the answer sentences of its translations in every
+    language of ``languages``; and the multilingual pool (ids and texts) they all rank."""
+    sets = {lang: read_squad_sentences(xquad_r_file(data, lang), lang) for lang in languages}
+    answers: dict[str, list[str]] = {}
+    for lang, found in sets.items():
+        for uid in found.query_ids:
+            answers.setdefault(uid[:-len(lang) - 1], []).append(found.gold[uid][0])
+    for lang, found in sets.items():
+        found.gold = {uid: answers[uid[:-len(lang) - 1]] for uid in found.query_ids}
+    ids = [c for found in sets.values() for c in found.candidate_ids]
+    texts = [t for found in sets.values() for t in found.candidates]
+    for found in sets.values():
+        found.candidate_ids, found.candidates = [], []
+    return sets, ids, texts

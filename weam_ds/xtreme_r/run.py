@@ -1,13 +1,16 @@
-"""Zero-shot fine-tuning and prediction under the matched protocol, for classification (XNLI, PAWS-X) and
-tagging (UD-POS, PAN-X); the QA and retrieval tasks' fine-tuning is still to come.
+"""Zero-shot fine-tuning and prediction under the matched protocol, for every XTREME-R task and PAWS-X:
+sentence-pair classification (XNLI, PAWS-X), multiple choice (XCOPA), tagging (UD-POS, PAN-X), extractive QA
+(XQuAD, MLQA, TyDiQA-GoldP), Tatoeba (no fine-tuning), and retrieval with a fine-tuned dual encoder (Mewsli-X,
+LAReQA; see dual_encoder.py).
 
 For each task and seed: fine-tune MODEL_DIR on the English training data with the task's recipe (one
 file per task, the same for every model), select the epoch on the English dev set only (target-language
 dev data is never used), predict every language, write predictions and labels in the official layout,
-and score them with the official scorer. ``<out>/<task>/seed<k>/result.json`` is written last, so an
-interrupted run resumes at the task/seed level; ``<out>/results.json`` aggregates mean and standard
-deviation over seeds, per language, task and category, and the transfer gap (English minus the mean of
-the other languages). Pass a DeepSpeed config (``ds_configs/``) to fine-tune large encoders under ZeRO.
+and score them with the official scorer (LAReQA, which the official scorer does not cover, with the XTREME
+repository's mAP@20). ``<out>/<task>/seed<k>/result.json`` is written last, so an interrupted run resumes at
+the task/seed level; ``<out>/results.json`` aggregates mean and standard deviation over seeds, per language,
+task and category, and the transfer gap (English minus the mean of the other languages). Pass a DeepSpeed
+config (``ds_configs/``) to fine-tune large encoders under ZeRO.
 """
 from __future__ import annotations
 
@@ -23,11 +26,12 @@ import numpy as np
 
 from data_prep.typed_config import load_yaml
 from weam_ds.xtreme_r import metrics
-from weam_ds.xtreme_r.readers import (CLASSIFICATION, MULTIPLE_CHOICE, QA, RETRIEVAL, TAGGING, check_layout,
-                                      choice_file, labelled, qa_files, read_choices, read_sentences, read_split,
-                                      read_squad, tatoeba_files)
-from weam_ds.xtreme_r.score import ScoreError, score, write_scores
-from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES
+from weam_ds.xtreme_r.readers import (CLASSIFICATION, DUAL_ENCODER, MULTIPLE_CHOICE, QA, RETRIEVAL, TAGGING,
+                                      check_layout, choice_file, labelled, mewslix_files, qa_files, read_choices,
+                                      read_entities, read_mention_pairs, read_sentences, read_split, read_squad,
+                                      read_squad_sentences, read_wikinews, read_xquad_r, tatoeba_files)
+from weam_ds.xtreme_r.score import ScoreError, score, score_task, write_scores
+from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, LAREQA_LANGUAGES
 
 log = logging.getLogger(__name__)
 RECIPES = Path(__file__).with_name("recipes")
@@ -47,15 +51,22 @@ class Recipe:
     """QA: overlap of the windows a long context is cut into."""
     layer: int | None = None
     """Tatoeba: the hidden layer whose mean-pooled states are the sentence embeddings (default: a middle one)."""
+    gradient_accumulation_steps: int = 1
+    query_length: int | None = None
+    """Dual encoders: the query side's length limit (default max_length, which bounds the candidate side)."""
+    pooling: str = "cls"
+    """Dual encoders: ``cls`` (the first token's final state) or ``mean`` (of the final states)."""
 
 
 def task_languages(task: str) -> list[str]:
+    if task == "lareqa":  # the official scorer lists none: XQuAD-R's
+        return LAREQA_LANGUAGES
     return LANGUAGES["xtreme-r"].get(task) or LANGUAGES["xtreme"][task]
 
 
 def run(model_dir: Path, data: Path, tasks: list[str], out: Path, seeds: list[int], recipes: Path = RECIPES,
         languages: list[str] | None = None, deepspeed: str | None = None) -> dict:
-    supported = CLASSIFICATION + MULTIPLE_CHOICE + TAGGING + QA + RETRIEVAL
+    supported = CLASSIFICATION + MULTIPLE_CHOICE + TAGGING + QA + RETRIEVAL + DUAL_ENCODER
     unsupported = [t for t in tasks if t not in supported]
     if unsupported:
         raise ScoreError(f"--tasks: {', '.join(unsupported)} not supported by run yet "
@@ -66,7 +77,10 @@ def run(model_dir: Path, data: Path, tasks: list[str], out: Path, seeds: list[in
         if not langs:
             raise ScoreError(f"--languages: none of {task}'s languages ({' '.join(task_languages(task))})")
         check_layout(data, task, langs)
-        plan[task] = (load_yaml(Recipe, recipes / f"{task}.yaml"), langs)
+        recipe = load_yaml(Recipe, recipes / f"{task}.yaml")
+        if recipe.pooling not in ("cls", "mean"):
+            raise ScoreError(f"{recipes / f'{task}.yaml'}: pooling {recipe.pooling!r} (expected cls or mean)")
+        plan[task] = (recipe, langs)
     for task, (recipe, langs) in plan.items():
         for seed in seeds:
             done = out / task / f"seed{seed}" / "result.json"
@@ -85,6 +99,8 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
 
     if task in RETRIEVAL:
         return _retrieve_seed(model_dir, data, task, langs, recipe, seed, out)
+    if task in DUAL_ENCODER:
+        return _dual_encoder_seed(model_dir, data, task, langs, recipe, seed, out, deepspeed)
     work = out / task / f"seed{seed}"
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if task in QA:
@@ -129,10 +145,50 @@ def _score_seed(out: Path, task: str, seed: int, split: str, langs: list[str], d
     """Scores a seed's predictions against the labels with the official scorer; its result.json, written
     last, marks the seed done."""
     work = out / task / f"seed{seed}"
-    scores = score(work / "predictions", out / "labels" / split, "xtreme" if task == "pawsx" else "xtreme-r",
-                   languages=langs)
+    if task == "lareqa":  # not in the official scorer's task list: its files are scored alike, with LAReQA's mAP@20
+        scores = {task: score_task(task, langs, work / "predictions", out / "labels" / split)}
+    else:
+        scores = score(work / "predictions", out / "labels" / split, "xtreme" if task == "pawsx" else "xtreme-r",
+                       languages=langs)
     write_scores({"task": task, "seed": seed, "split": split, **details, "scores": scores[task]},
                  work / "result.json")
+
+
+def _dual_encoder_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: Recipe, seed: int,
+                       out: Path, deepspeed: str | None) -> None:
+    """Mewsli-X: trained on English Wikipedia mention-entity pairs, selected on their dev split; each WikiNews
+    mention ranks the whole candidate set. LAReQA: trained on English SQuAD v1.1 (question → the sentence
+    holding the answer, with its paragraph), selected on SQuAD dev; each XQuAD-R question ranks the sentences
+    of every language run. Predictions map query ids to their 20 best candidate ids, labels to the relevant
+    ids, one ``test-<lang>.json`` each."""
+    from transformers import AutoTokenizer
+
+    from weam_ds.xtreme_r.dual_encoder import RetrievalTuner
+
+    work = out / task / f"seed{seed}"
+    if task == "mewslix":
+        files = mewslix_files(data, langs)
+        train, dev = read_mention_pairs(files["train"]), read_mention_pairs(files["dev"])
+        tests = read_wikinews(files, "test", langs)
+        split = "test" if all(t.labelled() for t in tests.values()) else "dev"
+        if split == "dev":  # XTREME's download blanks the test entity ids: score the dev mentions, and say so
+            tests = read_wikinews(files, "dev", langs)
+        pool_ids, pool = read_entities(files["candidates"])
+    else:
+        train = read_squad_sentences(data / "squad" / "train-v1.1.json", "en")
+        dev = read_squad_sentences(data / "squad" / "dev-v1.1.json", "en")
+        (tests, pool_ids, pool), split = read_xquad_r(data, langs), "test"
+    log.info("%s seed %d: fine-tuning on %d English pairs; %s split of %d languages against %d candidates",
+             task, seed, len(train.query_ids), split, len(langs), len(pool_ids))
+    tuner = RetrievalTuner(model_dir, AutoTokenizer.from_pretrained(str(model_dir)), recipe)
+    tuner.fit(train, dev, work / "checkpoints", seed, deepspeed)
+    embedded = tuner.embed(pool, recipe.max_length)
+    for lang, queries in tests.items():
+        _write_json(work / "predictions" / task / f"test-{lang}.json", tuner.retrieve(queries, embedded, pool_ids))
+        _write_json(out / "labels" / split / task / f"test-{lang}.json", queries.gold)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    _score_seed(out, task, seed, split, langs, {"model": str(model_dir), "recipe": asdict(recipe),
+                                                "candidates": len(pool_ids)})
 
 
 def _retrieve_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: Recipe, seed: int,
@@ -177,7 +233,7 @@ def aggregate(out: Path, plan: dict, seeds: list[int]) -> dict:
     tasks = {}
     for task, (_, langs) in plan.items():
         runs = [json.loads((out / task / f"seed{s}" / "result.json").read_text()) for s in seeds]
-        main = "f1" if task in TAGGING + QA else "accuracy"  # XCOPA too
+        main = "f1" if task in TAGGING + QA else "map@20" if task in DUAL_ENCODER else "accuracy"  # XCOPA: accuracy
         per_lang = {lang: [r["scores"][main][lang] for r in runs] for lang in langs}
         avg = [r["scores"]["avg_metric"] for r in runs]
         others = [lang for lang in langs if lang != "en"]

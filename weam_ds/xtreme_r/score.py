@@ -64,6 +64,8 @@ def _scorer(task: str) -> tuple[Callable[[Path], object], Callable[[object, obje
         return read_json, lambda g, p, _: metrics.squad(g, p), False
     if task == "mewslix":
         return read_json, lambda g, p, _: metrics.mewslix_map20(g, p), False
+    if task == "lareqa":
+        return read_json, lambda g, p, _: metrics.lareqa_map20(g, p), False
     if task == "xcopa":
         return read_jsonl_labels, lambda g, p, _: metrics.accuracy(g, p), True
     return read_lines, lambda g, p, _: metrics.accuracy(g, p), True

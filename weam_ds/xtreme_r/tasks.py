@@ -49,8 +49,12 @@ CATEGORIES: dict[str, dict[str, list[str]]] = {
 
 QA_TASKS = ("xquad", "mlqa", "tydiqa")
 
+# XQuAD-R's languages (google-research-datasets/lareqa): what weam-ds scores LAReQA on, per question language,
+# against the pool of all of them. Kept apart from LANGUAGES, which is the official scorer's view.
+LAREQA_LANGUAGES = "ar de el en es hi ru th tr vi zh".split()
+
 
 def suffix(task: str) -> str:
-    if task in QA_TASKS or task == "mewslix":
+    if task in QA_TASKS or task in ("mewslix", "lareqa"):
         return "json"
     return "jsonl" if task == "xcopa" else "tsv"
