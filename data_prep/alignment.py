@@ -2,35 +2,40 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 
 import eflomal
 import numpy as np
 
 from data_prep.config import AlignerConfig
-from data_prep.symmetrize import Links
+from data_prep.ragged import Ragged
 
 
-def _read_links(path: Path) -> list[Links]:
-    with open(path, encoding="utf-8") as f:
-        return [{(int(i), int(j)) for i, j in (link.split("-") for link in line.split())} for line in f]
+def read_links(path: Path) -> Ragged:
+    """An eflomal links file (one line per sentence pair, ``i-j`` links separated by spaces)."""
+    text = path.read_text(encoding="ascii")
+    lines = text.split("\n")
+    if lines[-1]:
+        raise RuntimeError(f"{path}: eflomal's links file does not end with a newline")
+    lengths = np.fromiter((line.count("-") for line in lines[:-1]), dtype=np.int64, count=len(lines) - 1)
+    values = np.fromstring(text.replace("-", " "), dtype=np.int64, sep=" ")
+    if len(values) != 2 * lengths.sum():
+        raise RuntimeError(f"{path}: malformed links")
+    return Ragged(values.reshape(-1, 2), lengths)
 
 
-def align_words(src_words: list[list[str]], tgt_words: list[list[str]], cfg: AlignerConfig,
-                tmp_dir: Path) -> tuple[list[Links], list[Links]]:
-    """Forward and reverse word links for each sentence pair, both as (src word, tgt word)."""
+def align_words(src: list[str], tgt: list[str], cfg: AlignerConfig, tmp_dir: Path) -> tuple[Ragged, Ragged]:
+    """Forward and reverse word links for each sentence pair, both as (src word, tgt word); sentences
+    are their words separated by spaces."""
     aligner = eflomal.Aligner(model=cfg.model, n_samplers=cfg.samplers)
     with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
         fwd, rev = Path(tmp) / "fwd", Path(tmp) / "rev"
-        # eflomal lower-cases its vocabulary itself; tokens are the words, space-separated.
-        aligner.align([" ".join(w) for w in src_words], [" ".join(w) for w in tgt_words],
-                      links_filename_fwd=str(fwd), links_filename_rev=str(rev), quiet=True)
-        fwd_links, rev_links = _read_links(fwd), _read_links(rev)
-    if len(fwd_links) != len(src_words) or len(rev_links) != len(src_words):
-        raise RuntimeError(f"eflomal returned {len(fwd_links)}/{len(rev_links)} alignments for {len(src_words)} pairs")
+        # eflomal lower-cases its vocabulary itself.
+        aligner.align(src, tgt, links_filename_fwd=str(fwd), links_filename_rev=str(rev), quiet=True)
+        fwd_links, rev_links = read_links(fwd), read_links(rev)
+    if len(fwd_links.lengths) != len(src) or len(rev_links.lengths) != len(src):
+        raise RuntimeError(f"eflomal returned {len(fwd_links.lengths)}/{len(rev_links.lengths)} alignments "
+                           f"for {len(src)} pairs")
     return fwd_links, rev_links
 
 
@@ -54,38 +59,6 @@ def word_token_ranges(word_spans: np.ndarray, token_offsets: np.ndarray) -> tupl
     words = np.arange(len(word_spans))
     lo = np.searchsorted(last, words, side="left")
     return lo, np.maximum(np.searchsorted(first, words, side="right"), lo)  # no token: lo == hi
-
-
-@dataclass
-class Ragged:
-    """Per-sentence lists of integer pairs (word spans, token offsets, links) stored flat: sentence k's
-    rows are ``values[starts[k]:starts[k + 1]]``. Chunks travel between stages in this form."""
-
-    values: np.ndarray
-    """[N, 2] int64"""
-    lengths: np.ndarray
-    """[n] int64, rows per sentence"""
-
-    @classmethod
-    def of(cls, rows: Iterable[Iterable[tuple[int, int]]]) -> Ragged:
-        rows = list(rows)
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        values = np.fromiter(chain.from_iterable(chain.from_iterable(rows)), dtype=np.int64,
-                             count=2 * int(lengths.sum())).reshape(-1, 2)
-        return cls(values, lengths)
-
-    @property
-    def starts(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.lengths)])
-
-    def sentence_index(self) -> np.ndarray:
-        """Each row's sentence."""
-        return np.repeat(np.arange(len(self.lengths)), self.lengths)
-
-    def in_one_sequence(self) -> np.ndarray:
-        """Character positions made chunk-global (sentence k's shifted by k * 2**32), so the whole
-        chunk is one ordered sequence."""
-        return self.values + (self.sentence_index() << 32)[:, None]
 
 
 def project_links(word_links: Ragged, src_words: Ragged, src_tokens: Ragged, tgt_words: Ragged,

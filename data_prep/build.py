@@ -19,8 +19,8 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -33,8 +33,7 @@ from data_prep import PrepError, __version__
 from data_prep.chunks import ChunkTask, align_chunk, encode_chunk, read_spool
 from data_prep.cleaning import Cleaner
 from data_prep.config import PairConfig, PrepConfig
-from data_prep.manifest import (FORMAT, FORMAT_VERSION, ManifestError, read_manifest, split_totals,
-                                write_manifest)
+from data_prep.manifest import FORMAT, FORMAT_VERSION, ManifestError, read_manifest, split_totals, write_manifest
 from data_prep.readers import read_pairs
 from data_prep.tokenizer import copy_tokenizer, tokenizer_sha256, train_tokenizer
 from data_prep.typed_config import to_dict

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.alignment import Ragged, align_words, project_links
+from data_prep.alignment import align_words, project_links
 from data_prep.config import AlignerConfig, ShardConfig
 from data_prep.manifest import SPLITS
+from data_prep.ragged import Ragged
 from data_prep.shard_format import encode_sample
-from data_prep.symmetrize import SYMMETRIZERS
 from data_prep.shards import ShardWriter
+from data_prep.symmetrize import symmetrize_chunk
 from data_prep.tokenizer import load_fast_tokenizer
-from data_prep.words import word_spans
+from data_prep.words import chunk_words
 
 
 @dataclass
@@ -104,20 +105,15 @@ _ALIGNED_FIELDS = ("src_words", "src_counts", "tgt_words", "tgt_counts", "links"
 def align_chunk(task: ChunkTask) -> ChunkResult:
     lap = _Laps()
     src_text, tgt_text = read_spool(task.spool)
-    src_spans = [word_spans(s) for s in src_text]
-    tgt_spans = [word_spans(t) for t in tgt_text]
-    src_words = [[s[a:b] for a, b in spans] for s, spans in zip(src_text, src_spans)]
-    tgt_words = [[t[a:b] for a, b in spans] for t, spans in zip(tgt_text, tgt_spans)]
+    (src_spans, src_words), (tgt_spans, tgt_words) = chunk_words(src_text), chunk_words(tgt_text)
     lap("words")
 
     fwd, rev = align_words(src_words, tgt_words, task.aligner, Path(task.out_dir) / ".work")
     lap("align")
-    symmetrize = SYMMETRIZERS[task.aligner.symmetrize]
-    links = Ragged.of(symmetrize(f, r) for f, r in zip(fwd, rev))
+    links = symmetrize_chunk(task.aligner.symmetrize, fwd, rev)
     lap("symmetrize")
 
-    arrays = dict(zip(_ALIGNED_FIELDS, (a for r in (Ragged.of(src_spans), Ragged.of(tgt_spans), links)
-                                       for a in (r.values, r.lengths))))
+    arrays = dict(zip(_ALIGNED_FIELDS, (a for r in (src_spans, tgt_spans, links) for a in (r.values, r.lengths))))
     tmp = task.aligned.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)

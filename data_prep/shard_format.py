@@ -10,6 +10,7 @@ No pickles: arrays are .npy and are loaded with ``allow_pickle=False``.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 
@@ -23,13 +24,18 @@ class ShardFormatError(ValueError):
     """A sample does not follow the shard format; the message names the sample and the file."""
 
 
+@functools.lru_cache(maxsize=1 << 12)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    header = "{'descr': '<i4', 'fortran_order': False, 'shape': %r, }" % (shape,)
+    # Magic (6) + version (2) + header length (2) + header + '\n', padded to a multiple of 64 bytes.
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1")
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     """An int32 array as .npy (format version 1.0), without np.save's per-call overhead."""
     array = np.ascontiguousarray(array, dtype="<i4")
-    header = "{'descr': '<i4', 'fortran_order': False, 'shape': %r, }" % (array.shape,)
-    # Magic (6) + version (2) + header length (2) + header + '\n', padded to a multiple of 64 bytes.
-    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
-    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1") + array.tobytes()
+    return _npy_header(array.shape) + array.tobytes()
 
 
 def encode_sample(src_ids: np.ndarray, tgt_ids: np.ndarray, links: np.ndarray, meta: dict) -> dict[str, bytes]:

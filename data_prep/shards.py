@@ -19,17 +19,29 @@ _OWNER = b"0000444\0" + b"0000000\0" * 2
 _MTIME = b"00000000000\0"
 _TAIL = b"0" + b"\0" * 100 + b"ustar\0" + b"00" + b"\0" * 64 + b"0000000\0" * 2 + b"\0" * 167
 _CONSTANT_SUM = sum(_OWNER) + sum(_MTIME) + sum(_TAIL) + 8 * ord(" ")  # the checksum field counts as spaces
+_PADDING = [b"\0" * k for k in range(_BLOCK)]
+_SUFFIXES: dict[str, tuple[bytes, int]] = {}
 
 
-def tar_member(name: str, data: bytes) -> bytes:
-    """One regular-file member: ustar header + data + padding to a whole block."""
-    raw_name = name.encode("utf-8")
-    if len(raw_name) > 100:
-        raise ValueError(f"tar member name longer than 100 bytes: {name}")
-    size = b"%011o\0" % len(data)
-    checksum = b"%06o\0 " % (_CONSTANT_SUM + sum(raw_name) + sum(size))
-    header = raw_name.ljust(100, b"\0") + _OWNER + size + _MTIME + checksum + _TAIL
-    return header + data + b"\0" * (-len(data) % _BLOCK)
+def sample_members(key: str, files: dict[str, bytes]) -> bytes:
+    """A sample's regular-file members ``<key>.<name>``: ustar header + data + padding to a whole
+    block, each. Only name, size and checksum vary; the checksum is summed from precomputed parts."""
+    raw_key = key.encode("utf-8")
+    key_sum = _CONSTANT_SUM + sum(raw_key)
+    parts = []
+    for name, data in files.items():
+        if name not in _SUFFIXES:
+            raw = b"." + name.encode("utf-8")
+            _SUFFIXES[name] = raw, sum(raw)
+        suffix, suffix_sum = _SUFFIXES[name]
+        raw_name = raw_key + suffix
+        if len(raw_name) > 100:
+            raise ValueError(f"tar member name longer than 100 bytes: {key}.{name}")
+        size = b"%011o\0" % len(data)
+        checksum = b"%06o\0 " % (key_sum + suffix_sum + sum(size))
+        parts += (raw_name, _PADDING[100 - len(raw_name)], _OWNER, size, _MTIME, checksum, _TAIL,
+                  data, _PADDING[-len(data) % _BLOCK])
+    return b"".join(parts)
 
 
 def file_sha256(path: Path) -> str:
@@ -54,7 +66,7 @@ class ShardWriter:
         self._file = None
 
     def write(self, key: str, files: dict[str, bytes], counts: dict[str, int]) -> None:
-        data = b"".join(tar_member(f"{key}.{name}", value) for name, value in files.items())
+        data = sample_members(key, files)
         if self._file is not None and (self._current["samples"] >= self.max_samples
                                        or self._current["bytes"] + len(data) + _RECORD > self.max_bytes):
             self._finish()

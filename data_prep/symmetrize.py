@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
+from data_prep.ragged import Ragged
+
 Links = set[tuple[int, int]]
 
 _NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -59,3 +63,45 @@ SYMMETRIZERS: dict[str, Callable[[Links, Links], Links]] = {
     "union": union,
     "grow-diag-final-and": grow_diag_final_and,
 }
+
+
+def _keys(links: Ragged) -> np.ndarray:
+    """One sortable int64 per link: sentence, src word, tgt word (chunks stay below 2**22 sentences and
+    sentences below 2**20 words)."""
+    return (links.sentence_index() << 40) | (links.values[:, 0] << 20) | links.values[:, 1]
+
+
+def _from_keys(keys: np.ndarray, n: int) -> Ragged:
+    return Ragged(np.stack([(keys >> 20) & 0xFFFFF, keys & 0xFFFFF], axis=1),
+                  np.bincount(keys >> 40, minlength=n))
+
+
+def symmetrize_chunk(heuristic: str, fwd: Ragged, rev: Ragged) -> Ragged:
+    """``SYMMETRIZERS[heuristic]`` applied to every sentence pair of a chunk, links sorted per sentence.
+
+    Intersection and union are set operations on the whole chunk. grow-diag-final-and only differs
+    from the intersection where the two directions disagree; only those sentences go through the
+    per-sentence heuristic.
+    """
+    n = len(fwd.lengths)
+    f, r = _keys(fwd), _keys(rev)  # each unique: a direction links a word at most once
+    every = np.sort(np.concatenate([f, r]))
+    either = every[np.concatenate([[True], every[1:] != every[:-1]])]
+    if heuristic == "union":
+        return _from_keys(either, n)
+    both = np.intersect1d(f, r, assume_unique=True)
+    if heuristic == "intersection":
+        return _from_keys(both, n)
+    agree = np.bincount(both >> 40, minlength=n) == np.bincount(either >> 40, minlength=n)
+    symmetrize = SYMMETRIZERS[heuristic]
+    rows = []
+    for links in (fwd, rev):  # the disagreeing sentences' links, as Python lists
+        mine = np.repeat(~agree, links.lengths)
+        at = np.concatenate([[0], np.cumsum(links.lengths[~agree])]).tolist()
+        rows.append((links.values[mine].tolist(), at))
+    (f_rows, f_at), (r_rows, r_at) = rows
+    grown = []
+    for m, k in enumerate(np.flatnonzero(~agree).tolist()):
+        links = symmetrize(set(map(tuple, f_rows[f_at[m]:f_at[m + 1]])), set(map(tuple, r_rows[r_at[m]:r_at[m + 1]])))
+        grown += [(k << 40) | (i << 20) | j for i, j in links]
+    return _from_keys(np.sort(np.concatenate([both[agree[both >> 40]], np.asarray(grown, dtype=np.int64)])), n)

@@ -5,11 +5,14 @@ import random
 
 import numpy as np
 
-from data_prep.alignment import Ragged, align_words, project_links, word_token_ranges
+import pytest
+
+from data_prep.alignment import align_words, project_links, read_links, word_token_ranges
 from data_prep.config import AlignerConfig
-from data_prep.symmetrize import grow_diag_final_and, intersection, union
+from data_prep.ragged import Ragged
+from data_prep.symmetrize import SYMMETRIZERS, grow_diag_final_and, intersection, symmetrize_chunk, union
 from data_prep.tokenizer import load_fast_tokenizer
-from data_prep.words import split_words, word_spans
+from data_prep.words import chunk_words, split_words, word_spans
 
 
 def test_grow_diag_final_and_by_hand():
@@ -32,12 +35,51 @@ def test_grow_diag_final_and_lies_between_intersection_and_union():
         assert fwd & rev <= grow_diag_final_and(fwd, rev) <= fwd | rev
 
 
+def _as_sets(links: Ragged) -> list[set]:
+    return [set(map(tuple, rows.tolist())) for rows in np.split(links.values, links.starts[1:-1])]
+
+
+def test_chunk_symmetrisation_matches_the_per_sentence_heuristics():
+    rng = random.Random(2)
+    fwd, rev = [], []
+    for _ in range(300):
+        f = {(rng.randrange(6), rng.randrange(6)) for _ in range(rng.randrange(8))}
+        fwd.append(f)
+        rev.append(set(f) if rng.random() < 0.4 else {(rng.randrange(6), rng.randrange(6))
+                                                     for _ in range(rng.randrange(8))})
+    for name, heuristic in SYMMETRIZERS.items():
+        links = symmetrize_chunk(name, Ragged.of(fwd), Ragged.of(rev))
+        assert _as_sets(links) == [heuristic(f, r) for f, r in zip(fwd, rev)], name
+        for rows in np.split(links.values, links.starts[1:-1]):  # sorted within each sentence
+            assert rows.tolist() == sorted(rows.tolist())
+
+
+def test_eflomal_links_files_are_read_per_line(tmp_path):
+    path = tmp_path / "links"
+    path.write_text("0-0 2-1\n\n3-4\n")
+    links = read_links(path)
+    assert links.lengths.tolist() == [2, 0, 1] and links.values.tolist() == [[0, 0], [2, 1], [3, 4]]
+    path.write_text("0-0 2-\n")
+    with pytest.raises(RuntimeError, match="links"):
+        read_links(path)
+
+
+def test_chunk_words_are_the_words_of_each_text(fr_pairs, ja_pairs):
+    texts = [t for pair in fr_pairs[:200] + ja_pairs[:200] for t in pair] + ["", "ยินดี Ça va ?"]
+    for batch in (texts, texts[:3] + ["a\x01b", "line\nbreak"]):  # the second takes the slow path
+        spans, spaced = chunk_words(batch)
+        assert _as_sets(spans) == [set(word_spans(t)) for t in batch]
+        assert spans.values.tolist() == [list(s) for t in batch for s in word_spans(t)]
+        assert [s.split() for s in spaced] == [split_words(t) for t in batch]
+
+
 def test_eflomal_recovers_a_known_alignment(tmp_path, fr_pairs):
     # Real English sentences against a "translation" with a fixed lexicon and reversed word order:
     # the true alignment is i <-> n-1-i, which checks both directions' orientation end to end.
     src = [split_words(en) for _, en in fr_pairs]
     tgt = [[w[::-1] + "x" for w in reversed(words)] for words in src]
-    links = [intersection(f, r) for f, r in zip(*align_words(src, tgt, AlignerConfig(), tmp_path))]
+    fwd, rev = align_words([" ".join(w) for w in src], [" ".join(w) for w in tgt], AlignerConfig(), tmp_path)
+    links = _as_sets(symmetrize_chunk("intersection", fwd, rev))
     gold = [{(i, len(words) - 1 - i) for i in range(len(words))} for words in src]
     hits = sum(len(found & true) for found, true in zip(links, gold))
     precision = hits / sum(map(len, links))
