@@ -8,7 +8,7 @@ import eflomal
 import numpy as np
 
 from data_prep.config import AlignerConfig
-from data_prep.ragged import Ragged
+from data_prep.ragged import Ragged, sorted_unique
 
 
 def read_links(path: Path) -> Ragged:
@@ -89,6 +89,6 @@ def project_links(word_links: Ragged, src_words: Ragged, src_tokens: Ragged, tgt
     s = s_lo[link] + r // n_t - token_base[0][sent]
     t = t_lo[link] + r % n_t - token_base[1][sent]
     # One sort makes them unique and ordered within each sentence.
-    key = np.unique((sent << 40) | (s << 20) | t)
+    key = sorted_unique((sent << 40) | (s << 20) | t)
     pairs = np.stack([(key >> 20) & 0xFFFFF, key & 0xFFFFF], axis=1).astype(np.int32)
     return np.split(pairs, np.searchsorted(key >> 40, np.arange(1, n)))

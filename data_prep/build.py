@@ -231,7 +231,7 @@ def _tokenizer_texts(cfg: PrepConfig, cleaned: list[dict], heldout) -> Iterator[
     cap = cfg.tokenizer.train.max_sentences_per_pair
     for pair, result in zip(cfg.pairs, cleaned):
         n = result["clean_pairs"]
-        train = np.setdiff1d(np.arange(n), np.concatenate(heldout[pair.key]))
+        train = np.setdiff1d(np.arange(n), np.concatenate(heldout[pair.key]), assume_unique=True)
         if len(train) > cap:
             rng = np.random.default_rng([cfg.splits.seed, zlib.crc32(pair.key.encode()), 1])
             train = np.sort(rng.choice(train, cap, replace=False))

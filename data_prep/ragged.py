@@ -38,3 +38,10 @@ class Ragged:
         """Character positions made chunk-global (sentence k's shifted by k * 2**32), so the whole
         chunk is one ordered sequence."""
         return self.values + (self.sentence_index() << 32)[:, None]
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` of a 1-D integer array by sorting: numpy 2's hash-based ``unique`` took about 60x as
+    long as a sort on a chunk's link keys."""
+    values = np.sort(values)
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from data_prep.ragged import Ragged
+from data_prep.ragged import Ragged, sorted_unique
 
 Links = set[tuple[int, int]]
 
@@ -85,8 +85,7 @@ def symmetrize_chunk(heuristic: str, fwd: Ragged, rev: Ragged) -> Ragged:
     """
     n = len(fwd.lengths)
     f, r = _keys(fwd), _keys(rev)  # each unique: a direction links a word at most once
-    every = np.sort(np.concatenate([f, r]))
-    either = every[np.concatenate([[True], every[1:] != every[:-1]])]
+    either = sorted_unique(np.concatenate([f, r]))
     if heuristic == "union":
         return _from_keys(either, n)
     both = np.intersect1d(f, r, assume_unique=True)
