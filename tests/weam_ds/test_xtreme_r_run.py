@@ -10,10 +10,12 @@ import sys
 import pytest
 import torch
 from transformers import AutoTokenizer
-from xtreme_fixtures import ENTITIES, write_lareqa, write_mewslix, write_qa, write_tatoeba, write_xcopa, write_xtreme
+from xtreme_fixtures import (ENTITIES, SIQA, SIQA_DEV, write_lareqa, write_mewslix, write_qa, write_siqa, write_tatoeba,
+                             write_xcopa, write_xtreme)
 
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.readers import read_siqa
 from weam_ds.xtreme_r.run import run
 from weam_ds.xtreme_r.score import ScoreError, read_lines, read_tags
 
@@ -31,7 +33,8 @@ def setup(small_dataset, tmp_path_factory):
     tok.save_pretrained(str(model))
     recipes = tmp / "recipes"
     recipes.mkdir()
-    extra = {"xquad": "doc_stride: 8\n", "mlqa": "doc_stride: 8\n", "lareqa": "query_length: 16\n"}
+    extra = {"xquad": "doc_stride: 8\n", "mlqa": "doc_stride: 8\n", "lareqa": "query_length: 16\n",
+             "xcopa": "first_stage: null\n"}  # COPA alone: the shipped recipe trains on SIQA first
     for task in ("xnli", "panx", "xquad", "mlqa", "xcopa", "mewslix", "lareqa"):
         (recipes / f"{task}.yaml").write_text(RECIPE + extra.get(task, ""))
     return tmp, model, recipes
@@ -94,21 +97,111 @@ def test_missing_task_files_are_listed_in_one_message(setup, tmp_path):
         run(model, data, ["bucc2018"], tmp_path / "out", seeds=[1], recipes=recipes)
 
 
-def test_xcopa_multiple_choice_end_to_end(setup):
-    tmp, model, recipes = setup
-    data = write_xcopa(tmp / "copa")
-    out = tmp / "copa-run"
-    run(model, data, ["xcopa"], out, seeds=[1], recipes=recipes, languages=["it", "id"])
-    result = json.loads((out / "xcopa" / "seed1" / "result.json").read_text())
-    assert result["split"] == "test"
-    assert set(result["scores"]["accuracy"]) == {"it", "id"}  # XCOPA has no English test set
-    for lang in ("it", "id"):
+def _siqa_recipes(folder):
+    """A recipe folder whose xcopa.yaml trains in the official two stages (SIQA, then COPA), with gradient
+    accumulation as the official recipe has."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "xcopa.yaml").write_text("learning_rate: 1.0e-3\nepochs: 2\nbatch_size: 4\n"
+                                       "gradient_accumulation_steps: 2\nmax_length: 32\nfirst_stage: siqa\n")
+    return folder
+
+
+def _xcopa_scored(out, result, langs, seed=1):
+    """Predictions and labels are in the official layout and the result holds the scorer's accuracy."""
+    assert result["split"] == "test" and set(result["scores"]["accuracy"]) == set(langs)
+    for lang in langs:
         predicted = [json.loads(line)["label"] for line in
-                     read_lines(out / "xcopa" / "seed1" / "predictions" / "xcopa" / f"test-{lang}.jsonl") if line]
+                     read_lines(out / "xcopa" / f"seed{seed}" / "predictions" / "xcopa" / f"test-{lang}.jsonl") if line]
         gold = [json.loads(line)["label"] for line in
                 read_lines(out / "labels" / "test" / "xcopa" / f"test-{lang}.jsonl") if line]
         assert len(predicted) == len(gold) == 9 and set(predicted) <= {0, 1}
         assert result["scores"]["accuracy"][lang] == pytest.approx(metrics.accuracy(gold, predicted)["accuracy"])
+
+
+def test_xcopa_siqa_then_copa_end_to_end(setup):
+    tmp, model, _ = setup
+    data = write_siqa(write_xcopa(tmp / "siqa-copa"))
+    out = tmp / "siqa-copa-run"
+    results = run(model, data, ["xcopa"], out, seeds=[1], recipes=_siqa_recipes(tmp / "recipes-siqa"),
+                  languages=["it", "id"])
+    result = json.loads((out / "xcopa" / "seed1" / "result.json").read_text())
+    assert result["recipe"]["first_stage"] == "siqa" and result["recipe"]["gradient_accumulation_steps"] == 2
+    siqa, copa = result["stages"]
+    assert {k: siqa[k] for k in ("stage", "from", "train", "dev", "train_examples", "dev_examples")} == {
+        "stage": "siqa", "from": "model", "train": "siqa/train.jsonl", "dev": "siqa/dev.jsonl",
+        "train_examples": len(SIQA) - SIQA_DEV, "dev_examples": SIQA_DEV}
+    assert {k: copa[k] for k in ("stage", "from", "train", "dev", "train_examples", "dev_examples")} == {
+        "stage": "copa", "from": "siqa", "train": "xcopa/train-en.jsonl", "dev": "xcopa/val-en.jsonl",
+        "train_examples": 9, "dev_examples": 9}
+    for stage in (siqa, copa):
+        assert stage["selected_epoch"] in (1, 2) and 0 <= stage["dev_accuracy"] <= 100
+    _xcopa_scored(out, result, ["it", "id"])
+    assert results["xcopa"]["metric"] == "accuracy"
+    assert not (out / "xcopa" / "seed1" / "checkpoints").exists()  # the SIQA-tuned weights went with them
+
+
+def test_xcopa_copa_only_by_recipe(setup):
+    """A recipe with first_stage: null trains on English COPA alone, and needs no siqa/ folder."""
+    tmp, model, recipes = setup
+    data = write_xcopa(tmp / "copa")
+    assert not (data / "siqa").exists()
+    out = tmp / "copa-run"
+    run(model, data, ["xcopa"], out, seeds=[1], recipes=recipes, languages=["it", "id"])
+    result = json.loads((out / "xcopa" / "seed1" / "result.json").read_text())
+    assert result["recipe"]["first_stage"] is None
+    assert [(s["stage"], s["from"], s["train"], s["train_examples"]) for s in result["stages"]] == [
+        ("copa", "model", "xcopa/train-en.jsonl", 9)]
+    _xcopa_scored(out, result, ["it", "id"])  # XCOPA has no English test set
+
+
+def test_xcopa_shipped_recipe_needs_siqa(setup, tmp_path):
+    """The shipped recipe is the official two-stage one: without siqa/ the run stops before training, naming
+    every missing file and the way to COPA alone."""
+    _, model, _ = setup
+    data = write_xcopa(tmp_path / "data")
+    out = tmp_path / "out"
+    with pytest.raises(ScoreError, match=r"xcopa needs \S*siqa/train\.jsonl, \S*siqa/train-labels\.lst, "
+                                         r"\S*siqa/dev\.jsonl, \S*siqa/dev-labels\.lst; SIQA.*first_stage: null"):
+        run(model, data, ["xcopa"], out, seeds=[1], languages=["it"])
+    write_siqa(data)
+    (data / "siqa" / "dev-labels.lst").unlink()
+    with pytest.raises(ScoreError) as missing:
+        run(model, data, ["xcopa"], out, seeds=[1], languages=["it"])
+    assert "needs " + str(data / "siqa" / "dev-labels.lst") + ";" in str(missing.value)
+    assert not out.exists()
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "xcopa.yaml").write_text(RECIPE + "first_stage: swag\n")
+    (recipes / "xnli.yaml").write_text(RECIPE + "first_stage: siqa\n")
+    with pytest.raises(ScoreError, match=r"xcopa\.yaml: first_stage 'swag' \(expected siqa or null\)"):
+        run(model, data, ["xcopa"], out, seeds=[1], recipes=recipes, languages=["it"])
+    with pytest.raises(ScoreError, match=r"xnli\.yaml: first_stage 'siqa' \(expected null\)"):
+        run(model, write_xtreme(tmp_path / "data"), ["xnli"], out, seeds=[1], recipes=recipes, languages=["en"])
+
+
+def test_siqa_reader_pairs_labels_with_questions(tmp_path):
+    data = write_siqa(tmp_path)
+    train = read_siqa(data, "train")
+    assert [r["label"] for r in train] == [row[-1] - 1 for row in SIQA[:-SIQA_DEV]]  # 1-based in the .lst
+    assert train[0] == {"context": SIQA[0][0], "question": SIQA[0][1], "answerA": SIQA[0][2],
+                        "answerB": SIQA[0][3], "answerC": SIQA[0][4], "label": 0}
+    labels = data / "siqa" / "dev-labels.lst"
+    labels.write_text("".join(f"{row[-1]}\n" for row in SIQA[-SIQA_DEV:-1]))
+    with pytest.raises(ScoreError, match=rf"dev-labels\.lst: {SIQA_DEV - 1} labels, but \S*dev\.jsonl holds "
+                                         rf"{SIQA_DEV} questions"):
+        read_siqa(data, "dev")
+    labels.write_text("1\n4\n2\n")
+    with pytest.raises(ScoreError, match=r"dev-labels\.lst:2: label '4' \(expected 1, 2 or 3\)"):
+        read_siqa(data, "dev")
+    questions = data / "siqa" / "train.jsonl"
+    lines = questions.read_text().splitlines()
+    questions.write_text("\n".join(lines[:2] + ["{not json"] + lines[3:]) + "\n")
+    with pytest.raises(ScoreError, match=r"train\.jsonl:3: not JSON"):
+        read_siqa(data, "train")
+    questions.write_text(json.dumps({"context": "c", "question": "q", "answerA": "a", "answerB": "b"}) + "\n")
+    with pytest.raises(ScoreError, match=r"train\.jsonl:1: no answerC"):
+        read_siqa(data, "train")
 
 
 def test_question_answering_end_to_end(setup):
@@ -169,6 +262,18 @@ def test_fine_tuning_under_deepspeed_zero3(setup, tmp_path):
     predicted = read_lines(out / "xnli" / "seed1" / "predictions" / "xnli" / "test-de.tsv")
     gold = read_lines(out / "labels" / "test" / "xnli" / "test-de.tsv")
     assert result["scores"]["accuracy"]["de"] == pytest.approx(metrics.accuracy(gold, predicted)["accuracy"])
+
+
+def test_xcopa_two_stages_under_deepspeed_zero3(setup, tmp_path):
+    """The SIQA stage's selected weights are gathered from ZeRO-3's partitions and the COPA stage starts from
+    them, all in one launched process."""
+    _, model, _ = setup
+    data = write_siqa(write_xcopa(tmp_path / "data", languages=("en", "it")))
+    out = tmp_path / "ds-xcopa"
+    _under_zero3(model, _siqa_recipes(tmp_path / "recipes"), data, out, "xcopa", "it")
+    result = json.loads((out / "xcopa" / "seed1" / "result.json").read_text())
+    assert [(s["stage"], s["from"]) for s in result["stages"]] == [("siqa", "model"), ("copa", "siqa")]
+    _xcopa_scored(out, result, ["it"])
 
 
 def test_dual_encoder_under_deepspeed_zero3(setup, tmp_path):

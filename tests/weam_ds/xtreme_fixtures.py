@@ -116,6 +116,47 @@ def write_xcopa(root: Path, languages=("en", "it", "id")) -> Path:
     return root
 
 
+# Made-up Social IQa style questions: (context, question, three answers, the right one's number, 1-based).
+SIQA = [
+    ("Maria left her umbrella at home and walked to work in the rain.", "How would Maria feel afterwards?",
+     "wet and cold", "well rested", "proud of her garden", 1),
+    ("John baked bread for his neighbours on Sunday.", "Why did John do this?",
+     "to sell his car", "to be kind to them", "to learn to swim", 2),
+    ("Aiko practised the piano every evening for a month.", "What will Aiko want to do next?",
+     "paint the kitchen", "sleep in the garden", "play at a concert", 3),
+    ("Maria found a lost wallet on the train.", "What will Maria want to do next?",
+     "return it to its owner", "buy a new train", "forget her name", 1),
+    ("John forgot his friend's birthday.", "How would his friend feel?",
+     "hungry", "a little hurt", "very tall", 2),
+    ("Aiko helped an old man carry his bags up the stairs.", "How would you describe Aiko?",
+     "lazy", "forgetful", "helpful", 3),
+    ("Maria studied late every night before the exam.", "Why did Maria do this?",
+     "to pass the exam", "to miss the bus", "to paint her door", 1),
+    ("John dropped a glass and it broke on the floor.", "What does John need to do next?",
+     "sing a song", "sweep up the pieces", "call the bank", 2),
+    ("Aiko won the chess game against her brother.", "How would Aiko feel afterwards?",
+     "bored of bread", "afraid of water", "happy", 3),
+    ("John lent his bicycle to a friend for the weekend.", "How would you describe John?",
+     "generous", "sleepy", "angry", 1),
+    ("Maria planted tomatoes in her garden in spring.", "What will Maria want to do later?",
+     "sell her shoes", "pick the tomatoes", "move to the moon", 2),
+]
+SIQA_DEV = 3
+"""The last three questions are the dev split, the others the train split."""
+
+
+def write_siqa(root: Path) -> Path:
+    """``siqa/`` as AllenAI's socialiqa-train-dev.zip unpacks: ``<split>.jsonl`` and ``<split>-labels.lst``."""
+    folder = root / "siqa"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", SIQA[:-SIQA_DEV]), ("dev", SIQA[-SIQA_DEV:])):
+        lines = [json.dumps({"context": c, "question": q, "answerA": a, "answerB": b, "answerC": d})
+                 for c, q, a, b, d, _ in rows]
+        (folder / f"{split}.jsonl").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        (folder / f"{split}-labels.lst").write_text("".join(f"{r[-1]}\n" for r in rows), encoding="utf-8")
+    return root
+
+
 def write_tatoeba(root: Path, languages=("de", "fr")) -> Path:
     """Translations aligned by line, as the download leaves them: ``<lang>-en.<lang>`` and ``<lang>-en.en``."""
     folder = root / "tatoeba"

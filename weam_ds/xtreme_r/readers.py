@@ -1,6 +1,7 @@
 """Readers for the official XTREME download layout (``download/<task>/...``), for the tasks ``run`` covers:
 sentence-pair classification (XNLI, PAWS-X), tagging (UD-POS, PAN-X), extractive QA (XQuAD, MLQA,
-TyDiQA-GoldP), XCOPA, Tatoeba, and the dual-encoder retrieval tasks Mewsli-X and LAReQA (XQuAD-R).
+TyDiQA-GoldP), XCOPA (and SIQA, its first training stage, in AllenAI's own layout), Tatoeba, and the
+dual-encoder retrieval tasks Mewsli-X and LAReQA (XQuAD-R).
 
 Test labels of several tasks are withheld by the download scripts; ``eval_split`` then falls back to dev
 and says so, and results record which split was scored.
@@ -80,8 +81,9 @@ def labelled(examples: list) -> bool:
     return bool(examples) and all((e.label if isinstance(e, PairExample) else e.tags) is not None for e in examples)
 
 
-def check_layout(data: Path, task: str, languages: list[str]) -> None:
-    """One message listing every file the task needs that the folder lacks."""
+def check_layout(data: Path, task: str, languages: list[str], first_stage: str | None = None) -> None:
+    """One message listing every file the task needs that the folder lacks; ``first_stage`` is the recipe's
+    (XCOPA's ``siqa`` adds the SIQA files)."""
     if task in QA:
         needed = list(qa_files(data, task, None).values())
         needed += [f for lang in languages for f in qa_files(data, task, lang).values()]
@@ -93,14 +95,20 @@ def check_layout(data: Path, task: str, languages: list[str]) -> None:
         needed = [data / "squad" / "train-v1.1.json", data / "squad" / "dev-v1.1.json"]
         needed += [xquad_r_file(data, lang) for lang in languages]
     elif task in MULTIPLE_CHOICE:
-        needed = [choice_file(data, "train", "en"), choice_file(data, "val", "en")]
+        needed = [f for split in SIQA_SPLITS for f in siqa_files(data, split)] if first_stage == "siqa" else []
+        needed += [choice_file(data, "train", "en"), choice_file(data, "val", "en")]
         needed += [choice_file(data, "test", lang) for lang in languages]
     else:
         needed = [split_file(data, task, "train", "en"), split_file(data, task, "dev", "en")]
         needed += [split_file(data, task, "test", lang) for lang in languages]
-    missing = [str(p) for p in needed if not p.is_file()]
+    missing = [p for p in needed if not p.is_file()]
     if missing:
-        raise ScoreError(f"{data}: {task} needs {', '.join(missing)}")
+        hint = ""
+        if any(p.parent == data / "siqa" for p in missing):
+            hint = ("; SIQA, the recipe's first stage, is not part of the XTREME download: put the four files of "
+                    f"AllenAI's socialiqa-train-dev.zip (its socialiqa-train-dev/ folder) into {data / 'siqa'}, or "
+                    "train on COPA alone with --recipes pointing at a folder whose xcopa.yaml sets first_stage: null")
+        raise ScoreError(f"{data}: {task} needs {', '.join(map(str, missing))}{hint}")
 
 
 # --- extractive QA (SQuAD format) ----------------------------------------------------------------------
@@ -167,6 +175,51 @@ def read_choices(path: Path) -> list[dict]:
                 except ValueError as exc:
                     raise ScoreError(f"{path}:{n}: not JSON ({exc})") from None
     return rows
+
+
+# SIQA (Social IQa), the official recipe's first XCOPA training stage. Not part of the XTREME download; read in
+# AllenAI's own distribution: the files of socialiqa-train-dev.zip (its ``socialiqa-train-dev/`` folder) in
+# ``siqa/``. ``<split>.jsonl`` holds one question per line ({"context", "question", "answerA", "answerB",
+# "answerC"}) and ``<split>-labels.lst`` its answer, one per line, in the same order, 1-based (1, 2 or 3 for
+# answerA, answerB, answerC).
+
+SIQA_SPLITS = ("train", "dev")
+SIQA_FIELDS = ("context", "question", "answerA", "answerB", "answerC")
+
+
+def siqa_files(data: Path, split: str) -> tuple[Path, Path]:
+    """The questions and the labels of a SIQA split."""
+    return data / "siqa" / f"{split}.jsonl", data / "siqa" / f"{split}-labels.lst"
+
+
+def read_siqa(data: Path, split: str) -> list[dict]:
+    """SIQA records: context, question, answerA/B/C, and ``label``, the index of the right answer (0-based: the
+    labels file's 1/2/3 minus one). A malformed line, or labels that do not pair one to one with the questions,
+    is an error naming the file."""
+    questions, labels = siqa_files(data, split)
+    rows = []
+    with open(questions, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ScoreError(f"{questions}:{n}: not JSON ({exc})") from None
+            absent = [k for k in SIQA_FIELDS if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+            if absent:
+                raise ScoreError(f"{questions}:{n}: no {', '.join(absent)} (expected {', '.join(SIQA_FIELDS)})")
+            rows.append({k: row[k] for k in SIQA_FIELDS})
+    answers = []
+    with open(labels, encoding="utf-8") as f:
+        lines = f.read().rstrip().splitlines()
+    for n, line in enumerate(lines, 1):
+        if line.strip() not in ("1", "2", "3"):
+            raise ScoreError(f"{labels}:{n}: label {line.strip()!r} (expected 1, 2 or 3)")
+        answers.append(int(line) - 1)
+    if len(answers) != len(rows):
+        raise ScoreError(f"{labels}: {len(answers)} labels, but {questions} holds {len(rows)} questions")
+    return [{**row, "label": label} for row, label in zip(rows, answers)]
 
 
 def tatoeba_files(data: Path, lang: str) -> tuple[Path, Path]:

@@ -7,10 +7,14 @@ For each task and seed: fine-tune MODEL_DIR on the English training data with th
 file per task, the same for every model), select the epoch on the English dev set only (target-language
 dev data is never used), predict every language, write predictions and labels in the official layout,
 and score them with the official scorer (LAReQA, which the official scorer does not cover, with the XTREME
-repository's mAP@20). ``<out>/<task>/seed<k>/result.json`` is written last, so an interrupted run resumes at
-the task/seed level; ``<out>/results.json`` aggregates mean and standard deviation over seeds, per language,
-task and category, and the transfer gap (English minus the mean of the other languages). Pass a DeepSpeed
-config (``ds_configs/``) to fine-tune large encoders under ZeRO.
+repository's mAP@20). XCOPA trains in two stages, as the official recipe does: English SIQA (selected on
+SIQA dev), then English COPA from the selected SIQA weights (selected on COPA val); its result.json lists
+the stages that ran, and a recipe with ``first_stage: null`` trains on COPA alone.
+``<out>/<task>/seed<k>/result.json`` is written last, so an interrupted run resumes at the task/seed level
+(a seed cut off between its stages is redone from the start); ``<out>/results.json`` aggregates mean and
+standard deviation over seeds, per language, task and category, and the transfer gap (English minus the
+mean of the other languages). Pass a DeepSpeed config (``ds_configs/``) to fine-tune large encoders under
+ZeRO.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ from data_prep.typed_config import load_yaml
 from weam_ds.xtreme_r import metrics
 from weam_ds.xtreme_r.readers import (CLASSIFICATION, DUAL_ENCODER, MULTIPLE_CHOICE, QA, RETRIEVAL, TAGGING,
                                       check_layout, choice_file, labelled, mewslix_files, qa_files, read_choices,
-                                      read_entities, read_mention_pairs, read_sentences, read_split, read_squad,
-                                      read_squad_sentences, read_wikinews, read_xquad_r, tatoeba_files)
+                                      read_entities, read_mention_pairs, read_sentences, read_siqa, read_split,
+                                      read_squad, read_squad_sentences, read_wikinews, read_xquad_r, siqa_files,
+                                      tatoeba_files)
 from weam_ds.xtreme_r.score import ScoreError, score, score_task, write_scores
 from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, LAREQA_LANGUAGES
 
@@ -56,6 +61,13 @@ class Recipe:
     """Dual encoders: the query side's length limit (default max_length, which bounds the candidate side)."""
     pooling: str = "cls"
     """Dual encoders: ``cls`` (the first token's final state) or ``mean`` (of the final states)."""
+    first_stage: str | None = None
+    """XCOPA: the task fine-tuned on before English COPA, with the same values: ``siqa`` (the official recipe),
+    or null (or absent) for COPA alone."""
+
+
+FIRST_STAGES = {"xcopa": ("siqa",)}
+"""The first stages a task's recipe may name."""
 
 
 def task_languages(task: str) -> list[str]:
@@ -76,10 +88,13 @@ def run(model_dir: Path, data: Path, tasks: list[str], out: Path, seeds: list[in
         langs = [lang for lang in task_languages(task) if languages is None or lang in languages]
         if not langs:
             raise ScoreError(f"--languages: none of {task}'s languages ({' '.join(task_languages(task))})")
-        check_layout(data, task, langs)
         recipe = load_yaml(Recipe, recipes / f"{task}.yaml")
         if recipe.pooling not in ("cls", "mean"):
             raise ScoreError(f"{recipes / f'{task}.yaml'}: pooling {recipe.pooling!r} (expected cls or mean)")
+        if recipe.first_stage is not None and recipe.first_stage not in FIRST_STAGES.get(task, ()):
+            allowed = " or ".join(FIRST_STAGES.get(task, ()) + ("null",))
+            raise ScoreError(f"{recipes / f'{task}.yaml'}: first_stage {recipe.first_stage!r} (expected {allowed})")
+        check_layout(data, task, langs, recipe.first_stage)
         plan[task] = (recipe, langs)
     for task, (recipe, langs) in plan.items():
         for seed in seeds:
@@ -109,7 +124,8 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
         tests = {lang: read_squad(qa_files(data, task, lang)["test"]) for lang in langs}
         split = "dev" if task == "tydiqa" else "test"  # TyDiQA-GoldP's public evaluation sets are its dev sets
     elif task in MULTIPLE_CHOICE:
-        train, dev = read_choices(choice_file(data, "train", "en")), read_choices(choice_file(data, "val", "en"))
+        stages = _choice_stages(data, recipe)
+        train, dev = stages[-1].train, stages[-1].dev
         tests = {lang: read_choices(choice_file(data, "test", lang)) for lang in langs}
         split = "test" if all("label" in r for t in tests.values() for r in t) else "dev"
         if split == "dev":
@@ -122,10 +138,15 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
             tests = {lang: read_split(data, task, "dev", lang) for lang in langs}
     log.info("%s seed %d: fine-tuning on %d English examples, scoring the %s split of %d languages",
              task, seed, len(train), split, len(langs))
-    tuner = {**dict.fromkeys(CLASSIFICATION, _Classifier), **dict.fromkeys(TAGGING, _Tagger),
-             **dict.fromkeys(QA, _QuestionAnswering), **dict.fromkeys(MULTIPLE_CHOICE, _MultipleChoice)}[task](
-        model_dir, tokenizer, train, recipe)
-    tuner.fit(dev, work / "checkpoints", seed, deepspeed)
+    details = {"model": str(model_dir), "recipe": asdict(recipe)}
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)  # left by a seed cut off mid-way: it starts afresh
+    if task in MULTIPLE_CHOICE:
+        tuner, details["stages"] = _fit_stages(model_dir, tokenizer, stages, recipe, data, work / "checkpoints",
+                                               seed, deepspeed)
+    else:
+        tuner = {**dict.fromkeys(CLASSIFICATION, _Classifier), **dict.fromkeys(TAGGING, _Tagger),
+                 **dict.fromkeys(QA, _QuestionAnswering)}[task](model_dir, tokenizer, train, recipe)
+        tuner.fit(dev, work / "checkpoints", seed, deepspeed)
     for lang, examples in tests.items():
         pred, gold = work / "predictions" / task / f"test-{lang}", out / "labels" / split / task / f"test-{lang}"
         if task in QA:
@@ -138,7 +159,52 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
             _write_lines(pred.with_suffix(".tsv"), tuner.predict_lines(examples))
             _write_lines(gold.with_suffix(".tsv"), tuner.gold_lines(examples))
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    _score_seed(out, task, seed, split, langs, {"model": str(model_dir), "recipe": asdict(recipe)})
+    _score_seed(out, task, seed, split, langs, details)
+
+
+@dataclass
+class _Stage:
+    """One fine-tuning stage of a multiple-choice task: its English training data, and the English dev data
+    that selects its epoch."""
+    name: str
+    train_file: Path
+    dev_file: Path
+    train: list[dict]
+    dev: list[dict]
+
+
+def _choice_stages(data: Path, recipe: Recipe) -> list[_Stage]:
+    """XCOPA's stages, in order: the recipe's first stage (SIQA), then English COPA."""
+    stages = []
+    if recipe.first_stage == "siqa":
+        stages.append(_Stage("siqa", siqa_files(data, "train")[0], siqa_files(data, "dev")[0],
+                             read_siqa(data, "train"), read_siqa(data, "dev")))
+    train, dev = choice_file(data, "train", "en"), choice_file(data, "val", "en")
+    return stages + [_Stage("copa", train, dev, read_choices(train), read_choices(dev))]
+
+
+def _fit_stages(model_dir: Path, tokenizer, stages: list[_Stage], recipe: Recipe, data: Path, checkpoints: Path,
+                seed: int, deepspeed: str | None) -> tuple[_MultipleChoice, list[dict]]:
+    """Fine-tunes stage after stage with the recipe's values, each from the weights its predecessor selected
+    on its own dev set (the first from MODEL_DIR), through the same Trainer path (DeepSpeed included). Returns
+    the last stage's tuner and, for result.json, what each stage trained on and the epoch it kept."""
+    start, record = model_dir, []
+    for k, stage in enumerate(stages):
+        log.info("stage %d/%d: %s, %d English training examples, selected on %d dev examples", k + 1,
+                 len(stages), stage.name, len(stage.train), len(stage.dev))
+        tuner = _MultipleChoice(start, tokenizer, stage.train, recipe)
+        tuner.fit(stage.dev, checkpoints / stage.name, seed, deepspeed)
+        epoch, best = tuner.selected()
+        record.append({"stage": stage.name, "from": stages[k - 1].name if k else "model",
+                       "train": stage.train_file.relative_to(data).as_posix(),
+                       "dev": stage.dev_file.relative_to(data).as_posix(), "train_examples": len(stage.train),
+                       "dev_examples": len(stage.dev), "selected_epoch": epoch,
+                       "dev_accuracy": None if best is None else 100 * best})
+        if k + 1 < len(stages):
+            start = checkpoints / f"{stage.name}-selected"
+            tuner.save_selected(start)
+            tuner.release()
+    return tuner, record
 
 
 def _score_seed(out: Path, task: str, seed: int, split: str, langs: list[str], details: dict) -> None:
@@ -272,7 +338,7 @@ class _Tuner:
             warmup_steps=r.warmup_steps, weight_decay=r.weight_decay, eval_strategy="epoch", save_strategy="epoch",
             load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=True, save_total_limit=1,
             seed=seed, report_to=[], logging_strategy="epoch", deepspeed=deepspeed,
-            use_cpu=not torch.cuda.is_available())
+            gradient_accumulation_steps=r.gradient_accumulation_steps, use_cpu=not torch.cuda.is_available())
         self.trainer = Trainer(model=self.model(), args=args, train_dataset=self.encode(self.train),
                                eval_dataset=self.encode(dev), compute_metrics=self.dev_score,
                                data_collator=self.collator())
@@ -290,6 +356,44 @@ class _Tuner:
 
     def logits(self, examples: list) -> np.ndarray:
         return self.trainer.predict(self.encode(examples)).predictions
+
+    def selected(self) -> tuple[float | None, float | None]:
+        """The epoch kept at the end of fit() and its dev score (None when no epoch was evaluated)."""
+        state = self.trainer.state
+        if state.best_model_checkpoint is None:
+            return None, None
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+        epoch = next((e["epoch"] for e in state.log_history if "eval_score" in e and e["step"] == step), None)
+        return epoch, state.best_metric
+
+    def save_selected(self, path: Path) -> None:
+        """The kept weights as a ``from_pretrained`` folder. Under ZeRO-3 every rank takes part in gathering the
+        partitioned parameters (whatever ``stage3_gather_16bit_weights_on_model_save`` says), and the main
+        process writes them. Under a bf16/fp16 DeepSpeed config these are the model's 16-bit weights, not the
+        optimizer's fp32 master copy."""
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        trainer = self.trainer
+        if trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None):
+                if trainer.is_world_process_zero():
+                    trainer.model.save_pretrained(str(path))
+        else:
+            trainer.save_model(str(path))
+        trainer.accelerator.wait_for_everyone()
+
+    def release(self) -> None:
+        """Drops the trainer (model, optimizer state, DeepSpeed engine) before the next stage loads its own."""
+        import gc
+
+        import torch
+
+        self.trainer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class _Classifier(_Tuner):
@@ -447,11 +551,13 @@ class _QuestionAnswering(_Tuner):
 
 
 class _MultipleChoice(_Tuner):
-    """COPA-style: the premise with its question ("What was the cause?" / "What happened as a result?") is
-    paired with each choice, and the model scores the pairs against each other. Trained on English COPA
-    (the official recipe first trains on SIQA; that stage is not built yet)."""
+    """Multiple choice: the model scores a record's (first, choice) pairs against each other; one model class
+    (AutoModelForMultipleChoice, one score per pair) serves any number of choices, so SIQA's three-way stage
+    hands its weights on to COPA's two-way one. COPA/XCOPA: the premise with its question, worded as the
+    official script words it ("What was the cause?" / "What was the effect?"), paired with each of the two
+    choices. SIQA: the context followed by the question, paired with each of the three answers."""
 
-    QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
+    QUESTIONS = {"cause": "What was the cause?", "effect": "What was the effect?"}
 
     def model(self):
         from transformers import AutoModelForMultipleChoice
@@ -463,13 +569,23 @@ class _MultipleChoice(_Tuner):
 
         return DataCollatorForMultipleChoice(self.tokenizer)
 
+    def pairs(self, record: dict) -> tuple[str, list[str]]:
+        """A record's first segment and its choices."""
+        if "premise" in record:  # COPA and XCOPA
+            first = f"{record['premise']} {self.QUESTIONS.get(record.get('question'), '')}".strip()
+            return first, [record["choice1"], record["choice2"]]
+        return f"{record['context']} {record['question']}", [record["answerA"], record["answerB"], record["answerC"]]
+
     def encode(self, examples: list) -> list[dict]:
-        firsts = [f"{r['premise']} {self.QUESTIONS.get(r.get('question'), '')}".strip()
-                  for r in examples for _ in (1, 2)]
-        seconds = [r[f"choice{k}"] for r in examples for k in (1, 2)]
-        enc = self.tokenizer(firsts, seconds, truncation=True, max_length=self.recipe.max_length)
-        return [{**{key: [v[2 * i], v[2 * i + 1]] for key, v in enc.items()}, "labels": int(r.get("label", 0))}
-                for i, r in enumerate(examples)]
+        pairs = [self.pairs(r) for r in examples]
+        enc = self.tokenizer([first for first, choices in pairs for _ in choices],
+                             [choice for _, choices in pairs for choice in choices],
+                             truncation=True, max_length=self.recipe.max_length)
+        rows, at = [], 0
+        for r, (_, choices) in zip(examples, pairs):
+            rows.append({**{key: v[at:at + len(choices)] for key, v in enc.items()}, "labels": int(r.get("label", 0))})
+            at += len(choices)
+        return rows
 
     def dev_score(self, prediction) -> dict:
         return {"score": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
