@@ -1,10 +1,12 @@
 """The shard writer: bounds, atomic naming, reproducible bytes, and webdataset/npy compatibility."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import webdataset as wds
 
-from data_prep.shard_format import decode_sample, encode_sample
+from data_prep.shard_format import decode_sample, encode_sample, meta_json
 from data_prep.shards import ShardWriter, file_sha256
 
 
@@ -41,3 +43,11 @@ def test_count_bound_and_identical_bytes_for_identical_samples(tmp_path, fr_pair
     second = _write(tmp_path / "b", fr_pairs[:50], max_samples=20, max_bytes=1 << 30)
     assert [r["samples"] for r in first] == [20, 20, 10]
     assert [r["sha256"] for r in first] == [r["sha256"] for r in second]
+
+
+def test_meta_json_is_what_json_dumps_writes(fr_pairs, ja_pairs):
+    tricky = ['quote " backslash \\ tab \t', "control \x01 \x7f line\u2028sep", "日本語 é", ""]
+    for src, tgt in fr_pairs[:50] + ja_pairs[:50] + list(zip(tricky, reversed(tricky))):
+        meta = {"src_lang": "xx", "tgt_lang": "en", "src_text": src, "tgt_text": tgt}
+        assert meta_json(meta) == json.dumps(meta, ensure_ascii=False).encode("utf-8")
+        assert json.loads(meta_json(meta)) == meta
