@@ -10,12 +10,12 @@ import sys
 import pytest
 import torch
 from transformers import AutoTokenizer
-from xtreme_fixtures import (ENTITIES, SIQA, SIQA_DEV, write_lareqa, write_mewslix, write_qa, write_siqa, write_tatoeba,
-                             write_xcopa, write_xtreme)
+from xtreme_fixtures import (ENTITIES, SIQA, SIQA_DEV, strip_answers, write_lareqa, write_mewslix, write_qa, write_siqa,
+                             write_tatoeba, write_tydiqa, write_xcopa, write_xtreme)
 
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
-from weam_ds.xtreme_r.readers import read_siqa
+from weam_ds.xtreme_r.readers import read_siqa, read_squad, siqa_files
 from weam_ds.xtreme_r.run import run
 from weam_ds.xtreme_r.score import ScoreError, read_lines, read_tags
 
@@ -33,9 +33,10 @@ def setup(small_dataset, tmp_path_factory):
     tok.save_pretrained(str(model))
     recipes = tmp / "recipes"
     recipes.mkdir()
-    extra = {"xquad": "doc_stride: 8\n", "mlqa": "doc_stride: 8\n", "lareqa": "query_length: 16\n",
+    extra = {"xquad": "doc_stride: 8\n", "mlqa": "doc_stride: 8\n", "tydiqa": "doc_stride: 8\n",
+             "lareqa": "query_length: 16\n",
              "xcopa": "first_stage: null\n"}  # COPA alone: the shipped recipe trains on SIQA first
-    for task in ("xnli", "panx", "xquad", "mlqa", "xcopa", "mewslix", "lareqa"):
+    for task in ("xnli", "panx", "xquad", "mlqa", "tydiqa", "xcopa", "mewslix", "lareqa"):
         (recipes / f"{task}.yaml").write_text(RECIPE + extra.get(task, ""))
     return tmp, model, recipes
 
@@ -160,8 +161,9 @@ def test_xcopa_shipped_recipe_needs_siqa(setup, tmp_path):
     _, model, _ = setup
     data = write_xcopa(tmp_path / "data")
     out = tmp_path / "out"
-    with pytest.raises(ScoreError, match=r"xcopa needs \S*siqa/train\.jsonl, \S*siqa/train-labels\.lst, "
-                                         r"\S*siqa/dev\.jsonl, \S*siqa/dev-labels\.lst; SIQA.*first_stage: null"):
+    with pytest.raises(ScoreError, match=r"xcopa needs \S*siqa/socialIQa_v1\.4_trn\.jsonl, "
+                                         r"\S*siqa/socialIQa_v1\.4_dev\.jsonl; SIQA.*download_siqa.*"
+                                         r"socialiqa-train-dev\.zip.*first_stage: null"):
         run(model, data, ["xcopa"], out, seeds=[1], languages=["it"])
     write_siqa(data)
     (data / "siqa" / "dev-labels.lst").unlink()
@@ -204,6 +206,52 @@ def test_siqa_reader_pairs_labels_with_questions(tmp_path):
         read_siqa(data, "train")
 
 
+def test_siqa_xtreme_layout_reads_as_allenais(tmp_path):
+    """XTREME's download_siqa layout (one file per split, the answer letter in ``correct``) gives the records
+    AllenAI's layout gives; it is the one read when both are there."""
+    xtreme, allenai = write_siqa(tmp_path / "xtreme", layout="xtreme"), write_siqa(tmp_path / "allenai")
+    for split in ("train", "dev"):
+        assert read_siqa(xtreme, split) == read_siqa(allenai, split)
+    assert [r["label"] for r in read_siqa(xtreme, "dev")] == [row[-1] - 1 for row in SIQA[-SIQA_DEV:]]
+    both = write_siqa(write_siqa(tmp_path / "both"), layout="xtreme")
+    assert siqa_files(both, "train") == (both / "siqa" / "socialIQa_v1.4_trn.jsonl",)
+    dev = xtreme / "siqa" / "socialIQa_v1.4_dev.jsonl"
+    lines = dev.read_text().splitlines()
+    second = json.loads(lines[1])
+    dev.write_text("\n".join([lines[0], json.dumps({**second, "correct": "D"}), lines[2]]) + "\n")
+    with pytest.raises(ScoreError, match=r"socialIQa_v1\.4_dev\.jsonl:2: correct 'D' \(expected A, B or C\)"):
+        read_siqa(xtreme, "dev")
+    del second["correct"]
+    dev.write_text("\n".join([lines[0], json.dumps(second), lines[2]]) + "\n")
+    with pytest.raises(ScoreError, match=r"socialIQa_v1\.4_dev\.jsonl:2: no correct \(expected context, .*correct\)"):
+        read_siqa(xtreme, "dev")
+    dev.write_text(lines[0] + "\n{not json\n")
+    with pytest.raises(ScoreError, match=r"socialIQa_v1\.4_dev\.jsonl:2: not JSON"):
+        read_siqa(xtreme, "dev")
+
+
+def test_xcopa_from_the_xtreme_download(setup):
+    """As XTREME's download leaves it: SIQA in download_siqa's layout and every XCOPA test label set to 0. Both
+    stages train, and the val sets, which keep their labels, are scored."""
+    tmp, model, _ = setup
+    data = write_siqa(write_xcopa(tmp / "xcopa-xtreme", languages=("en", "it"), test_labels=False), layout="xtreme")
+    out = tmp / "xcopa-xtreme-run"
+    run(model, data, ["xcopa"], out, seeds=[1], recipes=_siqa_recipes(tmp / "recipes-siqa-xtreme"), languages=["it"])
+    result = json.loads((out / "xcopa" / "seed1" / "result.json").read_text())
+    assert [(s["stage"], s["train"], s["dev"], s["train_examples"], s["dev_examples"]) for s in result["stages"]] == [
+        ("siqa", "siqa/socialIQa_v1.4_trn.jsonl", "siqa/socialIQa_v1.4_dev.jsonl", len(SIQA) - SIQA_DEV, SIQA_DEV),
+        ("copa", "xcopa/train-en.jsonl", "xcopa/val-en.jsonl", 9, 9)]
+    assert result["split"] == "dev"
+    predicted = [json.loads(line)["label"] for line in
+                 read_lines(out / "xcopa" / "seed1" / "predictions" / "xcopa" / "test-it.jsonl") if line]
+    gold = [json.loads(line)["label"] for line in
+            read_lines(out / "labels" / "dev" / "xcopa" / "test-it.jsonl") if line]
+    assert gold == [json.loads(line)["label"] for line in read_lines(data / "xcopa" / "val-it.jsonl") if line]
+    assert len(set(gold)) == 2 and len(predicted) == len(gold)
+    assert result["scores"]["accuracy"]["it"] == pytest.approx(metrics.accuracy(gold, predicted)["accuracy"])
+    assert not (out / "labels" / "test").exists()
+
+
 def test_question_answering_end_to_end(setup):
     tmp, model, recipes = setup
     data = write_qa(tmp / "qa")
@@ -223,6 +271,80 @@ def test_question_answering_end_to_end(setup):
             assert result["scores"]["f1"][lang] == pytest.approx(expected["f1"])
             assert result["scores"]["exact_match"][lang] == pytest.approx(expected["exact_match"])
         assert results[task]["metric"] == "f1"
+
+
+def test_qa_with_the_answers_stripped(setup):
+    """As XTREME's download leaves QA: every answer of XQuAD, of MLQA's test sets and of TyDiQA-GoldP's dev
+    sets (the English one included) replaced by an empty one. MLQA scores its dev sets; XQuAD and TyDiQA
+    write their predictions but are not scored, and TyDiQA keeps its last epoch."""
+    tmp, model, recipes = setup
+    data = write_tydiqa(write_qa(tmp / "qa-stripped", languages=("en", "de", "id")))
+    for folder in (data / "xquad", data / "mlqa" / "MLQA_V1" / "test", data / "tydiqa" / "tydiqa-goldp-v1.1-dev"):
+        strip_answers(folder)
+    out = tmp / "qa-stripped-run"
+    dev_de = data / "mlqa" / "MLQA_V1" / "dev" / "dev-context-de-question-de.json"
+    dev_de.rename(dev_de.with_suffix(".bak"))
+    with pytest.raises(ScoreError, match=r"mlqa: the test answers are withheld .*"
+                                         r"missing: \S*dev-context-de-question-de\.json$"):
+        run(model, data, ["mlqa"], out, seeds=[1], recipes=recipes, languages=["en", "de"])
+    dev_de.with_suffix(".bak").rename(dev_de)
+
+    results = run(model, data, ["xquad", "mlqa", "tydiqa"], out, seeds=[1], recipes=recipes,
+                  languages=["en", "de", "id"])
+    mlqa = json.loads((out / "mlqa" / "seed1" / "result.json").read_text())
+    assert mlqa["split"] == "dev" and mlqa["selection"] == "best English dev F1"
+    for lang in ("en", "de"):
+        gold = json.loads((out / "labels" / "dev" / "mlqa" / f"test-{lang}.json").read_text())["data"]
+        assert gold == read_squad(data / "mlqa" / "MLQA_V1" / "dev" / f"dev-context-{lang}-question-{lang}.json")[1]
+        answers = json.loads((out / "mlqa" / "seed1" / "predictions" / "mlqa" / f"test-{lang}.json").read_text())
+        assert mlqa["scores"]["f1"][lang] == pytest.approx(metrics.mlqa(gold, answers, lang)["f1"])
+
+    for task, langs, split in (("xquad", ("en", "de"), "test"), ("tydiqa", ("en", "id"), "dev")):
+        result = json.loads((out / task / "seed1" / "result.json").read_text())
+        assert result["split"] == split and result["scores"] is None
+        assert "answers withheld" in result["reason"] and "\n" not in result["reason"]
+        for lang in langs:
+            questions = read_squad(data / ("xquad" if task == "xquad" else "tydiqa/tydiqa-goldp-v1.1-dev") /
+                                   (f"xquad.{lang}.json" if task == "xquad" else f"tydiqa.goldp.{lang}.dev.json"))[0]
+            answers = json.loads((out / task / "seed1" / "predictions" / task / f"test-{lang}.json").read_text())
+            contexts = {e.id: e.context for e in questions}
+            assert set(answers) == set(contexts) and all(a in contexts[q] for q, a in answers.items())
+        assert not (out / "labels" / split / task).exists()  # stripped answers are no labels
+        assert results[task] == {"split": split, "seeds": [1], "metric": "f1", "scored": False,
+                                 "reason": result["reason"]}
+    tydiqa = json.loads((out / "tydiqa" / "seed1" / "result.json").read_text())
+    assert tydiqa["selection"] == "last epoch: English dev answers withheld" and "selected_epoch" not in tydiqa
+    assert results["mlqa"]["scored"] is True
+    assert results["tasks_mean"] == pytest.approx(results["mlqa"]["avg_metric"])  # the unscored tasks left out
+    assert "qa" not in results  # all three QA tasks ran, two unscored: no category score
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+
+
+def test_tatoeba_with_the_english_side_sorted(setup):
+    """XTREME's download sorts each English side, hiding the gold: the predictions (indices into the sorted
+    file) are written, the same sentences an aligned run retrieves, and not scored."""
+    tmp, model, _ = setup
+    aligned, shuffled = write_tatoeba(tmp / "tatoeba-aligned"), write_tatoeba(tmp / "tatoeba-sorted", sort_english=True)
+    run(model, aligned, ["tatoeba"], tmp / "tatoeba-aligned-run", seeds=[1], languages=["de", "fr"])
+    out = tmp / "tatoeba-sorted-run"
+    results = run(model, shuffled, ["tatoeba"], out, seeds=[1, 2], languages=["de", "fr"])
+    for seed in (1, 2):
+        result = json.loads((out / "tatoeba" / f"seed{seed}" / "result.json").read_text())
+        assert result["scores"] is None and "sorted" in result["reason"] and result["layer"] == 2
+    for lang in ("de", "fr"):
+        english = read_lines(shuffled / "tatoeba" / f"{lang}-en.en")
+        found = [english[int(i)] for i in read_lines(out / "tatoeba" / "seed1" / "predictions" / "tatoeba" /
+                                                      f"test-{lang}.tsv")]
+        reference = read_lines(aligned / "tatoeba" / f"{lang}-en.en")
+        expected = [reference[int(i)] for i in read_lines(tmp / "tatoeba-aligned-run" / "tatoeba" / "seed1" /
+                                                          "predictions" / "tatoeba" / f"test-{lang}.tsv")]
+        assert found == expected and len(found) == 27
+        assert read_lines(out / "tatoeba" / "seed2" / "predictions" / "tatoeba" / f"test-{lang}.tsv") == \
+            read_lines(out / "tatoeba" / "seed1" / "predictions" / "tatoeba" / f"test-{lang}.tsv")
+    assert not (out / "labels").exists()
+    assert results == {"tatoeba": {"split": "test", "seeds": [1, 2], "metric": "accuracy", "scored": False,
+                                   "reason": result["reason"]}}  # no scored task: no tasks_mean
+    assert json.loads((out / "results.json").read_text()) == results
 
 
 def test_tatoeba_from_the_official_layout(setup):

@@ -19,7 +19,8 @@ WORDS = {
     "es": {"people": ["María", "Juan", "Aiko"], "places": ["París", "Berlín", "Tokio"], "lives": "vive en",
            "works": "trabaja en", "sleeps": "duerme", "awake": "está despierto", "someone": "Alguien"},
 }
-QUESTION = {"en": "Where does {} live?", "de": "Wo wohnt {}?", "fr": "Où habite {} ?", "es": "¿Dónde vive {}?"}
+QUESTION = {"en": "Where does {} live?", "de": "Wo wohnt {}?", "fr": "Où habite {} ?", "es": "¿Dónde vive {}?",
+            "id": "Di mana {} tinggal?"}
 
 
 def nli_rows(lang: str) -> list[tuple[str, str, str]]:
@@ -83,22 +84,51 @@ def squad_articles(lang: str, prefix: str) -> list[dict]:
     return [{"title": "fixture", "paragraphs": paragraphs}]
 
 
-def write_qa(root: Path, languages=("en", "de")) -> Path:
-    def put(path: Path, articles: list[dict]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"version": "1.1", "data": articles}, ensure_ascii=False), encoding="utf-8")
+def _put_squad(path: Path, articles: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": "1.1", "data": articles}, ensure_ascii=False), encoding="utf-8")
 
-    put(root / "squad" / "train-v1.1.json", squad_articles("en", "train") * 4)
-    put(root / "squad" / "dev-v1.1.json", squad_articles("en", "dev"))
+
+def write_qa(root: Path, languages=("en", "de")) -> Path:
+    """SQuAD v1.1 (English train and dev), XQuAD and MLQA's test and dev sets, all with their answers."""
+    _put_squad(root / "squad" / "train-v1.1.json", squad_articles("en", "train") * 4)
+    _put_squad(root / "squad" / "dev-v1.1.json", squad_articles("en", "dev"))
     for lang in languages:
-        put(root / "xquad" / f"xquad.{lang}.json", squad_articles(lang, "xquad"))
-        put(root / "mlqa" / "MLQA_V1" / "test" / f"test-context-{lang}-question-{lang}.json",
-            squad_articles(lang, "mlqa"))
+        _put_squad(root / "xquad" / f"xquad.{lang}.json", squad_articles(lang, "xquad"))
+        _put_squad(root / "mlqa" / "MLQA_V1" / "test" / f"test-context-{lang}-question-{lang}.json",
+                   squad_articles(lang, "mlqa"))
+        _put_squad(root / "mlqa" / "MLQA_V1" / "dev" / f"dev-context-{lang}-question-{lang}.json",
+                   squad_articles(lang, "mlqa-dev"))
     return root
 
 
-def write_xcopa(root: Path, languages=("en", "it", "id")) -> Path:
-    """COPA-style records: the premise, a cause or effect question, the right and a wrong choice."""
+def write_tydiqa(root: Path, languages=("en", "id")) -> Path:
+    """TyDiQA-GoldP as XTREME's download_tydiqa leaves it: the English training file in
+    ``tydiqa-goldp-v1.1-train/``, the per-language dev sets (its evaluation sets) in ``tydiqa-goldp-v1.1-dev/``."""
+    folder = root / "tydiqa"
+    _put_squad(folder / "tydiqa-goldp-v1.1-train" / "tydiqa.goldp.en.train.json", squad_articles("en", "tydi") * 4)
+    for lang in languages:
+        _put_squad(folder / "tydiqa-goldp-v1.1-dev" / f"tydiqa.goldp.{lang}.dev.json", squad_articles(lang, "tydi-dev"))
+    return root
+
+
+def strip_answers(folder: Path) -> None:
+    """What XTREME's download (``remove_qa_test_annotations``) does to every file of ``folder``: each
+    question moves into an article of its own (one paragraph, its context, no title), its answers replaced by
+    the one empty answer ``{"answer_start": 0, "text": ""}``; ``version`` is kept."""
+    for path in sorted(folder.iterdir()):
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        articles = [{"paragraphs": [{"context": paragraph["context"],
+                                     "qas": [{"answers": [{"answer_start": 0, "text": ""}],
+                                              "question": qa["question"], "id": qa["id"]}]}]}
+                    for article in raw["data"] for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+        path.write_text(json.dumps({"data": articles, "version": raw["version"]}, ensure_ascii=False),
+                        encoding="utf-8")
+
+
+def write_xcopa(root: Path, languages=("en", "it", "id"), test_labels: bool = True) -> Path:
+    """COPA-style records: the premise, a cause or effect question, the right and a wrong choice.
+    ``test_labels=False``: the test files as XTREME's download leaves them, every label set to 0."""
     folder = root / "xcopa"
     folder.mkdir(parents=True, exist_ok=True)
     for lang in languages:
@@ -110,9 +140,10 @@ def write_xcopa(root: Path, languages=("en", "it", "id")) -> Path:
             choices = (wrong, right) if label else (right, wrong)
             rows.append({"premise": f"{person} {w['awake']}.", "choice1": choices[0], "choice2": choices[1],
                          "question": "cause" if k % 3 else "effect", "label": label, "idx": k})
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         for split in (("train", "val", "test") if lang == "en" else ("val", "test")):
-            (folder / f"{split}-{lang}.jsonl").write_text(text, encoding="utf-8")
+            kept = rows if split != "test" or test_labels else [{**r, "label": 0} for r in rows]
+            (folder / f"{split}-{lang}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                                  for r in kept), encoding="utf-8")
     return root
 
 
@@ -145,23 +176,33 @@ SIQA_DEV = 3
 """The last three questions are the dev split, the others the train split."""
 
 
-def write_siqa(root: Path) -> Path:
-    """``siqa/`` as AllenAI's socialiqa-train-dev.zip unpacks: ``<split>.jsonl`` and ``<split>-labels.lst``."""
+def write_siqa(root: Path, layout: str = "allenai") -> Path:
+    """``siqa/`` as AllenAI's socialiqa-train-dev.zip unpacks (``layout="allenai"``: ``<split>.jsonl`` and
+    ``<split>-labels.lst``), or as XTREME's download_siqa leaves it (``layout="xtreme"``:
+    ``socialIQa_v1.4_{trn,dev}.jsonl``, each line with its answer letter in ``correct``)."""
     folder = root / "siqa"
     folder.mkdir(parents=True, exist_ok=True)
     for split, rows in (("train", SIQA[:-SIQA_DEV]), ("dev", SIQA[-SIQA_DEV:])):
-        lines = [json.dumps({"context": c, "question": q, "answerA": a, "answerB": b, "answerC": d})
-                 for c, q, a, b, d, _ in rows]
-        (folder / f"{split}.jsonl").write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        records = [{"context": c, "question": q, "answerA": a, "answerB": b, "answerC": d}
+                   for c, q, a, b, d, _ in rows]
+        if layout == "xtreme":
+            lines = [json.dumps({**r, "correct": "ABC"[row[-1] - 1]}) for r, row in zip(records, rows)]
+            name = {"train": "socialIQa_v1.4_trn.jsonl", "dev": "socialIQa_v1.4_dev.jsonl"}[split]
+            (folder / name).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+            continue
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         (folder / f"{split}-labels.lst").write_text("".join(f"{r[-1]}\n" for r in rows), encoding="utf-8")
     return root
 
 
-def write_tatoeba(root: Path, languages=("de", "fr")) -> Path:
-    """Translations aligned by line, as the download leaves them: ``<lang>-en.<lang>`` and ``<lang>-en.en``."""
+def write_tatoeba(root: Path, languages=("de", "fr"), sort_english: bool = False) -> Path:
+    """``<lang>-en.<lang>`` and ``<lang>-en.en``, translations aligned by line; with ``sort_english`` the
+    English side sorted, as XTREME's download (``tatoeba_preprocess``) writes it."""
     folder = root / "tatoeba"
     folder.mkdir(parents=True, exist_ok=True)
     english = [f"{a} {b}" for a, b, _ in nli_rows("en")]
+    if sort_english:
+        english = sorted(english)
     for lang in languages:
         (folder / f"{lang}-en.{lang}").write_text("".join(f"{a} {b}\n" for a, b, _ in nli_rows(lang)), encoding="utf-8")
         (folder / f"{lang}-en.en").write_text("".join(f"{s}\n" for s in english), encoding="utf-8")

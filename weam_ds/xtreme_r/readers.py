@@ -1,10 +1,14 @@
 """Readers for the official XTREME download layout (``download/<task>/...``), for the tasks ``run`` covers:
 sentence-pair classification (XNLI, PAWS-X), tagging (UD-POS, PAN-X), extractive QA (XQuAD, MLQA,
-TyDiQA-GoldP), XCOPA (and SIQA, its first training stage, in AllenAI's own layout), Tatoeba, and the
-dual-encoder retrieval tasks Mewsli-X and LAReQA (XQuAD-R).
+TyDiQA-GoldP), XCOPA (and SIQA, its first training stage, as XTREME's download leaves it or in AllenAI's
+own layout), Tatoeba, and the dual-encoder retrieval tasks Mewsli-X and LAReQA (XQuAD-R).
 
-Test labels of several tasks are withheld by the download scripts; ``eval_split`` then falls back to dev
-and says so, and results record which split was scored.
+The download scripts withhold the evaluation labels of several tasks (XTREME's ``utils_preprocess.py``):
+test labels or tags dropped (XNLI, PAWS-X, UD-POS, PAN-X), test labels set to 0 (XCOPA), test entity ids
+blanked (Mewsli-X), every answer of XQuAD, of MLQA's test sets and of TyDiQA-GoldP's dev sets (its evaluation
+sets) replaced by an empty one, and Tatoeba's English side sorted (its gold order hidden). The readers let
+``run`` tell: ``labelled``, ``choices_labelled``, ``answered`` and ``tatoeba_shuffled``. ``run`` then scores
+the dev sets where they keep their labels, and says so, or writes predictions without scoring them.
 """
 from __future__ import annotations
 
@@ -81,6 +85,12 @@ def labelled(examples: list) -> bool:
     return bool(examples) and all((e.label if isinstance(e, PairExample) else e.tags) is not None for e in examples)
 
 
+def choices_labelled(records: list[dict]) -> bool:
+    """Whether XCOPA records keep their labels: XTREME's download sets every test label to 0 (the key stays),
+    so a file whose labels are all 0 counts as withheld (a real XCOPA set has both answers)."""
+    return bool(records) and all("label" in r for r in records) and any(r["label"] for r in records)
+
+
 def check_layout(data: Path, task: str, languages: list[str], first_stage: str | None = None) -> None:
     """One message listing every file the task needs that the folder lacks; ``first_stage`` is the recipe's
     (XCOPA's ``siqa`` adds the SIQA files)."""
@@ -105,8 +115,9 @@ def check_layout(data: Path, task: str, languages: list[str], first_stage: str |
     if missing:
         hint = ""
         if any(p.parent == data / "siqa" for p in missing):
-            hint = ("; SIQA, the recipe's first stage, is not part of the XTREME download: put the four files of "
-                    f"AllenAI's socialiqa-train-dev.zip (its socialiqa-train-dev/ folder) into {data / 'siqa'}, or "
+            hint = (f"; SIQA, the recipe's first stage: download_siqa of XTREME's scripts/download_data.sh unpacks "
+                    f"socialIQa_v1.4.tgz into {data / 'siqa'}; AllenAI's layout is read there too (the four files "
+                    "of socialiqa-train-dev.zip: train.jsonl, train-labels.lst, dev.jsonl, dev-labels.lst); or "
                     "train on COPA alone with --recipes pointing at a folder whose xcopa.yaml sets first_stage: null")
         raise ScoreError(f"{data}: {task} needs {', '.join(map(str, missing))}{hint}")
 
@@ -127,7 +138,9 @@ class QAExample:
 
 def qa_files(data: Path, task: str, lang: str | None) -> dict[str, Path]:
     """The files of a QA task in the official download: ``train``/``dev`` (English) when ``lang`` is None,
-    else ``test`` for that language. TyDiQA-GoldP publishes no test set: its dev sets are the test sets."""
+    else ``test`` for that language. TyDiQA-GoldP publishes no test set: its dev sets are the test sets.
+    The download strips the answers of every file listed here under ``test``, and of TyDiQA's English dev
+    (``answered`` tells); MLQA's dev sets (``mlqa_dev_file``) keep theirs."""
     if lang is None:
         if task == "tydiqa":
             return {"train": data / "tydiqa" / "tydiqa-goldp-v1.1-train" / "tydiqa.goldp.en.train.json",
@@ -147,6 +160,18 @@ def _tydiqa_dev(data: Path, lang: str) -> Path:
     places = [data / "tydiqa" / "tydiqa-goldp-v1.1-dev" / name, data / "tydiqa" / "tydiqa-goldp-v1.1-train" / name,
               data / "tydiqa" / name]
     return next((p for p in places if p.is_file()), places[0])
+
+
+def mlqa_dev_file(data: Path, lang: str) -> Path:
+    """MLQA's dev set of one language (context and question in it), which the download leaves labelled."""
+    return data / "mlqa" / "MLQA_V1" / "dev" / f"dev-context-{lang}-question-{lang}.json"
+
+
+def answered(examples: list[QAExample]) -> bool:
+    """Whether a SQuAD-format file carries answers: XTREME's download (``remove_qa_test_annotations``) gives
+    every question of XQuAD, of MLQA's test sets and of TyDiQA-GoldP's dev sets the one answer
+    ``{"answer_start": 0, "text": ""}``; a file with any non-empty answer text keeps its answers."""
+    return any(a.get("text") for e in examples for a in e.answers)
 
 
 def read_squad(path: Path) -> tuple[list[QAExample], list[dict]]:
@@ -177,39 +202,64 @@ def read_choices(path: Path) -> list[dict]:
     return rows
 
 
-# SIQA (Social IQa), the official recipe's first XCOPA training stage. Not part of the XTREME download; read in
-# AllenAI's own distribution: the files of socialiqa-train-dev.zip (its ``socialiqa-train-dev/`` folder) in
-# ``siqa/``. ``<split>.jsonl`` holds one question per line ({"context", "question", "answerA", "answerB",
-# "answerC"}) and ``<split>-labels.lst`` its answer, one per line, in the same order, 1-based (1, 2 or 3 for
-# answerA, answerB, answerC).
+# SIQA (Social IQa), the official recipe's first XCOPA training stage, in ``siqa/``. Two layouts:
+# - XTREME's (primary): download_siqa of scripts/download_data.sh unpacks socialIQa_v1.4.tgz there, giving
+#   ``socialIQa_v1.4_{trn,dev,tst}.jsonl``: one question per line ({"context", "question", "answerA",
+#   "answerB", "answerC", "correct"}), ``correct`` the right answer's letter (A, B or C).
+# - AllenAI's (the alternative, read when a split's XTREME file is absent and AllenAI's files of that split
+#   are there): the files of socialiqa-train-dev.zip (its ``socialiqa-train-dev/`` folder). ``<split>.jsonl``
+#   holds the questions without ``correct`` and ``<split>-labels.lst`` the answers, one per line, in the same
+#   order, 1-based (1, 2 or 3 for answerA, answerB, answerC).
 
 SIQA_SPLITS = ("train", "dev")
 SIQA_FIELDS = ("context", "question", "answerA", "answerB", "answerC")
+SIQA_XTREME = {"train": "socialIQa_v1.4_trn.jsonl", "dev": "socialIQa_v1.4_dev.jsonl"}
+SIQA_LETTERS = {"A": 0, "B": 1, "C": 2}
 
 
-def siqa_files(data: Path, split: str) -> tuple[Path, Path]:
-    """The questions and the labels of a SIQA split."""
-    return data / "siqa" / f"{split}.jsonl", data / "siqa" / f"{split}-labels.lst"
+def siqa_files(data: Path, split: str) -> tuple[Path, ...]:
+    """The files of a SIQA split: XTREME's one file (questions with their answer letters) when it is there or
+    when none of AllenAI's files of the split are; else AllenAI's questions and labels. The first is the
+    questions file."""
+    xtreme = (data / "siqa" / SIQA_XTREME[split],)
+    allenai = (data / "siqa" / f"{split}.jsonl", data / "siqa" / f"{split}-labels.lst")
+    return allenai if not xtreme[0].is_file() and any(p.is_file() for p in allenai) else xtreme
 
 
-def read_siqa(data: Path, split: str) -> list[dict]:
-    """SIQA records: context, question, answerA/B/C, and ``label``, the index of the right answer (0-based: the
-    labels file's 1/2/3 minus one). A malformed line, or labels that do not pair one to one with the questions,
-    is an error naming the file."""
-    questions, labels = siqa_files(data, split)
+def _siqa_questions(path: Path, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, record) of each non-blank line; a line that is no JSON object with every one of
+    ``fields`` as a string is an error naming it."""
     rows = []
-    with open(questions, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except ValueError as exc:
-                raise ScoreError(f"{questions}:{n}: not JSON ({exc})") from None
-            absent = [k for k in SIQA_FIELDS if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+                raise ScoreError(f"{path}:{n}: not JSON ({exc})") from None
+            absent = [k for k in fields if not isinstance(row, dict) or not isinstance(row.get(k), str)]
             if absent:
-                raise ScoreError(f"{questions}:{n}: no {', '.join(absent)} (expected {', '.join(SIQA_FIELDS)})")
-            rows.append({k: row[k] for k in SIQA_FIELDS})
+                raise ScoreError(f"{path}:{n}: no {', '.join(absent)} (expected {', '.join(fields)})")
+            rows.append((n, {k: row[k] for k in fields}))
+    return rows
+
+
+def read_siqa(data: Path, split: str) -> list[dict]:
+    """SIQA records: context, question, answerA/B/C, and ``label``, the index of the right answer (0-based:
+    ``correct``'s A/B/C in XTREME's layout, the labels file's 1/2/3 minus one in AllenAI's). A malformed line,
+    or labels that do not pair one to one with the questions, is an error naming the file."""
+    files = siqa_files(data, split)
+    if len(files) == 1:
+        records = []
+        for n, row in _siqa_questions(files[0], SIQA_FIELDS + ("correct",)):
+            letter = row.pop("correct").strip()
+            if letter not in SIQA_LETTERS:
+                raise ScoreError(f"{files[0]}:{n}: correct {letter!r} (expected A, B or C)")
+            records.append({**row, "label": SIQA_LETTERS[letter]})
+        return records
+    questions, labels = files
+    rows = [row for _, row in _siqa_questions(questions, SIQA_FIELDS)]
     answers = []
     with open(labels, encoding="utf-8") as f:
         lines = f.read().rstrip().splitlines()
@@ -223,8 +273,17 @@ def read_siqa(data: Path, split: str) -> list[dict]:
 
 
 def tatoeba_files(data: Path, lang: str) -> tuple[Path, Path]:
-    """The download's Tatoeba pair: ``<lang>-en.<lang>`` and ``<lang>-en.en``, aligned by line."""
+    """The download's Tatoeba pair: ``<lang>-en.<lang>`` and ``<lang>-en.en``. XTREME's download copies the
+    first as LASER ships it and writes the second sorted (``tatoeba_shuffled``); files aligned by line (the
+    gold: sentence i translates English sentence i) are read as well."""
     return data / "tatoeba" / f"{lang}-en.{lang}", data / "tatoeba" / f"{lang}-en.en"
+
+
+def tatoeba_shuffled(english: list[str]) -> bool:
+    """Whether a Tatoeba English side is in XTREME's download layout, sorted (``tatoeba_preprocess`` writes
+    the English sentences in sorted order, hiding which one translates which source line), rather than
+    aligned with its source. Two lines or fewer are sorted by chance too often to tell: read as aligned."""
+    return len(english) > 2 and all(a <= b for a, b in zip(english, english[1:]))
 
 
 def read_sentences(path: Path) -> list[str]:

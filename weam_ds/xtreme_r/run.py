@@ -15,6 +15,14 @@ the stages that ran, and a recipe with ``first_stage: null`` trains on COPA alon
 standard deviation over seeds, per language, task and category, and the transfer gap (English minus the
 mean of the other languages). Pass a DeepSpeed config (``ds_configs/``) to fine-tune large encoders under
 ZeRO.
+
+Where XTREME's download withholds the evaluation labels, the dev sets are scored when they keep theirs
+(classification, tagging, XCOPA, Mewsli-X, MLQA), and ``"split": "dev"`` says so. Where no labelled
+alternative exists (XQuAD and TyDiQA-GoldP with their answers stripped, Tatoeba with its English side
+sorted), the predictions are still written in the official layout, which is what the leaderboard takes,
+but not scored: result.json has ``"scores": null`` and a ``reason``, and results.json reports the task as
+unscored, leaving it out of ``tasks_mean`` and of its categories. TyDiQA-GoldP's English dev set is also its
+model-selection set: without its answers the last epoch is kept, and result.json's ``selection`` says so.
 """
 from __future__ import annotations
 
@@ -31,10 +39,10 @@ import numpy as np
 from data_prep.typed_config import load_yaml
 from weam_ds.xtreme_r import metrics
 from weam_ds.xtreme_r.readers import (CLASSIFICATION, DUAL_ENCODER, MULTIPLE_CHOICE, QA, RETRIEVAL, TAGGING,
-                                      check_layout, choice_file, labelled, mewslix_files, qa_files, read_choices,
-                                      read_entities, read_mention_pairs, read_sentences, read_siqa, read_split,
-                                      read_squad, read_squad_sentences, read_wikinews, read_xquad_r, siqa_files,
-                                      tatoeba_files)
+                                      answered, check_layout, choice_file, choices_labelled, labelled, mewslix_files,
+                                      mlqa_dev_file, qa_files, read_choices, read_entities, read_mention_pairs,
+                                      read_sentences, read_siqa, read_split, read_squad, read_squad_sentences,
+                                      read_wikinews, read_xquad_r, siqa_files, tatoeba_files, tatoeba_shuffled)
 from weam_ds.xtreme_r.score import ScoreError, score, score_task, write_scores
 from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, LAREQA_LANGUAGES
 
@@ -118,16 +126,15 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
         return _dual_encoder_seed(model_dir, data, task, langs, recipe, seed, out, deepspeed)
     work = out / task / f"seed{seed}"
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    details = {"model": str(model_dir), "recipe": asdict(recipe)}
+    unscored = None
     if task in QA:
-        files = qa_files(data, task, None)
-        train, dev = read_squad(files["train"])[0], read_squad(files["dev"])[0]
-        tests = {lang: read_squad(qa_files(data, task, lang)["test"]) for lang in langs}
-        split = "dev" if task == "tydiqa" else "test"  # TyDiQA-GoldP's public evaluation sets are its dev sets
+        train, dev, tests, split, unscored, details["selection"] = _qa_data(data, task, langs)
     elif task in MULTIPLE_CHOICE:
         stages = _choice_stages(data, recipe)
         train, dev = stages[-1].train, stages[-1].dev
         tests = {lang: read_choices(choice_file(data, "test", lang)) for lang in langs}
-        split = "test" if all("label" in r for t in tests.values() for r in t) else "dev"
+        split = "test" if all(choices_labelled(t) for t in tests.values()) else "dev"  # the download zeroes them
         if split == "dev":
             tests = {lang: read_choices(choice_file(data, "val", lang)) for lang in langs}
     else:
@@ -136,9 +143,11 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
         split = "test" if all(labelled(t) for t in tests.values()) else "dev"
         if split == "dev":  # the download withholds test labels: score the dev sets, and say so
             tests = {lang: read_split(data, task, "dev", lang) for lang in langs}
-    log.info("%s seed %d: fine-tuning on %d English examples, scoring the %s split of %d languages",
-             task, seed, len(train), split, len(langs))
-    details = {"model": str(model_dir), "recipe": asdict(recipe)}
+    if unscored:
+        log.warning("%s seed %d: NOT SCORED: %s; its predictions are written in the official layout", task, seed,
+                    unscored)
+    log.info("%s seed %d: fine-tuning on %d English examples, %s the %s split of %d languages", task, seed,
+             len(train), "predicting" if unscored else "scoring", split, len(langs))
     shutil.rmtree(work / "checkpoints", ignore_errors=True)  # left by a seed cut off mid-way: it starts afresh
     if task in MULTIPLE_CHOICE:
         tuner, details["stages"] = _fit_stages(model_dir, tokenizer, stages, recipe, data, work / "checkpoints",
@@ -147,11 +156,14 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
         tuner = {**dict.fromkeys(CLASSIFICATION, _Classifier), **dict.fromkeys(TAGGING, _Tagger),
                  **dict.fromkeys(QA, _QuestionAnswering)}[task](model_dir, tokenizer, train, recipe)
         tuner.fit(dev, work / "checkpoints", seed, deepspeed)
+        if task in QA and dev is not None:
+            details["selected_epoch"] = tuner.selected()[0]
     for lang, examples in tests.items():
         pred, gold = work / "predictions" / task / f"test-{lang}", out / "labels" / split / task / f"test-{lang}"
         if task in QA:
             _write_json(pred.with_suffix(".json"), tuner.answers(examples[0]))
-            _write_json(gold.with_suffix(".json"), {"data": examples[1]})
+            if not unscored:  # stripped answers are no labels
+                _write_json(gold.with_suffix(".json"), {"data": examples[1]})
         elif task in MULTIPLE_CHOICE:
             _write_lines(pred.with_suffix(".jsonl"), [json.dumps({"label": k}) for k in tuner.choose(examples)])
             _write_lines(gold.with_suffix(".jsonl"), [json.dumps(r, ensure_ascii=False) for r in examples])
@@ -159,7 +171,45 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
             _write_lines(pred.with_suffix(".tsv"), tuner.predict_lines(examples))
             _write_lines(gold.with_suffix(".tsv"), tuner.gold_lines(examples))
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
-    _score_seed(out, task, seed, split, langs, details)
+    _score_seed(out, task, seed, split, langs, details, unscored)
+
+
+def _qa_data(data: Path, task: str, langs: list[str]):
+    """(train, dev, tests, split, unscored, selection) of a QA task: the English training and dev examples
+    (dev None when its answers are withheld: then fit() keeps the last epoch), per language the test examples
+    with the file's ``data`` list, the split they are, the reason they are not scored (None when they are),
+    and how the epoch is chosen. XTREME's download strips the answers of XQuAD, of MLQA's test sets and of
+    TyDiQA-GoldP's dev sets (its evaluation sets, the English one included): MLQA then scores its dev sets,
+    which keep theirs; XQuAD and TyDiQA have no labelled alternative."""
+    files = qa_files(data, task, None)
+    train, dev = read_squad(files["train"])[0], read_squad(files["dev"])[0]
+    if not answered(train):
+        raise ScoreError(f"{files['train']}: no answers to train on")
+    selection = "best English dev F1"
+    if not answered(dev):
+        dev, selection = None, "last epoch: English dev answers withheld"
+        log.warning("%s: %s has no answers (withheld by the download): no epoch selection, the last epoch is kept",
+                    task, files["dev"])
+    paths = {lang: qa_files(data, task, lang)["test"] for lang in langs}
+    tests = {lang: read_squad(path) for lang, path in paths.items()}
+    split = "dev" if task == "tydiqa" else "test"  # TyDiQA-GoldP's public evaluation sets are its dev sets
+    stripped = [path for lang, path in paths.items() if not answered(tests[lang][0])]
+    if not stripped:
+        return train, dev, tests, split, None, selection
+    if task == "mlqa":  # the download strips MLQA_V1/test only: score the dev sets, and say so
+        paths = {lang: mlqa_dev_file(data, lang) for lang in langs}
+        missing = [str(p) for p in paths.values() if not p.is_file()]
+        if missing:
+            raise ScoreError(f"mlqa: the test answers are withheld ({stripped[0]} has none), and the dev sets "
+                             f"to score instead are missing: {', '.join(missing)}")
+        tests = {lang: read_squad(path) for lang, path in paths.items()}
+        unanswered = [str(path) for lang, path in paths.items() if not answered(tests[lang][0])]
+        if unanswered:
+            raise ScoreError(f"mlqa: neither the test nor the dev sets carry answers: {', '.join(unanswered)}")
+        return train, dev, tests, "dev", None, selection
+    reason = (f"{split} answers withheld by the download ({len(stripped)} of {len(paths)} files have none, "
+              f"{stripped[0]} among them) and no labelled {task} set replaces them")
+    return train, dev, tests, split, reason, selection
 
 
 @dataclass
@@ -207,10 +257,16 @@ def _fit_stages(model_dir: Path, tokenizer, stages: list[_Stage], recipe: Recipe
     return tuner, record
 
 
-def _score_seed(out: Path, task: str, seed: int, split: str, langs: list[str], details: dict) -> None:
+def _score_seed(out: Path, task: str, seed: int, split: str, langs: list[str], details: dict,
+                unscored: str | None = None) -> None:
     """Scores a seed's predictions against the labels with the official scorer; its result.json, written
-    last, marks the seed done."""
+    last, marks the seed done. ``unscored``: why the predictions cannot be scored (the labels are withheld);
+    result.json then has ``"scores": null`` and that ``reason``."""
     work = out / task / f"seed{seed}"
+    if unscored:
+        write_scores({"task": task, "seed": seed, "split": split, **details, "scores": None, "reason": unscored},
+                     work / "result.json")
+        return
     if task == "lareqa":  # not in the official scorer's task list: its files are scored alike, with LAReQA's mAP@20
         scores = {task: score_task(task, langs, work / "predictions", out / "labels" / split)}
     else:
@@ -259,29 +315,45 @@ def _dual_encoder_seed(model_dir: Path, data: Path, task: str, langs: list[str],
 
 def _retrieve_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: Recipe, seed: int,
                    out: Path) -> None:
-    """Tatoeba needs no fine-tuning: each sentence retrieves its nearest English sentence. The seed changes
-    nothing, so a later seed reuses the first one's predictions; each is recorded so that every task
-    aggregates alike."""
+    """Tatoeba needs no fine-tuning: each sentence retrieves its nearest English sentence; a prediction is
+    its index in the English file. The seed changes nothing, so a later seed reuses the first one's
+    predictions; each is recorded so that every task aggregates alike. Files aligned by line are scored
+    (the gold of line i is i). XTREME's download sorts the English side, hiding the gold: the predictions
+    (indices into the sorted file, what the leaderboard takes) are written, but not scored."""
     from weam_ds.xtreme_r.tatoeba import embed, load_encoder, retrieve, write_retrieval
 
     work = out / task / f"seed{seed}"
     earlier = next(iter(sorted((out / task).glob("seed*/result.json"))), None)
     if earlier is not None:
         shutil.copytree(earlier.parent / "predictions", work / "predictions", dirs_exist_ok=True)
-        _score_seed(out, task, seed, "test", langs, {k: v for k, v in json.loads(earlier.read_text()).items()
-                                                     if k not in ("task", "seed", "split", "scores")})
+        before = json.loads(earlier.read_text())
+        _score_seed(out, task, seed, "test", langs,
+                    {k: v for k, v in before.items() if k not in ("task", "seed", "split", "scores", "reason")},
+                    before.get("reason") if before.get("scores") is None else None)
         return
-    encoder, tokenizer, layer = load_encoder(model_dir, recipe.layer)
-    for lang in langs:
-        source, english = (read_sentences(f) for f in tatoeba_files(data, lang))
+    pairs = {lang: [read_sentences(f) for f in tatoeba_files(data, lang)] for lang in langs}
+    for lang, (source, english) in pairs.items():
         if len(source) != len(english):
             raise ScoreError(f"{tatoeba_files(data, lang)[0]}: {len(source)} lines but its English side has "
                              f"{len(english)}")
+    shuffled = [lang for lang, (_, english) in pairs.items() if tatoeba_shuffled(english)]
+    unscored = None
+    if shuffled:
+        unscored = (f"the English side is sorted, as XTREME's download writes it, hiding the gold alignment "
+                    f"({len(shuffled)} of {len(langs)} languages, {tatoeba_files(data, shuffled[0])[1]} among them)")
+        log.warning("%s: NOT SCORED: %s; the predictions (indices into the sorted English files) are written",
+                    task, unscored)
+    encoder, tokenizer, layer = load_encoder(model_dir, recipe.layer)
+    for lang, (source, english) in pairs.items():
         found = retrieve(embed(encoder, tokenizer, source, layer, recipe.batch_size, recipe.max_length),
                          embed(encoder, tokenizer, english, layer, recipe.batch_size, recipe.max_length))
-        write_retrieval(found, work / "predictions" / task / f"test-{lang}.tsv",
-                        out / "labels" / "test" / task / f"test-{lang}.tsv")
-    _score_seed(out, task, seed, "test", langs, {"model": str(model_dir), "recipe": asdict(recipe), "layer": layer})
+        prediction = work / "predictions" / task / f"test-{lang}.tsv"
+        if unscored:
+            _write_lines(prediction, [str(i) for i in found])
+        else:
+            write_retrieval(found, prediction, out / "labels" / "test" / task / f"test-{lang}.tsv")
+    _score_seed(out, task, seed, "test", langs, {"model": str(model_dir), "recipe": asdict(recipe), "layer": layer},
+                unscored)
 
 
 def _write_json(path: Path, value) -> None:
@@ -295,27 +367,37 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 
 def aggregate(out: Path, plan: dict, seeds: list[int]) -> dict:
-    """Mean and standard deviation over seeds; categories from the task means; the transfer gap."""
+    """Mean and standard deviation over seeds; categories from the task means; the transfer gap. A task with
+    an unscored seed (its labels withheld) is reported as ``{"split", "seeds", "metric", "scored": false,
+    "reason"}`` and left out of ``tasks_mean`` (absent when no task was scored) and of its categories."""
     tasks = {}
     for task, (_, langs) in plan.items():
         runs = [json.loads((out / task / f"seed{s}" / "result.json").read_text()) for s in seeds]
         main = "f1" if task in TAGGING + QA else "map@20" if task in DUAL_ENCODER else "accuracy"  # XCOPA: accuracy
+        blank = next((r for r in runs if r["scores"] is None), None)
+        if blank is not None:
+            reason = blank.get("reason") or "not scored"
+            log.warning("%s: not scored (%s); left out of tasks_mean and of its categories", task, reason)
+            tasks[task] = {"split": runs[0]["split"], "seeds": seeds, "metric": main, "scored": False,
+                           "reason": reason}
+            continue
         per_lang = {lang: [r["scores"][main][lang] for r in runs] for lang in langs}
         avg = [r["scores"]["avg_metric"] for r in runs]
         others = [lang for lang in langs if lang != "en"]
         gaps = [r["scores"][main]["en"] - statistics.fmean(r["scores"][main][lang] for lang in others)
                 for r in runs] if "en" in langs and others else []
         tasks[task] = {
-            "split": runs[0]["split"], "seeds": seeds, "metric": main,
+            "split": runs[0]["split"], "seeds": seeds, "metric": main, "scored": True,
             "mean": {lang: statistics.fmean(v) for lang, v in per_lang.items()},
             "std": {lang: statistics.pstdev(v) for lang, v in per_lang.items()},
             "avg_metric": statistics.fmean(avg), "avg_metric_std": statistics.pstdev(avg),
             **({"transfer_gap": statistics.fmean(gaps)} if gaps else {}),
         }
-    overall = {"tasks_mean": statistics.fmean(t["avg_metric"] for t in tasks.values())}  # over the tasks run
-    for category, members in CATEGORIES["xtreme-r"].items():
-        if all(m in tasks for m in members):
-            overall[category] = statistics.fmean(tasks[m]["avg_metric"] for m in members)
+    scored = {task: t for task, t in tasks.items() if t["scored"]}
+    overall = {"tasks_mean": statistics.fmean(t["avg_metric"] for t in scored.values())} if scored else {}
+    for category, members in CATEGORIES["xtreme-r"].items():  # over the tasks run and scored
+        if all(m in scored for m in members):
+            overall[category] = statistics.fmean(scored[m]["avg_metric"] for m in members)
     return {**overall, **tasks}
 
 
@@ -326,21 +408,26 @@ class _Tuner:
     def __init__(self, model_dir: Path, tokenizer, train: list, recipe: Recipe):
         self.model_dir, self.tokenizer, self.train, self.recipe = model_dir, tokenizer, train, recipe
 
-    def fit(self, dev: list, checkpoints: Path, seed: int, deepspeed: str | None) -> None:
+    def fit(self, dev: list | None, checkpoints: Path, seed: int, deepspeed: str | None) -> None:
+        """Trains, evaluating ``dev`` after each epoch and keeping the best epoch; with ``dev`` None (its
+        labels withheld) nothing is evaluated or saved and the last epoch is kept."""
         import torch
         from transformers import Trainer, TrainingArguments, set_seed
 
         set_seed(seed)
         r = self.recipe
+        select = dict(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                      metric_for_best_model="score", greater_is_better=True, save_total_limit=1) \
+            if dev is not None else dict(eval_strategy="no", save_strategy="no")
         args = TrainingArguments(
             output_dir=str(checkpoints), learning_rate=r.learning_rate, num_train_epochs=r.epochs,
             per_device_train_batch_size=r.batch_size, per_device_eval_batch_size=r.batch_size,
-            warmup_steps=r.warmup_steps, weight_decay=r.weight_decay, eval_strategy="epoch", save_strategy="epoch",
-            load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=True, save_total_limit=1,
+            warmup_steps=r.warmup_steps, weight_decay=r.weight_decay, **select,
             seed=seed, report_to=[], logging_strategy="epoch", deepspeed=deepspeed,
             gradient_accumulation_steps=r.gradient_accumulation_steps, use_cpu=not torch.cuda.is_available())
         self.trainer = Trainer(model=self.model(), args=args, train_dataset=self.encode(self.train),
-                               eval_dataset=self.encode(dev), compute_metrics=self.dev_score,
+                               eval_dataset=None if dev is None else self.encode(dev),
+                               compute_metrics=None if dev is None else self.dev_score,
                                data_collator=self.collator())
         self.trainer.train()
 
@@ -541,7 +628,7 @@ class _QuestionAnswering(_Tuner):
         gold = [{"paragraphs": [{"qas": [{"id": e.id, "answers": e.answers} for e in self._dev]}]}]
         return {"score": metrics.squad(gold, answers)["f1"]}
 
-    def fit(self, dev: list, checkpoints: Path, seed: int, deepspeed: str | None) -> None:
+    def fit(self, dev: list | None, checkpoints: Path, seed: int, deepspeed: str | None) -> None:
         self._dev = dev
         super().fit(dev, checkpoints, seed, deepspeed)
 
