@@ -347,6 +347,31 @@ def test_tatoeba_with_the_english_side_sorted(setup):
     assert json.loads((out / "results.json").read_text()) == results
 
 
+def test_languages_without_labelled_data_are_left_out_and_named(setup):
+    """Tagging test tags withheld and no dev set for one language (UD has treebanks without one): that
+    language is recorded as unscored and left out of the means; the command line reports unscored tasks."""
+    tmp, model, recipes = setup
+    data = write_xtreme(tmp / "data-no-fr-dev", tagged_test=False)
+    (data / "panx" / "dev-fr.tsv").unlink()
+    out = tmp / "run-no-fr-dev"
+    results = run(model, data, ["panx"], out, seeds=[1], recipes=recipes, languages=["en", "de", "fr"])
+    result = json.loads((out / "panx" / "seed1" / "result.json").read_text())
+    assert result["split"] == "dev" and list(result["unscored_languages"]) == ["fr"]
+    assert set(result["scores"]["f1"]) == {"en", "de"} and set(results["panx"]["mean"]) == {"en", "de"}
+    assert results["panx"]["transfer_gap"] == pytest.approx(result["scores"]["f1"]["en"] - result["scores"]["f1"]["de"])
+    (data / "panx" / "dev-de.tsv").unlink()
+    with pytest.raises(ScoreError, match=r"panx's test labels are withheld, and the dev sets scored instead are "
+                                         r"missing: \S*dev-de.tsv, \S*dev-fr.tsv"):
+        run(model, data, ["panx"], tmp / "run-no-dev", seeds=[1], recipes=recipes, languages=["de", "fr"])
+
+    sorted_data = write_tatoeba(tmp / "tatoeba-sorted-cli", sort_english=True)
+    cli = subprocess.run([sys.executable, "-m", "weam_ds.xtreme_r", "run", "--model", str(model), "--data",
+                          str(sorted_data), "--tasks", "tatoeba", "--out", str(tmp / "tatoeba-sorted-cli-run"),
+                          "--seeds", "1", "--languages", "de"], capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "tatoeba  test not scored: " in cli.stdout
+
+
 def test_tatoeba_from_the_official_layout(setup):
     tmp, model, _ = setup
     data = write_tatoeba(tmp / "tatoeba-data")

@@ -37,7 +37,9 @@ def _run(args) -> int:
     results = run(args.model, args.data, args.tasks.split(","), args.out, [int(s) for s in args.seeds.split(",")],
                   args.recipes or RECIPES, args.languages.split(",") if args.languages else None, args.deepspeed)
     for task, value in results.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not value["scored"]:
+            print(f"{task:<8} {value['split']} not scored: {value['reason']}")
+        elif isinstance(value, dict):
             print(f"{task:<8} {value['split']} {value['metric']}: avg {value['avg_metric']:.2f} "
                   f"± {value['avg_metric_std']:.2f} over seeds {value['seeds']}"
                   + (f", transfer gap {value['transfer_gap']:.2f}" if "transfer_gap" in value else ""))

@@ -42,7 +42,8 @@ from weam_ds.xtreme_r.readers import (CLASSIFICATION, DUAL_ENCODER, MULTIPLE_CHO
                                       answered, check_layout, choice_file, choices_labelled, labelled, mewslix_files,
                                       mlqa_dev_file, qa_files, read_choices, read_entities, read_mention_pairs,
                                       read_sentences, read_siqa, read_split, read_squad, read_squad_sentences,
-                                      read_wikinews, read_xquad_r, siqa_files, tatoeba_files, tatoeba_shuffled)
+                                      read_wikinews, read_xquad_r, siqa_files, split_file, tatoeba_files,
+                                      tatoeba_shuffled)
 from weam_ds.xtreme_r.score import ScoreError, score, score_task, write_scores
 from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, LAREQA_LANGUAGES
 
@@ -136,12 +137,21 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
         tests = {lang: read_choices(choice_file(data, "test", lang)) for lang in langs}
         split = "test" if all(choices_labelled(t) for t in tests.values()) else "dev"  # the download zeroes them
         if split == "dev":
+            _require([choice_file(data, "val", lang) for lang in langs], f"{task}'s test labels are withheld")
             tests = {lang: read_choices(choice_file(data, "val", lang)) for lang in langs}
     else:
         train, dev = read_split(data, task, "train", "en"), read_split(data, task, "dev", "en")
         tests = {lang: read_split(data, task, "test", lang) for lang in langs}
         split = "test" if all(labelled(t) for t in tests.values()) else "dev"
         if split == "dev":  # the download withholds test labels: score the dev sets, and say so
+            # Some UD treebanks (kk, th, tl, yo) have no dev set: those languages cannot be scored.
+            no_dev = [lang for lang in langs if not split_file(data, task, "dev", lang).is_file()]
+            if len(no_dev) == len(langs):
+                _require([split_file(data, task, "dev", lang) for lang in langs], f"{task}'s test labels are withheld")
+            if no_dev:
+                log.warning("%s: test labels withheld and no dev set for %s: not scored", task, " ".join(no_dev))
+                details["unscored_languages"] = {lang: "test labels withheld, no dev set" for lang in no_dev}
+                langs = [lang for lang in langs if lang not in no_dev]
             tests = {lang: read_split(data, task, "dev", lang) for lang in langs}
     if unscored:
         log.warning("%s seed %d: NOT SCORED: %s; its predictions are written in the official layout", task, seed,
@@ -172,6 +182,12 @@ def _run_seed(model_dir: Path, data: Path, task: str, langs: list[str], recipe: 
             _write_lines(gold.with_suffix(".tsv"), tuner.gold_lines(examples))
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     _score_seed(out, task, seed, split, langs, details, unscored)
+
+
+def _require(paths: list[Path], why: str) -> None:
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise ScoreError(f"{why}, and the dev sets scored instead are missing: {', '.join(map(str, missing))}")
 
 
 def _qa_data(data: Path, task: str, langs: list[str]):
@@ -381,6 +397,7 @@ def aggregate(out: Path, plan: dict, seeds: list[int]) -> dict:
             tasks[task] = {"split": runs[0]["split"], "seeds": seeds, "metric": main, "scored": False,
                            "reason": reason}
             continue
+        langs = [lang for lang in langs if lang in runs[0]["scores"][main]]  # less any without labels
         per_lang = {lang: [r["scores"][main][lang] for r in runs] for lang in langs}
         avg = [r["scores"]["avg_metric"] for r in runs]
         others = [lang for lang in langs if lang != "en"]
