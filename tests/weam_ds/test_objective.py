@@ -141,8 +141,13 @@ def test_gradients_reach_the_other_side_through_the_exchange(real, exchange):
 
 def test_unaligned_masked_positions_take_no_part_in_hard_xpred(real):
     samples, info = real
+
+    def unlinked(sample) -> int:  # source words no link reaches (specials and truncation aside)
+        return len(set(range(1, min(len(sample["src_ids"]), 64) - 1)) - set(sample["align"][:, 0].tolist()))
+
+    # The samples with the most unlinked source tokens: eflomal's links differ from one build to the next.
     obj = objective(tiny_model(info.vocab_size))
-    batch = masked(samples[:16], info, rate=0.4)
+    batch = masked(sorted(samples, key=unlinked, reverse=True)[:16], info, rate=0.4)
     linked = torch.zeros_like(batch["src_labels"], dtype=torch.bool)
     links = batch["links"]
     rows = torch.arange(len(links))[:, None].expand_as(links[..., 0])
