@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weam_ds.xtreme_r.score import ScoreError
+from weam_ds.xtreme_r.score import ScoreError, read_json
 
 CLASSIFICATION = ("xnli", "pawsx")
 TAGGING = ("udpos", "panx")
@@ -102,7 +102,7 @@ def check_layout(data: Path, task: str, languages: list[str], first_stage: str |
     elif task == "mewslix":
         needed = list(mewslix_files(data, languages).values())
     elif task == "lareqa":
-        needed = [data / "squad" / "train-v1.1.json", data / "squad" / "dev-v1.1.json"]
+        needed = list(squad_files(data).values())
         needed += [xquad_r_file(data, lang) for lang in languages]
     elif task in MULTIPLE_CHOICE:
         needed = [f for split in SIQA_SPLITS for f in siqa_files(data, split)] if first_stage == "siqa" else []
@@ -145,12 +145,17 @@ def qa_files(data: Path, task: str, lang: str | None) -> dict[str, Path]:
         if task == "tydiqa":
             return {"train": data / "tydiqa" / "tydiqa-goldp-v1.1-train" / "tydiqa.goldp.en.train.json",
                     "dev": _tydiqa_dev(data, "en")}
-        return {"train": data / "squad" / "train-v1.1.json", "dev": data / "squad" / "dev-v1.1.json"}
+        return squad_files(data)
     if task == "xquad":
         return {"test": data / "xquad" / f"xquad.{lang}.json"}
     if task == "mlqa":
         return {"test": data / "mlqa" / "MLQA_V1" / "test" / f"test-context-{lang}-question-{lang}.json"}
     return {"test": _tydiqa_dev(data, lang)}
+
+
+def squad_files(data: Path) -> dict[str, Path]:
+    """English SQuAD v1.1, the training and dev data of XQuAD, MLQA and LAReQA."""
+    return {"train": data / "squad" / "train-v1.1.json", "dev": data / "squad" / "dev-v1.1.json"}
 
 
 def _tydiqa_dev(data: Path, lang: str) -> Path:
@@ -176,8 +181,7 @@ def answered(examples: list[QAExample]) -> bool:
 
 def read_squad(path: Path) -> tuple[list[QAExample], list[dict]]:
     """The examples of a SQuAD-format file, and its ``data`` list (the labels the scorer reads)."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    articles = raw["data"] if isinstance(raw, dict) and "data" in raw else raw
+    articles = read_json(path)
     examples = [QAExample(qa["id"], qa["question"], p["context"], qa.get("answers", []))
                 for article in articles for p in article["paragraphs"] for qa in p["qas"]]
     return examples, articles
@@ -191,15 +195,7 @@ def choice_file(data: Path, split: str, lang: str) -> Path:
 
 def read_choices(path: Path) -> list[dict]:
     """COPA records: premise, choice1, choice2, question (cause or effect), and label where it is kept."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as exc:
-                    raise ScoreError(f"{path}:{n}: not JSON ({exc})") from None
-    return rows
+    return list(read_jsonl(path))
 
 
 # SIQA (Social IQa), the official recipe's first XCOPA training stage, in ``siqa/``. Two layouts:
@@ -464,8 +460,7 @@ def read_squad_sentences(path: Path, lang: str) -> RetrievalSet:
     text is its sentence followed by its whole paragraph (the official baseline's answer encoding). A
     question's gold is the sentence holding its first answer's start; questions whose answer starts in no
     sentence are left out, as the official code does."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    articles = raw["data"] if isinstance(raw, dict) and "data" in raw else raw
+    articles = read_json(path)
     found = RetrievalSet([], [], {})
     number = 0
     for article in articles:

@@ -42,8 +42,8 @@ from weam_ds.xtreme_r.readers import (CLASSIFICATION, DUAL_ENCODER, MULTIPLE_CHO
                                       answered, check_layout, choice_file, choices_labelled, labelled, mewslix_files,
                                       mlqa_dev_file, qa_files, read_choices, read_entities, read_mention_pairs,
                                       read_sentences, read_siqa, read_split, read_squad, read_squad_sentences,
-                                      read_wikinews, read_xquad_r, siqa_files, split_file, tatoeba_files,
-                                      tatoeba_shuffled)
+                                      read_wikinews, read_xquad_r, siqa_files, split_file, squad_files,
+                                      tatoeba_files, tatoeba_shuffled)
 from weam_ds.xtreme_r.score import ScoreError, score, score_task, write_scores
 from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, LAREQA_LANGUAGES
 
@@ -313,8 +313,8 @@ def _dual_encoder_seed(model_dir: Path, data: Path, task: str, langs: list[str],
             tests = read_wikinews(files, "dev", langs)
         pool_ids, pool = read_entities(files["candidates"])
     else:
-        train = read_squad_sentences(data / "squad" / "train-v1.1.json", "en")
-        dev = read_squad_sentences(data / "squad" / "dev-v1.1.json", "en")
+        squad = squad_files(data)
+        train, dev = read_squad_sentences(squad["train"], "en"), read_squad_sentences(squad["dev"], "en")
         (tests, pool_ids, pool), split = read_xquad_r(data, langs), "test"
     log.info("%s seed %d: fine-tuning on %d English pairs; %s split of %d languages against %d candidates",
              task, seed, len(train.query_ids), split, len(langs), len(pool_ids))
