@@ -29,9 +29,16 @@ def align_words(src: list[str], tgt: list[str], cfg: AlignerConfig, tmp_dir: Pat
     are their words separated by spaces."""
     aligner = eflomal.Aligner(model=cfg.model, n_samplers=cfg.samplers)
     with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
-        fwd, rev = Path(tmp) / "fwd", Path(tmp) / "rev"
-        # eflomal lower-cases its vocabulary itself.
-        aligner.align(src, tgt, links_filename_fwd=str(fwd), links_filename_rev=str(rev), quiet=True)
+        src_ids, tgt_ids, fwd, rev = (Path(tmp) / name for name in ("src", "tgt", "fwd", "rev"))
+        # Aligner.align would put its input files in the system temp dir, where a killed build leaves
+        # them; here they go with the dataset's work dir. eflomal lower-cases its vocabulary itself.
+        with open(src_ids, "wb") as src_file, open(tgt_ids, "wb") as tgt_file:
+            aligner.prepare_files(src, src_file, tgt, tgt_file, None, None)
+        # What Aligner.align passes on (no priors, no scores).
+        eflomal.align(str(src_ids), str(tgt_ids), links_filename_fwd=str(fwd), links_filename_rev=str(rev),
+                      model=aligner.model, score_model=aligner.score_model, n_iterations=aligner.n_iterations,
+                      n_samplers=aligner.n_samplers, quiet=True, rel_iterations=aligner.rel_iterations,
+                      null_prior=aligner.null_prior)
         fwd_links, rev_links = read_links(fwd), read_links(rev)
     if len(fwd_links.lengths) != len(src) or len(rev_links.lengths) != len(src):
         raise RuntimeError(f"eflomal returned {len(fwd_links.lengths)}/{len(rev_links.lengths)} alignments "

@@ -11,16 +11,18 @@
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -33,7 +35,8 @@ from data_prep import PrepError, __version__
 from data_prep.chunks import ChunkTask, align_chunk, encode_chunk, read_spool
 from data_prep.cleaning import Cleaner
 from data_prep.config import PairConfig, PrepConfig
-from data_prep.manifest import FORMAT, FORMAT_VERSION, ManifestError, read_manifest, split_totals, write_manifest
+from data_prep.manifest import (FORMAT, FORMAT_VERSION, SPLITS, ManifestError, read_manifest, split_totals,
+                                write_manifest)
 from data_prep.readers import read_pairs
 from data_prep.tokenizer import copy_tokenizer, tokenizer_sha256, train_tokenizer
 from data_prep.typed_config import to_dict
@@ -54,15 +57,27 @@ class BuildReport:
 def build(cfg: PrepConfig) -> BuildReport:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _open_manifest(out, cfg)
-    report = BuildReport(manifest)
-    if manifest["complete"]:
-        log.info("%s is complete; nothing to do", out)
-        return report
-
-    with _worker_pool(cfg.n_workers) as pool:
-        _run_stages(cfg, manifest, report, pool)
+    with _exclusive(out):
+        manifest = _open_manifest(out, cfg)
+        report = BuildReport(manifest)
+        if manifest["complete"]:
+            log.info("%s is complete; nothing to do", out)
+            return report
+        with _worker_pool(cfg.n_workers) as pool:
+            _run_stages(cfg, manifest, report, pool)
     return report
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One build per output directory at a time: a second one would resume, or remove, the first's work.
+    The lock is the kernel's (flock), so a killed build never leaves it held."""
+    with open(out / ".build.lock", "a") as lock:  # "a": a re-run of a complete build changes nothing
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PrepError(f"{out}: another data_prep build is running there") from None
+        yield
 
 
 def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Executor) -> None:
@@ -135,12 +150,17 @@ def _open_manifest(out: Path, cfg: PrepConfig) -> dict:
         if (out / "manifest.json").exists():
             raise
         manifest = None
-    if manifest is not None:
-        if manifest["config_sha256"] != fingerprint:
-            raise PrepError(f"{out}: was built from another config or other input files; "
-                            "use a new output_dir or delete this one")
+    if manifest is not None and manifest["config_sha256"] == fingerprint:
         log.info("resuming %s", out)
         return manifest
+    if manifest is not None:
+        if manifest["complete"]:
+            raise PrepError(f"{out}: was built from another config or other input files; "
+                            "use a new output_dir or delete this one")
+        # A failed build must not lock its config: the fixed config starts afresh.
+        log.warning("%s: the unfinished build there came from another config or other input files; "
+                    "removing what it wrote and starting afresh", out)
+        _remove_unfinished(out, [*manifest["pairs"], *(p.key for p in cfg.pairs)])
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "data_prep_version": __version__,
         "complete": False, "config_sha256": fingerprint,
@@ -149,6 +169,19 @@ def _open_manifest(out: Path, cfg: PrepConfig) -> dict:
     }
     write_manifest(out, manifest)
     return manifest
+
+
+def _remove_unfinished(out: Path, pair_keys: list[str]) -> None:
+    """Remove what data_prep writes into ``out``, and nothing else: the directory may hold the user's
+    files. The manifest stays until the new one replaces it, so a run killed meanwhile does this again."""
+    # Keys from an old manifest become paths: only plain names (as PairConfig makes them) are used.
+    pair_dirs = [out / key for key in pair_keys if re.fullmatch(r"[\w-]+", key)]
+    for path in [out / ".work", out / "tokenizer", *(d / split for d in pair_dirs for split in SPLITS)]:
+        if path.exists():
+            shutil.rmtree(path)  # a failure stops here: old files must not mix into the new build
+    for d in pair_dirs:
+        with suppress(OSError):
+            d.rmdir()  # only if empty
 
 
 def _clean_pair(pair: PairConfig, cfg: PrepConfig, work: Path) -> dict:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.readers import READERS
+from data_prep.readers import READERS, TEXT_FORMATS, encoding_problem
 from data_prep.symmetrize import SYMMETRIZERS
 from data_prep.typed_config import ConfigError, from_dict, load_yaml, to_dict
 
@@ -149,6 +149,8 @@ class PairConfig:
             for p in paths:
                 if not Path(p).is_file():
                     raise ConfigError(f"{key}: file not found: {p}")
+                if self.format in TEXT_FORMATS and (problem := encoding_problem(p)):
+                    raise ConfigError(f"{key}: {p}: {problem}")
 
     @property
     def key(self) -> str:
@@ -174,6 +176,12 @@ class PrepConfig:
     """Worker processes; 0 means one per CPU core."""
 
     def __post_init__(self):
+        # Checked here, before anything is written: a file in the way would fail only at mkdir, unnamed.
+        out = Path(self.output_dir)
+        existing = next(p for p in (out, *out.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"output_dir: {out} is not a directory" if existing == out
+                              else f"output_dir: cannot create {out}: {existing} is not a directory")
         if not self.pairs:
             raise ConfigError("pairs: at least one language pair is needed")
         keys = [p.key for p in self.pairs]

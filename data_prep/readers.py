@@ -6,6 +6,8 @@ except for gettext catalogs, which polib reads whole (catalogs are small).
 """
 from __future__ import annotations
 
+import codecs
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -18,9 +20,14 @@ from data_prep import PrepError
 if TYPE_CHECKING:
     from data_prep.config import PairConfig
 
+log = logging.getLogger(__name__)
+
 Record = tuple[str, str] | str
 Reader = Callable[["PairConfig"], Iterator[Record]]
 READERS: dict[str, Reader] = {}
+# Formats read as bytes with an ASCII-compatible encoding (UTF-8 lines; a .po's charset): a UTF-16 or
+# UTF-32 file would come out as noise, so the config refuses it (see encoding_problem).
+TEXT_FORMATS = ("moses", "tsv", "po")
 
 
 def reader(name: str):
@@ -34,18 +41,52 @@ def read_pairs(pair: PairConfig) -> Iterator[Record]:
     return READERS[pair.format](pair)
 
 
-def _lines(path: str) -> Iterator[str]:
-    """Lines split on '\\n' only (a lone '\\r' inside a line is text, as in `wc -l`), strictly UTF-8."""
+# Longest first: the UTF-32 little-endian mark begins with the UTF-16 one.
+_BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32", "little"), (codecs.BOM_UTF32_BE, "UTF-32", "big"),
+                     (codecs.BOM_UTF16_LE, "UTF-16", "little"), (codecs.BOM_UTF16_BE, "UTF-16", "big"))
+
+
+def encoding_problem(path: str) -> str | None:
+    """Why ``path`` is no UTF-8 text at all (UTF-16 or UTF-32), or None. Single bad lines are only
+    dropped by the readers; a whole file in another encoding is an error to fix."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as exc:
+        return f"cannot read ({exc.strerror})"
+    for mark, encoding, order in _BYTE_ORDER_MARKS:
+        if head.startswith(mark):
+            return (f"{encoding} ({order}-endian byte-order mark), not UTF-8; "
+                    f"convert it with iconv -f {encoding} -t UTF-8")
+    if b"\0" in head:  # never in text, but in every ASCII character of UTF-16 or UTF-32
+        return ("NUL bytes, so not UTF-8 text (UTF-16 or UTF-32 without a byte-order mark?); "
+                "convert it with iconv -f <its encoding> -t UTF-8")
+    return None
+
+
+def _lines(path: str) -> Iterator[str | None]:
+    """Lines split on '\\n' only (a lone '\\r' inside a line is text, as in `wc -l`), decoded as UTF-8.
+
+    A line that is not valid UTF-8 comes as None (the reader drops its record as malformed), and the
+    count and first line numbers of such lines are logged once the file has been read.
+    """
+    n_bad, first_bad = 0, []
     try:
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as exc:
-                    raise PrepError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-                yield line.rstrip("\n").rstrip("\r")
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\n").rstrip("\r")
+                except UnicodeDecodeError:
+                    n_bad += 1
+                    if len(first_bad) < 5:
+                        first_bad.append(lineno)
+                    line = None
+                yield line
     except OSError as exc:
         raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
+    if n_bad:
+        shown = ", ".join(map(str, first_bad)) + (", ..." if n_bad > len(first_bad) else "")
+        log.warning("%s: %d lines are not valid UTF-8, dropped as malformed (lines %s)", path, n_bad, shown)
 
 
 def count_lines(path: str) -> int:
@@ -66,16 +107,18 @@ def read_moses(pair: PairConfig) -> Iterator[Record]:
     n_src, n_tgt = count_lines(pair.src), count_lines(pair.tgt)
     if n_src != n_tgt:
         raise PrepError(f"{pair.key}: line counts differ: {pair.src} has {n_src} lines, {pair.tgt} has {n_tgt}")
-    for src, tgt in zip(_lines(pair.src), _lines(pair.tgt)):
-        yield src, tgt
+    # strict: both files are read to their end, so both report their undecodable lines.
+    for src, tgt in zip(_lines(pair.src), _lines(pair.tgt), strict=True):
+        yield "malformed" if src is None or tgt is None else (src, tgt)
 
 
 @reader("tsv")
 def read_tsv(pair: PairConfig) -> Iterator[Record]:
-    """One pair per line: src<TAB>tgt. Lines with another number of fields are dropped as malformed."""
+    """One pair per line: src<TAB>tgt. Lines with another number of fields (or not UTF-8) are dropped as
+    malformed."""
     for path in pair.path:
         for line in _lines(path):
-            fields = line.split("\t")
+            fields = [] if line is None else line.split("\t")
             yield (fields[0], fields[1]) if len(fields) == 2 else "malformed"
 
 

@@ -32,7 +32,13 @@ def train_tokenizer(texts: Iterable[str | list[str]], vocab_size: int, out_dir: 
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
                                       max_piece_length=16, show_progress=True)
-    tok.train_from_iterator(texts, trainer=trainer)
+    try:
+        tok.train_from_iterator(texts, trainer=trainer)
+    except Exception as exc:  # the Rust trainer raises a bare Exception; only this one is the user's to fix
+        if "not large enough to contain all chars" not in str(exc):
+            raise
+        raise PrepError(f"tokenizer.train.vocab_size: {vocab_size} is too small: it must hold every distinct "
+                        f"character of the corpus and the special tokens (the trainer: {exc})") from None
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)])

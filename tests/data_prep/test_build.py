@@ -1,6 +1,7 @@
 """The whole build on real translations: manifest, shards, splits, tokenizer, resume."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -192,3 +193,62 @@ def test_build_stopped_while_encoding_does_not_redo_finished_chunks(tmp_path, ja
     _check_complete(dataset)
     assert _mtimes(kept) == kept  # finished chunks were not redone
     assert report.worker["align"] == 0  # nor was any alignment
+
+
+def test_failed_build_does_not_lock_its_config(tmp_path, ja_pairs, caplog):
+    cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
+    dataset.mkdir()
+    (dataset / "notes.txt").write_text("the user's own file")
+    with pytest.raises(PrepError, match="tokenizer.train.vocab_size"):
+        build(config_from_dict({**cfg, "tokenizer": {"train": {"vocab_size": 64}}}))
+    assert not read_manifest(dataset, require_complete=False)["complete"]
+
+    with caplog.at_level(logging.WARNING, logger="data_prep.build"):
+        build(config_from_dict(cfg))  # the fixed config, into the same directory
+    assert "unfinished build" in caplog.text and "another config" in caplog.text
+    for shard in _check_complete(dataset)["shards"]:
+        assert file_sha256(dataset / shard["path"]) == shard["sha256"]
+    assert (dataset / "notes.txt").read_text() == "the user's own file"
+
+
+def test_unfinished_build_from_another_config_leaves_no_stale_shards(tmp_path, ja_pairs):
+    cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
+    blocker = dataset / "ja-en" / "train" / "ja-en-train-00003-0000.tar"
+    blocker.mkdir(parents=True)
+    with pytest.raises(OSError):
+        build(config_from_dict(cfg))
+    # Written but unlisted by the stopped build; with 200 pairs per chunk there is no chunk 5.
+    assert list(dataset.rglob("ja-en-train-00005-*.tar"))
+
+    build(config_from_dict({**cfg, "chunk_size": 200}))
+    entry = read_manifest(dataset)["pairs"]["ja-en"]
+    assert entry["chunks"] == 3 and sum(s["samples"] for s in entry["shards"]) == 600
+    assert {p.relative_to(dataset).as_posix() for p in dataset.rglob("*.tar")} == {s["path"] for s in entry["shards"]}
+
+
+def test_eflomal_writes_its_files_under_the_dataset_not_tmp(tmp_path, ja_pairs):
+    cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=2)
+    config = tmp_path / "prep.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    temp = tmp_path / "system-temp"
+    temp.mkdir()
+    created = temp.stat().st_mtime_ns
+    result = subprocess.run([sys.executable, "-m", "data_prep", "--config", str(config)], capture_output=True,
+                            text=True, env={**os.environ, "TMPDIR": str(temp)})
+    assert result.returncode == 0, result.stderr
+    # Nothing is left there, and nothing was made there even for a while (that would change the mtime),
+    # so a killed build leaves its files only in .work/, which a later run cleans up.
+    assert not list(temp.iterdir()) and temp.stat().st_mtime_ns == created
+    _check_complete(dataset)
+
+
+def test_a_second_build_into_the_same_directory_is_refused_while_one_runs(tmp_path, ja_pairs):
+    import fcntl
+
+    cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
+    dataset.mkdir()
+    with open(dataset / ".build.lock", "w") as running:  # what a running build holds
+        fcntl.flock(running, fcntl.LOCK_EX)
+        with pytest.raises(PrepError, match="another data_prep build is running there"):
+            build(config_from_dict(cfg))
+    assert not (dataset / "manifest.json").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from conftest import small_config, write_moses
+from data_prep.manifest import read_manifest
 
 
 def run_prep(tmp_path: Path, cfg: dict) -> subprocess.CompletedProcess:
@@ -43,14 +44,30 @@ def test_moses_line_count_mismatch_names_both_files(tmp_path, ja_pairs):
     assert_nothing_listed(tmp_path)
 
 
-def test_undecodable_file_names_file_and_line(tmp_path, ja_pairs):
-    src, tgt = write_moses(tmp_path, "latin1", ja_pairs[:20])
+def test_undecodable_lines_are_dropped_and_named(tmp_path, ja_pairs):
+    src, tgt = write_moses(tmp_path, "latin1", ja_pairs[:150])
     lines = src.read_bytes().split(b"\n")
-    lines[6] = "Père Noël".encode("latin-1")
+    for k in (6, 9):
+        lines[k] = "Père Noël".encode("latin-1")
     src.write_bytes(b"\n".join(lines))
+    cfg = small_config(tmp_path, ja_pairs, splits={"dev": 10, "test": 10}, workers=1)
+    cfg["pairs"] = [{**cfg["pairs"][1], "src": str(src), "tgt": str(tgt)}]
+    result = run_prep(tmp_path, cfg)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "not valid UTF-8" in line]
+    assert len(warnings) == 1 and str(src) in warnings[0] and "lines 7, 10" in warnings[0]
+    entry = read_manifest(tmp_path / "dataset")["pairs"]["ja-en"]
+    assert entry["input_records"] == 150 and entry["dropped"] == {"malformed": 2}
+
+
+def test_utf16_file_is_refused_with_what_it_is(tmp_path, ja_pairs):
+    src, tgt = write_moses(tmp_path, "utf16", ja_pairs[:150])
+    src.write_bytes(src.read_text(encoding="utf-8").encode("utf-16"))  # little-endian with its BOM
     cfg = small_config(tmp_path, ja_pairs)
     cfg["pairs"][1].update(src=str(src), tgt=str(tgt))
-    assert_one_line_error(run_prep(tmp_path, cfg), f"{src}:7", "UTF-8")
+    result = run_prep(tmp_path, cfg)
+    assert_one_line_error(result, f"pairs[1].src: {src}: UTF-16 (little-endian byte-order mark), not UTF-8", "iconv")
+    assert "Traceback" not in result.stderr
     assert_nothing_listed(tmp_path)
 
 
@@ -87,3 +104,24 @@ def test_held_out_larger_than_corpus(tmp_path, ja_pairs):
     cfg = small_config(tmp_path, ja_pairs[:80], splits={"dev": 50, "test": 50})
     assert_one_line_error(run_prep(tmp_path, cfg), "splits:", "only 80 clean pairs")
     assert_nothing_listed(tmp_path)
+
+
+def test_vocab_size_too_small_for_the_characters(tmp_path, ja_pairs):
+    cfg = small_config(tmp_path, ja_pairs[:200], tokenizer={"train": {"vocab_size": 64}},
+                       splits={"dev": 10, "test": 10}, workers=1)
+    cfg["pairs"] = cfg["pairs"][1:]  # ja-en only
+    assert len(set("".join(s for s, _ in ja_pairs[:200]))) > 64  # kana and kanji alone need more pieces
+    result = run_prep(tmp_path, cfg)
+    assert_one_line_error(result, "tokenizer.train.vocab_size: 64", "every distinct character")
+    assert "Traceback" not in result.stderr
+    assert_nothing_listed(tmp_path)
+
+
+def test_output_dir_that_is_a_file(tmp_path, ja_pairs):
+    blocker = tmp_path / "dataset"
+    blocker.write_text("not a directory")
+    for output_dir in (blocker, blocker / "inside"):
+        result = run_prep(tmp_path, small_config(tmp_path, ja_pairs, output_dir=str(output_dir)))
+        assert_one_line_error(result, "output_dir:", str(output_dir))
+        assert "Errno" not in result.stderr
+    assert blocker.read_text() == "not a directory"
