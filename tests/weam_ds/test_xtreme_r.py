@@ -3,6 +3,7 @@ on the session dataset, and the Mewsli-X / LAReQA readers and dual-encoder loss.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,12 @@ from xtreme_fixtures import write_mewslix
 
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.__main__ import main
 from weam_ds.xtreme_r.dual_encoder import DualEncoder
 from weam_ds.xtreme_r.readers import (entity_text, mention_query, mewslix_files, read_squad_sentences, read_wikinews,
                                       read_xquad_r, sentence_breaks)
-from weam_ds.xtreme_r.score import ScoreError, read_tags, score
-from weam_ds.xtreme_r.tasks import LANGUAGES
+from weam_ds.xtreme_r.score import ScoreError, read_tags, score, score_task
+from weam_ds.xtreme_r.tasks import LANGUAGES, suffix
 from weam_ds.xtreme_r.tatoeba import evaluate_dataset, held_out_pairs
 
 # --- metrics by hand -----------------------------------------------------------------------------------
@@ -182,6 +184,90 @@ def test_missing_and_mismatched_files_are_errors_naming_them(tmp_path):
     run = subprocess.run([sys.executable, "-m", "weam_ds.xtreme_r", "score", "--predictions", str(pred), "--labels",
                           str(gold), "--output", str(tmp_path / "s.json")], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and not (tmp_path / "s.json").exists()
+
+
+def _line(n: int, text: bytes):
+    """Damage: line ``n`` (from 1) replaced by ``text``."""
+    def damage(raw: bytes) -> bytes:
+        lines = raw.split(b"\n")
+        lines[n - 1] = text
+        return b"\n".join(lines)
+    return damage
+
+
+def _json(change):
+    """Damage: the file's JSON value replaced by ``change(value)``."""
+    return lambda raw: json.dumps(change(json.loads(raw))).encode()
+
+
+def _set(*keys_and_value):
+    """Damage: the JSON value at ``keys`` replaced."""
+    *keys, value = keys_and_value
+
+    def change(data):
+        inner = data
+        for key in keys[:-1]:
+            inner = inner[key]
+        inner[keys[-1]] = value
+        return data
+    return _json(change)
+
+
+LATIN1 = "Größe".encode("latin-1")
+QAS = ("data", 0, "paragraphs", 0, "qas")
+# (task, language, folder, damage, what the message names besides the file)
+BAD_FILES = {
+    "predictions not UTF-8": ("xnli", "de", "pred", _line(3, LATIN1), r":3: not UTF-8"),
+    "labels not UTF-8": ("udpos", "de", "gold", _line(2, LATIN1), r":2: not UTF-8"),
+    "QA predictions not UTF-8": ("xquad", "de", "pred", lambda raw: raw.replace(b"yes", LATIN1, 1), r":1: not UTF-8"),
+    "one tag too few": ("panx", "de", "pred", lambda raw: raw.replace(b"I-PER\n", b"", 1),
+                        r": sentence 1 has 1 tags but sentence 1 of \S+/gold/panx/test-de.tsv has 2"),
+    "one tag too many": ("udpos", "fr", "pred", lambda raw: raw + b"O\n",
+                         r": sentence 2 has 2 tags but sentence 2 of \S+/gold/udpos/test-fr.tsv has 1"),
+    "QA answer a number": ("xquad", "de", "pred", _set("q2", 2), r": question q2: the answer is a number"),
+    "QA answer a list": ("mlqa", "de", "pred", _set("q1", ["yes"]), r": question q1: the answer is a list"),
+    "QA predictions a list": ("tydiqa", "en", "pred", _json(lambda answers: list(answers.values())),
+                              r": expected an object mapping question ids to answer texts, got a list"),
+    "ranked ids a string": ("mewslix", "de", "pred", _set("e1", "Q1"),
+                            r": example e1: expected a list of ids, got a string"),
+    "ranked ids numbers": ("mewslix", "de", "pred", _set("e3", [3]), r": example e3: id 3 is a number"),
+    "Mewsli-X predictions a list": ("mewslix", "ar", "pred", _json(lambda ids: list(ids.values())),
+                                    r": expected an object mapping example ids to lists of ids, got a list"),
+    "Mewsli-X label empty": ("mewslix", "de", "gold", _set("e2", []), r": example e2: no ids"),
+    "Mewsli-X label a string": ("mewslix", "de", "gold", _set("e0", "Q0"), r": example e0: expected a list of ids"),
+    "XCOPA line not an object": ("xcopa", "it", "pred", _line(2, b"[1]"),
+                                 r":2: expected an object with a 'label', got a list"),
+    "XCOPA label a string": ("xcopa", "it", "gold", _line(1, b'{"label": "0"}'), r':1: label "0" is a string'),
+    "QA labels not SQuAD": ("xquad", "de", "gold", _json(lambda data: {"q0": "yes"}), r": expected a SQuAD dataset"),
+    "QA label without answers": ("mlqa", "de", "gold", _set(*QAS, 3, "answers", "yes"),
+                                 r": question q3: expected 'answers', a non-empty list"),
+    "QA label without id": ("tydiqa", "en", "gold", _set(*QAS, 1, "id", 1),
+                            r": article 1, paragraph 1, question 2: expected an object with a string 'id'"),
+}
+
+
+@pytest.mark.parametrize("task, lang, folder, damage, names", BAD_FILES.values(), ids=BAD_FILES)
+def test_bad_files_are_one_line_errors_naming_file_and_example(tmp_path, capsys, task, lang, folder, damage, names):
+    pred, gold = _benchmark(tmp_path, "xtreme-r", [task])
+    path = {"pred": pred, "gold": gold}[folder] / task / f"test-{lang}.{suffix(task)}"
+    path.write_bytes(damage(path.read_bytes()))
+    out = tmp_path / "scores.json"
+    code = main(["score", "--predictions", str(pred), "--labels", str(gold), "--version", "xtreme-r", "--output",
+                 str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.startswith(f"weam_ds.xtreme_r: error: {path}") and err.count("\n") == 1, err
+    assert re.search(re.escape(str(path)) + names, err), err
+
+
+def test_lareqa_ids_must_be_lists(tmp_path):
+    """LAReQA is scored by ``run`` alone (the official scorer lists no languages for it): a string of ids
+    would be read character by character."""
+    pred, gold = tmp_path / "pred", tmp_path / "gold"
+    _write(gold, "lareqa", "de", "json", json.dumps({"q1_de": ["en_1_0", "de_1_0"]}))
+    _write(pred, "lareqa", "de", "json", json.dumps({"q1_de": "en_1_0"}))
+    with pytest.raises(ScoreError, match="pred/lareqa/test-de.json: example q1_de: expected a list of ids"):
+        score_task("lareqa", ["de"], pred, gold)
 
 
 def test_tag_files_keep_a_last_sentence_without_blank_line(tmp_path):
