@@ -82,8 +82,10 @@ class DataConfig:
             raise ConfigError("datasets: name at least one dataset directory")
         if (self.batch_size is None) == (self.batch_tokens is None):
             raise ConfigError("batch_size, batch_tokens: set exactly one of them")
-        if (self.batch_size or 1) < 1 or (self.batch_tokens is not None and self.batch_tokens < self.max_length):
-            raise ConfigError("batch_size/batch_tokens: must be positive (batch_tokens at least max_length)")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
+        if self.batch_tokens is not None and self.batch_tokens < self.max_length:
+            raise ConfigError(f"batch_tokens: must be at least max_length ({self.max_length}), got {self.batch_tokens}")
         if not 0 <= self.temperature <= 1:
             raise ConfigError("temperature: must be between 0 and 1")
         if self.max_length < 8:
@@ -132,6 +134,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_nonfinite_in_row: int = 10
     """Steps whose loss is NaN/inf are skipped and counted; this many in a row abort the run."""
+    failure_timeout: float = 60.0
+    """Seconds within which an error on any rank ends every rank of the job (see weam_ds.failure)."""
+    collective_timeout: float = 1800.0
+    """Seconds a rank waits in one collective before it fails (the process-group timeout): what ends a job
+    whose peer was killed outright or hangs. Raise it when saving a checkpoint takes longer."""
 
     def __post_init__(self):
         for name in ("steps", "gradient_accumulation", "log_interval", "eval_interval", "checkpoint_interval",
@@ -140,6 +147,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be at least 1")
         if self.gradient_clipping < 0:
             raise ConfigError("gradient_clipping: must not be negative (0 turns it off)")
+        if self.failure_timeout < 5 or self.collective_timeout < 5:
+            raise ConfigError("failure_timeout, collective_timeout: must be at least 5 seconds")
 
 
 @dataclass
@@ -171,12 +180,47 @@ class RunConfig:
 
 
 def load_run_config(path: str | Path) -> RunConfig:
+    """The run config, checked against everything it names (datasets and their pairs, the model, the output
+    directory, the DeepSpeed JSON) so that a mistake is a one-line error before any process starts work."""
     cfg = load_yaml(RunConfig, path)
-    for i, d in enumerate(cfg.data.datasets):
-        if not (Path(d) / "manifest.json").is_file():
-            raise ConfigError(f"{path}: data.datasets[{i}]: {d} has no manifest.json (build it with data_prep)")
+    _check_output_dir(cfg.output_dir, str(path))
+    _check_pairs(cfg.data, str(path))
+    _check_model(cfg.model, str(path))
     deepspeed_config(cfg, where=str(path))  # validates the DeepSpeed section early
     return cfg
+
+
+def _check_output_dir(output_dir: str, where: str) -> None:
+    out = Path(output_dir)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            under = "" if p == out else f" lies under {p}, which"
+            raise ConfigError(f"{where}: output_dir: {out}{under} is a file, not a directory")
+
+
+def _check_pairs(data: DataConfig, where: str) -> None:
+    from data_prep.manifest import ManifestError, read_manifest
+
+    available = set()
+    for i, d in enumerate(data.datasets):
+        if not (Path(d) / "manifest.json").is_file():
+            raise ConfigError(f"{where}: data.datasets[{i}]: {d} has no manifest.json (build it with data_prep)")
+        try:
+            available.update(read_manifest(d)["pairs"])
+        except ManifestError as exc:
+            raise ConfigError(f"{where}: data.datasets[{i}]: {exc}") from None
+    unknown = [p for p in data.pairs or [] if p not in available]
+    if unknown:
+        raise ConfigError(f"{where}: data.pairs: {', '.join(unknown)} not in any dataset "
+                          f"(they have {', '.join(sorted(available))})")
+
+
+def _check_model(model: str, where: str) -> None:
+    from weam_ds.presets import PRESETS
+
+    if model not in PRESETS and not (Path(model) / "config.json").is_file():
+        raise ConfigError(f"{where}: model: {model!r} is neither a preset ({', '.join(PRESETS)}) nor a Hugging "
+                          "Face checkpoint directory (with a config.json)")
 
 
 DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
@@ -204,7 +248,12 @@ def deepspeed_config(cfg: RunConfig, where: str = "config", world_size: int = 1,
         ds = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"{where}: deepspeed.config: {path} must hold a JSON object, not a {type(ds).__name__}")
     ds = _merge(ds, cfg.deepspeed.overrides)
+    for section in ("zero_optimization", "fp16", "bf16", "optimizer", "scheduler", "checkpoint", "pipeline"):
+        if not isinstance(ds.get(section, {}), dict):
+            raise ConfigError(f"{where}: deepspeed.{section}: must be a mapping, got {type(ds[section]).__name__}")
     zero = ds.setdefault("zero_optimization", {"stage": 0})
     if ds.get("fp16", {}).get("enabled") and ds.get("bf16", {}).get("enabled"):
         raise ConfigError(f"{where}: deepspeed: fp16.enabled and bf16.enabled cannot both be true")

@@ -91,15 +91,23 @@ def _every(urls):
 
 
 class _Shards:
-    """Opens shards for one process: checks each against its sha256 once, skips and counts the bad."""
+    """Opens shards for one slot: checks each against its sha256 once, skips the bad ones and remembers them.
 
-    def __init__(self, verify: bool, stats: Counter):
+    A shard is bad when it is missing, differs from its manifest sha256, cannot be read as a tar, or ends
+    before the number of samples the manifest lists (a truncated or damaged file read without the sha256
+    check). Its good samples before the damage are still used; later visits skip it. ``bad`` travels in the
+    stream's position, so a resumed stream skips the same shards and the run counts each file once.
+    """
+
+    def __init__(self, verify: bool, stats: Counter, bad: set[str] | None = None):
         self.verify, self.stats = verify, stats
-        self.bad: set[str] = set()
+        self.bad: set[str] = set(bad or ())
         self.checked: set[str] = set()
 
-    def samples(self, shard: Shard) -> Iterator[dict]:
-        if shard.path in self.bad:
+    def samples(self, shard: Shard, replay: bool = False) -> Iterator[dict]:
+        """The shard's decodable samples; a shard known to be bad yields none, unless ``replay`` (a resumed
+        stream re-reading the visit it stopped in, which may have found the damage after its position)."""
+        if shard.path in self.bad and not replay:
             return
         if self.verify and shard.path not in self.checked:
             try:
@@ -109,7 +117,7 @@ class _Shards:
             if not ok:
                 return self._skip(shard, "sha256 differs from the manifest")
             self.checked.add(shard.path)
-        errors = []
+        errors, read = [], 0
 
         def handler(exc: Exception) -> bool:
             errors.append(exc)
@@ -118,39 +126,52 @@ class _Shards:
         # This process reads exactly this shard: the stream, not webdataset, decides who reads what.
         for raw in wds.WebDataset([shard.path], shardshuffle=False, empty_check=False, handler=handler,
                                   nodesplitter=_every, workersplitter=_every):
+            read += 1
             try:
                 yield decode_sample(raw)
             except ShardFormatError as exc:
                 self.stats["bad_samples"] += 1
                 log.warning("skipping a sample: %s", exc)
         if errors:
-            self._skip(shard, f"unreadable ({errors[0]})")
+            self._skip(shard, f"unreadable after {read} samples ({errors[0]})")
+        elif read < shard.samples:
+            self._skip(shard, f"ends after {read} of its {shard.samples} samples (truncated or damaged)")
 
     def _skip(self, shard: Shard, why: str) -> None:
-        self.bad.add(shard.path)
-        self.stats["bad_shards"] += 1
-        log.warning("skipping shard %s: %s", shard.path, why)
+        if shard.path not in self.bad:
+            self.bad.add(shard.path)
+            log.warning("skipping shard %s: %s", shard.path, why)
+
+    def all_bad(self, shards: list[Shard]) -> bool:
+        return all(s.path in self.bad for s in shards)
+
+
+class NoData(RuntimeError):
+    """Every shard of a language pair (or of all of them) is bad: training cannot draw from its mixture."""
 
 
 class _PairStream:
     """One pair's samples: seeded shard visits through a seeded shuffle buffer; position (visit, taken)."""
 
     def __init__(self, pair: str, shards: list[Shard], seed: tuple, buffer: int, opener: _Shards,
-                 visit: int = 0, taken: int = 0):
+                 position: tuple[int, int] | None = None):
         self.pair, self.shards, self.seed, self.buffer, self.opener = pair, shards, seed, buffer, opener
         self.weights = np.array([s.samples for s in shards], dtype=np.float64)
         self.weights /= self.weights.sum()
+        visit, taken = position or (0, 0)
         self.visit, self.taken = visit, 0
-        self._items = self._open(visit)
+        # A resumed visit is read again even if its shard was found bad meanwhile (at its end, maybe after
+        # the position was taken): the samples it gave before must come again.
+        self._items = self._open(visit, replay=position is not None)
         for _ in range(taken):  # replay the partly read shard
             self.next()
 
-    def _open(self, visit: int) -> Iterator[dict]:
+    def _open(self, visit: int, replay: bool = False) -> Iterator[dict]:
         rng = np.random.default_rng((*self.seed, visit))
         shard = self.shards[rng.choice(len(self.shards), p=self.weights)]
         shuffle = random.Random(int(rng.integers(1 << 62)))
         pool = []
-        for sample in self.opener.samples(shard):
+        for sample in self.opener.samples(shard, replay):
             pool.append(sample)
             if len(pool) >= self.buffer:
                 yield pool.pop(shuffle.randrange(len(pool)))
@@ -158,14 +179,15 @@ class _PairStream:
         yield from pool
 
     def next(self) -> dict:
-        for _ in range(1000):  # a visit to a bad shard yields nothing: go on to the next visit
+        while True:  # a visit to a bad shard yields nothing: go on to the next visit
             sample = next(self._items, None)
             if sample is not None:
                 self.taken += 1
                 return sample
+            if self.opener.all_bad(self.shards):
+                raise NoData(self.pair)
             self.visit, self.taken = self.visit + 1, 0
             self._items = self._open(self.visit)
-        raise RuntimeError(f"{self.pair}: 1000 shard visits in a row gave no sample; are all its shards bad?")
 
 
 class TrainStream(IterableDataset):
@@ -192,16 +214,21 @@ class TrainStream(IterableDataset):
     def _slot(self, slot: int, batch_index: int) -> Iterator[dict]:
         position = self.positions.get(slot, {"drawn": 0, "pairs": {}})
         stats = Counter()
-        opener = _Shards(self.cfg.verify_sha256, stats)
+        opener = _Shards(self.cfg.verify_sha256, stats, position.get("bad_shards"))
         streams = {}
 
         def stream(index: int) -> _PairStream:
             pair = self.corpus.pairs[index]
             if pair not in streams:
-                visit, taken = position["pairs"].get(pair, (0, 0))
                 streams[pair] = _PairStream(pair, self.corpus.shards[pair], (self.seed, self.rank, slot, index),
-                                            self.cfg.shuffle_buffer, opener, visit, taken)
+                                            self.cfg.shuffle_buffer, opener, position["pairs"].get(pair))
             return streams[pair]
+
+        def draw(index: int) -> dict:
+            try:
+                return stream(index).next()
+            except NoData:
+                raise NoData(self._no_data_message(opener)) from None
 
         def width(sample: dict) -> int:
             """Tokens the sample adds to each row of its batch (both sides, after truncation)."""
@@ -219,7 +246,7 @@ class TrainStream(IterableDataset):
                         rng = np.random.default_rng((self.seed, self.rank, slot, block))
                         draws = rng.choice(len(self.corpus.pairs), _MIX_BLOCK, p=self.corpus.probabilities)
                     index = int(draws[drawn % _MIX_BLOCK])
-                    pending = (index, stream(index).next())
+                    pending = (index, draw(index))
                     drawn += 1
                 index, sample = pending
                 if (self.cfg.batch_tokens is not None and samples
@@ -240,9 +267,27 @@ class TrainStream(IterableDataset):
             if pending is not None:
                 pairs_pos[self.corpus.pairs[pending[0]]][1] -= 1
             batch["stream"] = {"slot": slot, "batch": batch_index, "stats": dict(stats),
-                               "position": {"drawn": drawn - (pending is not None), "pairs": pairs_pos}}
+                               "position": {"drawn": drawn - (pending is not None), "pairs": pairs_pos,
+                                            "bad_shards": sorted(opener.bad)}}
             yield batch
             batch_index += self.slots
+
+    def _no_data_message(self, opener: _Shards) -> str:
+        """Which pairs have no readable train shard; the others' shards are checked now to say so."""
+        dead = []
+        for pair in self.corpus.pairs:
+            shards = self.corpus.shards[pair]
+            if not opener.all_bad(shards):
+                for shard in shards:  # read each until one gives a sample
+                    if shard.path not in opener.bad and next(opener.samples(shard), None) is not None:
+                        break
+            if opener.all_bad(shards):
+                dead.append(f"{pair} ({len(shards)} shard{'s' * (len(shards) > 1)})")
+        if len(dead) == len(self.corpus.pairs):
+            return (f"every train shard of every pair is bad: {', '.join(dead)} (missing, damaged or not "
+                    "matching the manifest; see the log): rebuild the dataset with data_prep")
+        return (f"every train shard of {', '.join(dead)} is bad (see the log): rebuild it, or leave it out of "
+                "data.pairs")
 
 
 def _masked_batch(samples: list[dict], pair_indices: list[int], info: TokenInfo, max_length: int,
@@ -266,13 +311,15 @@ def eval_batches(cfg: DataConfig, masking: MaskingConfig, info: TokenInfo, rank:
         return []
     try:
         corpus = Corpus.open(cfg, split="dev")
-    except ConfigError:
+    except ConfigError as exc:
+        log.warning("no evaluation: %s (data_prep's splits.dev makes a dev split)", exc)
         return []
     opener = _Shards(cfg.verify_sha256, Counter())
     every = [(index, sample) for index, pair in enumerate(corpus.pairs) for shard in corpus.shards[pair]
              for sample in opener.samples(shard)]
     if not every:
-        return []  # the same on every rank: none evaluates
+        raise NoData(f"every dev shard is bad ({', '.join(corpus.pairs)}; see the log): rebuild the dataset, "
+                     "or set data.eval_batches: 0")
     # A rank's share; a rank whose share is empty (fewer dev samples than ranks) evaluates them all.
     mine = every[rank::world] or every
     size = cfg.batch_size or max(1, cfg.batch_tokens // (2 * cfg.max_length))

@@ -1,6 +1,8 @@
 """``python -m weam_ds.export CKPT_DIR OUT_DIR``: a DeepSpeed checkpoint → a Hugging Face model directory.
 
-CKPT_DIR is a run's ``checkpoints/`` (the ``latest`` tag unless ``--tag``). ZeRO partitions are merged
+CKPT_DIR is a run's ``checkpoints/`` (the newest complete checkpoint unless ``--tag``: the one ``latest``
+names, or the newest whose commit record checks out; a damaged or unfinished one is refused, naming the
+file). ZeRO partitions are merged
 into one fp32 state dict (DeepSpeed's zero_to_fp32), the WEAM-only parameters (the prior-attention
 exchange) are left out, and the encoder with its MLM head is saved with ``save_pretrained`` (safetensors,
 fp32 or ``--dtype bf16/fp16``) next to the run's tokenizer, so ``AutoModelForMaskedLM.from_pretrained``
@@ -14,11 +16,12 @@ import logging
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 
-from weam_ds.run_dir import PROBE_FILE, RunDir
+from weam_ds.run_dir import PROBE_FILE, RunDir, checkpoint_problem
 
 log = logging.getLogger("weam_ds.export")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,12 +38,27 @@ def export(checkpoints: Path, out: Path, tag: str | None = None, dtype: str = "f
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
     run = RunDir(checkpoints.parent)
-    tag = tag or run.latest_tag()
-    if tag is None or not (checkpoints / tag).is_dir():
-        raise ExportError(f"{checkpoints}: no checkpoint {tag or '(no latest)'}")
+    if tag is None:
+        tag, notes = run.resume_tag()
+        for note in notes:
+            log.warning("%s: %s", checkpoints, note)
+        if tag is None:
+            raise ExportError(f"{checkpoints}: no complete checkpoint")
+    elif not (checkpoints / tag).is_dir():
+        raise ExportError(f"{checkpoints}: no checkpoint {tag}")
+    problem = checkpoint_problem(checkpoints / tag)
+    if problem is not None:
+        raise ExportError(f"{checkpoints / tag}: incomplete: {problem}")
+    # torch.load does not check the CRCs of torch.save's zip archive: damage inside a tensor would load.
+    damaged = _damaged_file(checkpoints / tag)
+    if damaged is not None:
+        raise ExportError(f"{damaged}: damaged (its archive fails the CRC check)")
     if not (run.model / "config.json").is_file():
         raise ExportError(f"{run.model}: the run's model config is missing (is {checkpoints} a weam_ds run?)")
-    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag)
+    try:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoints), tag=tag)
+    except (RuntimeError, EOFError, ValueError, KeyError) as exc:
+        raise ExportError(f"{checkpoints / tag}: cannot be read ({str(exc).splitlines()[0]})") from None
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     config = AutoConfig.from_pretrained(str(run.model), local_files_only=True)
     with torch.device("meta"):
@@ -66,6 +84,19 @@ def export(checkpoints: Path, out: Path, tag: str | None = None, dtype: str = "f
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return difference
+
+
+def _damaged_file(tag_dir: Path) -> Path | None:
+    """The first checkpoint file whose zip container (torch.save's format) fails its CRC check."""
+    for path in sorted(tag_dir.glob("*.pt")):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is None:
+                    continue
+        except (zipfile.BadZipFile, OSError, EOFError):
+            pass
+        return path
+    return None
 
 
 def _check(model_dir: Path, probe_file: Path, dtype: str) -> float | None:

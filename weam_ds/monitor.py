@@ -1,4 +1,8 @@
-"""What a run reports: TensorBoard scalars, console lines, and metrics.jsonl (rank 0 writes them all)."""
+"""What a run reports: TensorBoard scalars, console lines, and metrics.jsonl (rank 0 writes them all).
+
+A resumed run continues both logs at its checkpoint's step: the lines and events that a killed run wrote
+after that step are dropped (metrics.jsonl is rewritten without them; TensorBoard is told to purge them
+with ``purge_step``), so each step appears once."""
 from __future__ import annotations
 
 import json
@@ -9,6 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+
+from weam_ds.run_dir import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +38,18 @@ class Monitor:
     """Accumulates per-step figures and reports their means every ``interval`` steps."""
 
     def __init__(self, tensorboard: Path | None, metrics: Path | None, pairs: list[str], peak: float | None,
-                 world: int, device: str = "cpu"):
+                 world: int, device: str = "cpu", resumed_at: int = 0):
         self.writer = None
         if tensorboard is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(tensorboard))
-        self.metrics = open(metrics, "a", encoding="utf-8") if metrics is not None else None
+            self.writer = SummaryWriter(str(tensorboard), purge_step=resumed_at + 1)
+        self.metrics = None
+        if metrics is not None:
+            _drop_lines_after(metrics, resumed_at)
+            self.metrics = open(metrics, "a", encoding="utf-8")
         self.pairs, self.peak, self.world, self.device = pairs, peak, world, device
+        self.counters: dict[str, float] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -49,10 +59,14 @@ class Monitor:
         self.steps = 0
         self.started = time.perf_counter()
 
-    def step(self, step: int, figures: dict[str, float]) -> None:
-        """Figures of one optimizer step, already averaged (losses) or summed (counts) over ranks."""
+    def step(self, step: int, figures: dict[str, float], counters: dict[str, float] | None = None) -> None:
+        """Figures of one optimizer step, already averaged (losses) or summed (counts) over ranks; at a
+        reporting step also the run's counters, which go to metrics.jsonl as ``counters/<name>``."""
+        if counters is not None:
+            self.counters = counters
         if self.metrics is not None:
-            self.metrics.write(json.dumps({"step": step, **figures}) + "\n")
+            extra = {f"counters/{k}": v for k, v in (counters or {}).items()}
+            self.metrics.write(json.dumps({"step": step, **figures, **extra}) + "\n")
             self.metrics.flush()
         for key, value in figures.items():
             self.sums[key] += value
@@ -63,7 +77,7 @@ class Monitor:
         self.pair_loss.index_add_(0, pair_index, row_loss.double())
         self.pair_count.index_add_(0, pair_index, row_count.double())
 
-    def report(self, step: int, counters: dict[str, float], reduce=lambda t: t) -> dict[str, float]:
+    def report(self, step: int, reduce=lambda t: t) -> dict[str, float]:
         """``reduce`` sums a tensor over ranks (every rank calls report); per-pair losses are reduced only here."""
         pair_loss, pair_count = reduce(self.pair_loss).cpu(), reduce(self.pair_count).cpu()
         seconds = time.perf_counter() - self.started
@@ -87,6 +101,7 @@ class Monitor:
             scalars["memory/reserved_gb"] = torch.cuda.memory_reserved() / 2**30
         else:
             scalars["memory/max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        counters = self.counters
         scalars.update({f"counters/{k}": v for k, v in counters.items()})
         if self.writer is not None:
             for key, value in scalars.items():
@@ -111,3 +126,22 @@ class Monitor:
             self.writer.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _drop_lines_after(metrics: Path, step: int) -> None:
+    """Rewrites metrics.jsonl without the lines of steps after ``step`` (and without a torn last line)."""
+    if not metrics.is_file():
+        return
+    kept, dropped = [], 0
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            keep = json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        log.info("%s: dropped %d lines logged after step %d by an earlier attempt", metrics, dropped, step)
+        write_atomically(metrics, "".join(kept))

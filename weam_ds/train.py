@@ -11,20 +11,25 @@ torchrun, the DeepSpeed runner or SLURM (see launcher/). Read top to bottom, a r
 4. trains: per optimizer step, gradient-accumulation micro-batches from the resumable WebDataset stream;
    a non-finite loss skips its micro-batch on every rank (counted; too many in a row abort);
 5. logs every ``log_interval``, evaluates every ``eval_interval``, checkpoints every
-   ``checkpoint_interval`` and on SIGTERM/SIGINT (preemption), keeping the last ``keep_checkpoints``.
+   ``checkpoint_interval`` and on SIGTERM/SIGINT (preemption), keeping the last ``keep_checkpoints``
+   (weam_ds.checkpoint: ``latest`` names a checkpoint only once every rank's files are on disk).
+
+An error on any rank ends every rank within ``train.failure_timeout`` seconds, with its reason
+(weam_ds.failure); a bad config or dataset is a one-line error and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import time
+import traceback
 import warnings
 from functools import partial
 from pathlib import Path
@@ -33,7 +38,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from data_prep.manifest import ManifestError
 from data_prep.typed_config import ConfigError, to_dict
+from weam_ds import checkpoint, failure
 from weam_ds.batch import TokenInfo
 from weam_ds.config import RunConfig, deepspeed_config, load_run_config
 from weam_ds.data import Corpus, TrainStream, eval_batches
@@ -99,7 +106,9 @@ def _setup_logging(run: RunDir, rank: int) -> None:
     fmt = logging.Formatter(LOG_FORMAT.format(rank=rank))
     handlers = [logging.FileHandler(run.log(rank))]
     if rank == 0:
-        handlers.append(logging.StreamHandler(sys.stderr))
+        console = logging.StreamHandler(sys.stderr)
+        console.addFilter(lambda record: not getattr(record, "file_only", False))
+        handlers.append(console)
     root = logging.getLogger()
     root.handlers.clear()
     for h in handlers:
@@ -161,7 +170,10 @@ class Trainer:
         import deepspeed
 
         self.deepspeed = deepspeed
-        deepspeed.init_distributed(dist_backend=self.hw.dist_backend)
+        deepspeed.init_distributed(dist_backend=self.hw.dist_backend,
+                                   timeout=datetime.timedelta(seconds=cfg.train.collective_timeout))
+        self.watch = failure.FailureWatch(interval=min(5.0, cfg.train.failure_timeout / 4))
+        self.watch.start()
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if self.hw.device == "cuda" else "cpu"
         if self.hw.device == "cuda":
@@ -225,11 +237,11 @@ class Trainer:
 
     def _resume(self) -> dict:
         universal = bool(self.ds.get("checkpoint", {}).get("load_universal"))
-        tag = self.run.latest_tag(universal)
+        tag = self.run.latest_tag(universal=True) if universal else checkpoint.choose_resume_tag(self.run)
         if tag is None:
             if universal:
-                raise RuntimeError(f"{self.run.checkpoints}: checkpoint.load_universal is set but there is no "
-                                   "latest_universal (convert with deepspeed.checkpoint.ds_to_universal)")
+                raise ConfigError(f"{self.run.checkpoints}: checkpoint.load_universal is set but there is no "
+                                  "latest_universal (convert with deepspeed.checkpoint.ds_to_universal)")
             return {}
         path, state = self.engine.load_checkpoint(str(self.run.checkpoints), tag)
         if path is None:
@@ -256,15 +268,7 @@ class Trainer:
         dist.all_gather_object(ranks, mine)
         tag = f"step{self.step}"
         state = {"step": self.step, "counters": self.counters, "world": self.world, "ranks": ranks}
-        # DeepSpeed writes ``latest`` only after every rank has saved its part.
-        self.engine.save_checkpoint(str(self.run.checkpoints), tag=tag, client_state=state)
-        self._save_probe(self.run.checkpoints / tag)
-        if self.rank == 0:
-            tags = sorted((p for p in self.run.checkpoints.glob("step*") if p.is_dir() and p.name[4:].isdigit()),
-                          key=lambda p: int(p.name[4:]))
-            for old in tags[:-self.cfg.train.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        dist.barrier()
+        checkpoint.save(self.engine, self.run, tag, state, self._save_probe, self.cfg.train.keep_checkpoints)
         log.info("checkpoint %s saved", tag)
 
     def _save_probe(self, tag_dir: Path) -> None:
@@ -277,7 +281,7 @@ class Trainer:
         was_training = objective.training
         objective.eval()
         with torch.no_grad():
-            logits = objective.head(objective.encode(ids, mask)).float()[..., :1024].cpu()
+            logits = objective.head(objective.encode(ids, mask)).float()[..., :1024].contiguous().cpu()
         objective.train(was_training)
         if self.rank == 0:
             precision = "bf16" if self.ds.get("bf16", {}).get("enabled") else (
@@ -304,9 +308,10 @@ class Trainer:
             prefetch_factor=2 if self.cfg.data.workers else None, worker_init_fn=_ignore_stop_signals,
             generator=torch.Generator())  # its own seed draw must not move the RNG that dropout uses
         batches = iter(loader)
+        # A resumed run takes up its logs at the checkpoint's step: what a killed run logged after it is dropped.
         monitor = Monitor(self.run.tensorboard if self.rank == 0 else None,
                           self.run.metrics if self.rank == 0 else None, self.corpus.pairs,
-                          peak_tflops(self.cfg.monitor.peak_tflops), self.world, self.device)
+                          peak_tflops(self.cfg.monitor.peak_tflops), self.world, self.device, resumed_at=self.step)
         stop = {"signal": None}
 
         def on_signal(signum, _frame):
@@ -355,19 +360,14 @@ class Trainer:
                      wait / self.world, figures["tokens"], figures["samples"], figures["flops"]], self.device)
                 grad_norm = self.engine.get_global_grad_norm()
                 scale = getattr(self.optimizer, "cur_scale", 1.0)
+                reporting = self.step % cfg.log_interval == 0 or self.step == cfg.steps
                 monitor.step(self.step, {
                     "loss": loss, "mlm": mlm, "xpred": xpred, "lr": self.scheduler.get_last_lr()[0],
                     "grad_norm": float(grad_norm) if grad_norm is not None else 0.0, "loss_scale": float(scale),
                     "tokens": tokens, "samples": samples, "flops": flops, "data_wait": wait_all,
-                    "step_time": time.perf_counter() - started})
-                if self.step % cfg.log_interval == 0 or self.step == cfg.steps:
-                    bad = [sum(v for k, v in self.counters.items() if k.startswith(prefix))
-                           for prefix in ("bad_shards", "bad_samples")]
-                    bad = _all_sums(bad, self.device)
-                    # Ours (non-finite losses) and DeepSpeed's (fp16 overflow, loss scale lowered).
-                    skipped = self.counters.get("skipped_steps", 0) + getattr(self.engine, "skipped_steps", 0)
-                    monitor.report(self.step, {"skipped_steps": skipped, "bad_shards": bad[0], "bad_samples": bad[1]},
-                                   reduce=_all_sum)
+                    "step_time": time.perf_counter() - started}, self._counters() if reporting else None)
+                if reporting:
+                    monitor.report(self.step, reduce=_all_sum)
                 if self.eval and (self.step % cfg.eval_interval == 0 or self.step == cfg.steps):
                     monitor.add("eval/loss", self.evaluate(), self.step)
                 flag = torch.tensor([1.0 if stop["signal"] or self.step == self.stop_at else 0.0],
@@ -383,8 +383,21 @@ class Trainer:
             self.save()
         finally:
             monitor.close()
+        self.watch.stop()  # from here the job ends normally, and rank 0 may leave first
         log.info("done at step %d; TensorBoard logs in %s", self.step, self.run.tensorboard)
         return 0
+
+    def _counters(self) -> dict[str, float]:
+        """The run's counters over all ranks and resumes (a collective). A bad shard is counted once however
+        many ranks and slots met it."""
+        bad_shards = sorted({path for position in self.positions.values() for path in position.get("bad_shards", ())})
+        everyone: list[list[str]] = [[]] * self.world
+        dist.all_gather_object(everyone, bad_shards)
+        (bad_samples,) = _all_sums([sum(v for k, v in self.counters.items() if k.startswith("bad_samples"))],
+                                   self.device)
+        # Ours (non-finite losses) and DeepSpeed's (fp16 overflow, loss scale lowered).
+        skipped = self.counters.get("skipped_steps", 0) + getattr(self.engine, "skipped_steps", 0)
+        return {"skipped_steps": skipped, "bad_shards": len(set().union(*everyone)), "bad_samples": bad_samples}
 
     def evaluate(self) -> float:
         self.engine.eval()
@@ -406,14 +419,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_run_config(args.config)
+        run = RunDir(Path(cfg.output_dir))
+        if args.no_resume and run.step_tags():
+            raise ConfigError(f"{run.checkpoints} already has checkpoints (--no-resume)")
     except ConfigError as exc:
-        print(f"weam_ds.train: error: {exc}", file=sys.stderr)
-        return 2
-    run = RunDir(Path(cfg.output_dir))
-    if args.no_resume and run.latest_tag() is not None:
-        print(f"weam_ds.train: error: {run.checkpoints} already has checkpoints (--no-resume)", file=sys.stderr)
-        return 2
-    return Trainer(cfg, resume=not args.no_resume, stop_at=args.stop_at).train()
+        failure.record_for_torchrun(str(exc))
+        if failure.env_rank() == 0:  # every rank reads the same config: say it once
+            print(f"weam_ds.train: error: {exc}", file=sys.stderr)
+        return failure.EXIT_BAD_INPUT
+    try:
+        return Trainer(cfg, resume=not args.no_resume, stop_at=args.stop_at).train()
+    except BaseException as exc:  # noqa: BLE001 - every failure must end the rank (and the job) promptly
+        bad_input = isinstance(exc, (ConfigError, ManifestError))
+        rank = dist.get_rank() if dist.is_initialized() else failure.env_rank()
+        reason = str(exc) if bad_input else f"rank {rank}: {failure.describe(exc)}"
+        failure.end_rank(reason, failure.EXIT_BAD_INPUT if bad_input else failure.EXIT_FAILED,
+                         traceback.format_exc(), cfg.train.failure_timeout, "weam_ds.train")
 
 
 if __name__ == "__main__":

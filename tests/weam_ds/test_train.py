@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -19,52 +18,15 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from data_prep.typed_config import ConfigError, from_dict
 from weam_ds.batch import TokenInfo
 from weam_ds.config import DataConfig, MaskingConfig, RunConfig, deepspeed_config, load_run_config
-from weam_ds.data import Corpus, TrainStream
+from weam_ds.data import Corpus, NoData, TrainStream
 from weam_ds.export import export
 from weam_ds.presets import build_model
 from weam_ds.run_dir import PROBE_FILE, RunDir
 
+from runs import free_port as _port
+from runs import losses, run_config, train
+
 STEPS = 16
-
-
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def run_config(dataset: Path, out: Path, **sections) -> dict:
-    cfg = {
-        "output_dir": str(out),
-        "model": "tiny",
-        "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
-                 "shuffle_buffer": 64},
-        "objective": {"name": "weam"},
-        "optimizer": {"lr": 2e-3},
-        "schedule": {"warmup_steps": 4},
-        "train": {"steps": STEPS, "log_interval": 4, "eval_interval": 8, "checkpoint_interval": 8,
-                  "keep_checkpoints": 1},
-        "deepspeed": {"config": "ds_configs/cpu.json"},
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
-    return cfg
-
-
-def train(cfg: dict, tmp: Path, ranks: int = 2, *extra: str) -> subprocess.CompletedProcess:
-    path = tmp / f"{Path(cfg['output_dir']).name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", f"--master-port={_port()}",
-           "-m", "weam_ds.train", "--config", str(path), *extra]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-4000:]
-    return run
-
-
-def losses(out: Path) -> list[float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
-    return [r["loss"] for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -200,15 +162,16 @@ def test_corrupt_and_missing_shards_are_skipped_and_counted(small_dataset, tmp_p
         (copy / shard["path"]).unlink()
     kept = [s for s in manifest["pairs"]["fr-en"]["shards"] if s["split"] == "train"]
     stream, corpus = _stream(copy, 0, pairs=["fr-en", "ja-en"])
-    with pytest.raises(RuntimeError, match="ja-en: 1000 shard visits"):
+    with pytest.raises(NoData, match=r"every train shard of ja-en \(\d+ shards\) is bad"):
         _take(stream, 200)  # every ja-en shard is bad: the stream says so rather than spinning
     stream, _ = _stream(copy, 0, pairs=["fr-en"])
-    assert kept and _take(stream, 5)[-1]["stream"]["stats"] == {}
-    # With a good ja-en shard back, the bad ones are counted and the stream goes on.
+    assert kept and _take(stream, 5)[-1]["stream"]["position"]["bad_shards"] == []
+    # With a good ja-en shard back, the bad ones are remembered and the stream goes on.
     shutil.copy(dataset / train_shards[1]["path"], copy / train_shards[1]["path"])
     stream, corpus = _stream(copy, 0)
     batches = _take(stream, 60)
-    assert batches[-1]["stream"]["stats"].get("bad_shards", 0) >= 1
+    bad = set(batches[-1]["stream"]["position"]["bad_shards"])
+    assert bad and bad <= {str(copy / s["path"]) for s in train_shards[:1] + train_shards[2:]}
     ja = corpus.pairs.index("ja-en")
     assert sum(int((b["pair_index"] == ja).sum()) for b in batches) > 0
 

@@ -1,0 +1,75 @@
+"""Helpers for tests that run weam_ds.train as users do: a run config on a dataset the project built, and
+torchrun launches of CPU (gloo) ranks."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run_config(dataset: Path, out: Path, steps: int = 16, **sections) -> dict:
+    """A tiny WEAM run on CPU; ``sections`` are merged into the config's top-level sections."""
+    cfg = {
+        "output_dir": str(out),
+        "model": "tiny",
+        "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
+                 "shuffle_buffer": 64},
+        "objective": {"name": "weam"},
+        "optimizer": {"lr": 2e-3},
+        "schedule": {"warmup_steps": 4},
+        "train": {"steps": steps, "log_interval": 4, "eval_interval": 8, "checkpoint_interval": 8,
+                  "keep_checkpoints": 1},
+        "deepspeed": {"config": "ds_configs/cpu.json"},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def write_config(cfg: dict, tmp: Path) -> Path:
+    path = tmp / f"{Path(cfg['output_dir']).name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def torchrun_command(config: Path, ranks: int = 2, *extra: str, script: Path | None = None) -> list[str]:
+    """torchrun (its elastic agent, as users launch) on ``weam_ds.train``, or on a script that wraps it."""
+    target = [str(script)] if script else ["-m", "weam_ds.train"]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}", f"--master-port={free_port()}",
+            *target, "--config", str(config), *extra]
+
+
+def train(cfg: dict, tmp: Path, ranks: int = 2, *extra: str) -> subprocess.CompletedProcess:
+    run = subprocess.run(torchrun_command(write_config(cfg, tmp), ranks, *extra), capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
+def metric_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path) -> list[float]:
+    rows = metric_rows(out)
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    return [r["loss"] for r in rows]
+
+
+def scalar_steps(out: Path, tag: str) -> list[int]:
+    """The steps TensorBoard shows for ``tag`` (purged events left out, as TensorBoard does)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
