@@ -42,17 +42,29 @@ def apex_available() -> bool:
     return True
 
 
-def probe() -> Hardware:
+def adam_implementation(device: str, apex: bool, ds: dict | None = None) -> str:
+    """The optimizer training builds for DeepSpeed config ``ds`` (default: a shipped one, Adam without
+    offload): torch's AdamW on CPUs; DeepSpeedCPUAdam when the optimizer is offloaded; apex's FusedAdam for
+    Adam when apex is importable; DeepSpeed's FusedAdam otherwise (or its implementation of another type)."""
+    if device == "cpu":
+        return "torch.optim.AdamW"
+    ds = ds if ds is not None else {"optimizer": {"type": "AdamW"}}
+    if ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") in ("cpu", "nvme"):
+        return "deepspeed.ops.adam.DeepSpeedCPUAdam"
+    kind = str(ds.get("optimizer", {}).get("type", "")).lower()
+    if kind not in ("adam", "adamw"):
+        return f"deepspeed: {kind or 'no optimizer section'}"
+    return "apex.optimizers.FusedAdam" if apex else "deepspeed.ops.adam.FusedAdam"
+
+
+def probe(ds: dict | None = None) -> Hardware:
+    """This machine's path; ``ds`` (a resolved DeepSpeed config) decides the optimizer as training will."""
     cuda = torch.cuda.is_available()
     apex = cuda and apex_available()
-    if not cuda:
-        optimizer = "torch.optim.AdamW"
-    elif apex:
-        optimizer = "apex.optimizers.FusedAdam"
-    else:
-        optimizer = "deepspeed.ops.adam.FusedAdam"
-    hw = Hardware(device="cuda" if cuda else "cpu", dist_backend="nccl" if cuda else "gloo",
-                  bf16=cuda and torch.cuda.is_bf16_supported(), optimizer=optimizer, apex=apex)
+    device = "cuda" if cuda else "cpu"
+    hw = Hardware(device=device, dist_backend="nccl" if cuda else "gloo",
+                  bf16=cuda and torch.cuda.is_bf16_supported(), optimizer=adam_implementation(device, apex, ds),
+                  apex=apex)
     log.info("execution path: %s with %s, Adam: %s, apex fused kernels: %s",
              hw.device, hw.dist_backend, hw.optimizer, "used" if apex else "not available, using PyTorch/DeepSpeed")
     return hw

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
 import math
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -44,7 +46,7 @@ from weam_ds import checkpoint, failure
 from weam_ds.batch import TokenInfo
 from weam_ds.config import RunConfig, deepspeed_config, load_run_config
 from weam_ds.data import Corpus, TrainStream, eval_batches
-from weam_ds.hardware import Hardware, probe
+from weam_ds.hardware import Hardware, adam_implementation, probe
 from weam_ds.monitor import Monitor, peak_tflops
 from weam_ds.objective import PretrainingObjective
 from weam_ds.presets import PRESETS, build_model, count_parameters, train_flops
@@ -78,23 +80,17 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _optimizer_for(ds: dict, hw: Hardware, module: torch.nn.Module, cfg: RunConfig):
-    """DeepSpeed picks FusedAdam on GPUs and DeepSpeedCPUAdam when offloading; on CPU it must use torch's
-    AdamW; NVIDIA apex's FusedAdam replaces DeepSpeed's when apex is importable (no offload)."""
-    zero = ds.get("zero_optimization", {})
-    offload = zero.get("offload_optimizer", {}).get("device") in ("cpu", "nvme")
-    if hw.device == "cpu":
+    """The optimizer hardware.adam_implementation names: DeepSpeed builds its own from ``ds`` (FusedAdam,
+    DeepSpeedCPUAdam when offloading; torch's AdamW on CPUs), apex's FusedAdam is built here."""
+    if hw.optimizer == "torch.optim.AdamW":
         ds.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"]["torch_adam"] = True
-        log.info("optimizer: torch.optim.AdamW (CPU)")
-        return None
-    if hw.apex and not offload and ds.get("optimizer", {}).get("type", "").lower() in ("adam", "adamw"):
+    elif hw.optimizer == "apex.optimizers.FusedAdam":
         from apex.optimizers import FusedAdam
 
         ds.pop("optimizer")
-        log.info("optimizer: apex.optimizers.FusedAdam")
         o = cfg.optimizer
         return FusedAdam(_param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                          adam_w_mode=True)
-    log.info("optimizer: %s", "DeepSpeedCPUAdam (offload)" if offload else "deepspeed.ops.adam.FusedAdam")
     return None
 
 
@@ -191,6 +187,7 @@ class Trainer:
                  [round(float(p), 3) for p in self.corpus.probabilities])
 
         self._build_engine()
+        self._log_parallel_setup()
         self.step, self.counters, positions, self.batches_taken = 0, {}, {}, 0
         if resume:
             positions = self._resume()
@@ -205,10 +202,29 @@ class Trainer:
         log.info("model %s: %s parameters (%s non-embedding)", cfg.model, f"{counts['total']:,}",
                  f"{counts['non_embedding']:,}")
 
+    def _log_parallel_setup(self) -> None:
+        """One line with what this run actually got (a collective: the node count comes from host names)."""
+        hosts: list[str] = [""] * self.world
+        dist.all_gather_object(hosts, socket.gethostname())
+        ds, cfg = self.ds, self.cfg
+        zero = ds["zero_optimization"]
+        precision = next((p for p in ("bf16", "fp16") if ds.get(p, {}).get("enabled")), "fp32")
+        offload = ", ".join(f"{what} to {zero[key]['device']}" for key, what in
+                            (("offload_optimizer", "optimizer"), ("offload_param", "parameters"))
+                            if zero.get(key, {}).get("device") in ("cpu", "nvme")) or "none"
+        micro = (f"{cfg.data.batch_size} pairs" if cfg.data.batch_size is not None
+                 else f"{cfg.data.batch_tokens} tokens")
+        log.info("parallel setup: %d rank%s on %d node%s (%s), ZeRO-%d, %s, offload %s, optimizer %s, activation "
+                 "checkpointing %s, micro-batch %s per rank x %d accumulation", self.world, "s" * (self.world > 1),
+                 len(set(hosts)), "s" * (len(set(hosts)) > 1), self.hw.dist_backend, zero.get("stage", 0), precision,
+                 offload, self.hw.optimizer, "on" if cfg.train.activation_checkpointing else "off", micro,
+                 cfg.train.gradient_accumulation)
+
     def _build_engine(self) -> None:
         cfg, deepspeed = self.cfg, self.deepspeed
         hidden = PRESETS[cfg.model].hidden if cfg.model in PRESETS else None
         self.ds = deepspeed_config(cfg, world_size=self.world, hidden_size=hidden, cpu=self.hw.device == "cpu")
+        self.hw = dataclasses.replace(self.hw, optimizer=adam_implementation(self.hw.device, self.hw.apex, self.ds))
         zero3 = self.ds["zero_optimization"].get("stage") == 3
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         if zero3:
@@ -410,6 +426,16 @@ class Trainer:
         return mean
 
 
+def _single_process_environment() -> None:
+    """Without a launcher (no rank variables), the run is rank 0 of 1: DeepSpeed would look for MPI instead."""
+    if any(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="weam_ds.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="run.yaml (see README: training)")
@@ -427,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         if failure.env_rank() == 0:  # every rank reads the same config: say it once
             print(f"weam_ds.train: error: {exc}", file=sys.stderr)
         return failure.EXIT_BAD_INPUT
+    _single_process_environment()
     try:
         return Trainer(cfg, resume=not args.no_resume, stop_at=args.stop_at).train()
     except BaseException as exc:  # noqa: BLE001 - every failure must end the rank (and the job) promptly

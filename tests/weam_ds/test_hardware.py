@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from weam_ds.hardware import apex_available, probe
+from weam_ds.hardware import adam_implementation, apex_available, probe
 
 
 def test_probe_matches_this_machine(caplog):
@@ -26,3 +26,30 @@ def test_probe_matches_this_machine(caplog):
 def test_env_command_prints_the_probe():
     out = subprocess.run([sys.executable, "-m", "weam_ds", "env"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == probe().as_dict()
+
+
+def test_the_optimizer_named_follows_the_deepspeed_config(small_dataset, tmp_path):
+    """``weam_ds env --config`` names what training builds: DeepSpeedCPUAdam whenever the optimizer is
+    offloaded (apex or not), apex's FusedAdam for Adam otherwise when apex imports, torch's AdamW on CPUs."""
+    from weam_ds.config import deepspeed_config, load_run_config
+
+    from runs import run_config, write_config
+
+    dataset, _, _ = small_dataset
+    resolved = {}
+    for name in ("zero3_bf16", "zero3_offload_bf16", "zero2_fp16"):
+        path = write_config(run_config(dataset, tmp_path / name, deepspeed={"config": f"ds_configs/{name}.json"}),
+                            tmp_path)
+        resolved[name] = (path, deepspeed_config(load_run_config(path)))
+    for apex in (False, True):
+        assert adam_implementation("cuda", apex, resolved["zero3_offload_bf16"][1]) == \
+            "deepspeed.ops.adam.DeepSpeedCPUAdam"
+        fused = "apex.optimizers.FusedAdam" if apex else "deepspeed.ops.adam.FusedAdam"
+        assert adam_implementation("cuda", apex, resolved["zero3_bf16"][1]) == fused
+        assert adam_implementation("cuda", apex, resolved["zero2_fp16"][1]) == fused
+        assert adam_implementation("cpu", apex, resolved["zero3_offload_bf16"][1]) == "torch.optim.AdamW"
+    path, ds = resolved["zero3_offload_bf16"]
+    out = subprocess.run([sys.executable, "-m", "weam_ds", "env", "--config", str(path)], capture_output=True,
+                         text=True, check=True)
+    hw = probe()
+    assert json.loads(out.stdout)["optimizer"] == adam_implementation(hw.device, hw.apex, ds)

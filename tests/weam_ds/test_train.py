@@ -39,7 +39,9 @@ def zero3_run(small_dataset, tmp_path_factory):
     torch.manual_seed(0)
     build_model("tiny", info.vocab_size, pad_token_id=info.pad_id).save_pretrained(str(tmp / "init"))
     cfg = run_config(dataset, tmp / "zero3", model=str(tmp / "init"))
-    train(cfg, tmp)
+    run = train(cfg, tmp)
+    assert ("parallel setup: 2 ranks on 1 node (gloo), ZeRO-3, fp32, offload none, optimizer torch.optim.AdamW, "
+            "activation checkpointing off, micro-batch 8 pairs per rank x 1 accumulation") in run.stderr
     return tmp, cfg, Path(cfg["output_dir"])
 
 
@@ -268,9 +270,8 @@ def test_sigterm_checkpoints_and_exits(small_dataset, tmp_path):
     cfg = run_config(dataset, tmp_path / "preempted", train={"steps": 10_000, "checkpoint_interval": 10_000})
     path = tmp_path / "preempted.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    # One process without a launcher, as the README shows it: no rank variables, no MPI.
     proc = subprocess.Popen([sys.executable, "-m", "weam_ds.train", "--config", str(path)],
-                            env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _port(), "RANK": "0",
-                                 "WORLD_SIZE": "1", "LOCAL_RANK": "0"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "preempted" / "metrics.jsonl"
     deadline = time.monotonic() + 300
