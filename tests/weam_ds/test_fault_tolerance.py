@@ -82,6 +82,29 @@ def test_an_error_on_one_rank_ends_the_rank_waiting_in_a_collective(small_datase
     assert "injected failure on rank 1" in RunDir(tmp_path / "run").log(0).read_text()
 
 
+def test_a_hung_rank_ends_the_job_at_the_collective_timeout(small_dataset, tmp_path):
+    """Rank 1 stops (SIGSTOP: alive, silent, its watch thread frozen too); rank 0's next collective fails at
+    train.collective_timeout, rank 0 ends, and torchrun kills the stopped rank."""
+    import psutil
+
+    dataset, _, _ = small_dataset
+    cfg = run_config(dataset, tmp_path / "run", steps=1000,
+                     train={"checkpoint_interval": 1000, "log_interval": 1, "collective_timeout": 10})
+    job = subprocess.Popen(torchrun_command(write_config(cfg, tmp_path)), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rank1 = next(p for p in psutil.Process(job.pid).children(recursive=True) if p.environ().get("RANK") == "1")
+    rank1.suspend()
+    stopped = time.monotonic()
+    _, stderr = job.communicate(timeout=BOUND + 60)
+    assert job.returncode != 0
+    assert time.monotonic() - stopped < 10 + BOUND  # the timeout, then torchrun's grace period for SIGTERM
+    assert len(_errors(stderr)) == 1 and "rank 0:" in _errors(stderr)[0]
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_a_rank_killed_while_saving_leaves_latest_on_a_complete_checkpoint(small_dataset, tmp_path, stage):
     dataset, _, _ = small_dataset
