@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "polib>=1.2,<2",
     "defusedxml>=0.7,<1",
     "seqeval>=1.2.2,<1.3",  # the official XTREME scorer's span F1 (its chunking rules are part of the numbers)
+    "matplotlib>=3.8,<4",  # the study report's plots
 ]
 
 EXTRAS = {
