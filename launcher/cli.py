@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
+from data_prep.typed_config import ConfigError
 from launcher import __version__
+from launcher.backends import BACKENDS, Request
+from launcher.cluster import ClusterConfig, load_cluster
 from launcher.hostfile import HostfileError, read_hostfile
+from launcher.launch import execute
+from weam_ds.config import RunConfig, load_run_config
+from weam_ds.run_dir import RunDir
 
 
 def _hosts(args) -> int:
@@ -16,15 +24,95 @@ def _hosts(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from launcher.planner import parse_size, plan
+
+    try:
+        sizes = [None if v is None else parse_size(v) for v in (args.gpu_mem, args.cpu_mem, args.nvme)]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if min(args.nnodes, args.gpus_per_node) < 1:
+        raise ConfigError("--nnodes and --gpus-per-node must be at least 1")
+    result = plan(load_run_config(args.config), args.nnodes, args.gpus_per_node, *sizes)
+    print(result.report())
+    return 0 if result.fits else 1
+
+
+def _plan_parser(commands) -> None:
+    plan = commands.add_parser("plan", help="will a run fit: GPU, host and NVMe memory per GPU and per node "
+                                            "(exit 0 fits, 1 does not)")
+    plan.add_argument("--config", required=True, help="the run config (run.yaml)")
+    plan.add_argument("--nnodes", type=int, required=True)
+    plan.add_argument("--gpus-per-node", type=int, required=True)
+    plan.add_argument("--gpu-mem", required=True, help="memory per GPU, e.g. 80GB (binary units: GB = GiB)")
+    plan.add_argument("--cpu-mem", help="host memory per node, e.g. 1TB (default: not checked)")
+    plan.add_argument("--nvme", help="NVMe per node, e.g. 1.8TB (default: not checked)")
+
+
+_CLUSTER_FLAGS = ("backend", "nnodes", "nproc_per_node", "hostfile", "rdzv_endpoint", "max_restarts")
+_SLURM_FLAGS = ("partition", "account", "time", "gpus_per_node", "cpus_per_task", "exclusive")
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _check_fits(cfg: RunConfig, cluster: ClusterConfig) -> None:
+    return  # the memory planner's check (launcher/planner.py: plan(...).fits, else its report) goes here
+
+
+def _run(args) -> int:
+    cfg = load_run_config(args.config)
+    flags = {name: getattr(args, name) for name in _CLUSTER_FLAGS if getattr(args, name) is not None}
+    if args.env:
+        flags["env"] = dict(args.env)
+    slurm = {name: getattr(args, name) for name in _SLURM_FLAGS if getattr(args, name) is not None}
+    if slurm:
+        flags["slurm"] = slurm
+    cluster = load_cluster(args.cluster, flags)
+    _check_fits(cfg, cluster)
+    launch = BACKENDS[cluster.backend](Request(Path(os.path.abspath(args.config)), cfg, cluster))
+    return execute(launch, RunDir(Path(cfg.output_dir)), args.dry_run)
+
+
+def _run_parser(commands) -> None:
+    run = commands.add_parser("run", help="launch weam_ds.train: on this machine, with torchrun across nodes, "
+                                          "with the DeepSpeed runner over a hostfile, or as a SLURM job")
+    run.add_argument("--config", required=True, help="the run config (run.yaml), as weam_ds.train reads it")
+    run.add_argument("--backend", choices=list(BACKENDS), help="default: the cluster file's backend")
+    run.add_argument("--cluster", help="a cluster YAML (README: Launching); the flags below override it")
+    run.add_argument("--nnodes", type=int)
+    run.add_argument("--nproc-per-node", type=int, help="processes per node (default: its GPUs, or 1)")
+    run.add_argument("--hostfile", help="deepspeed: '<host> slots=<n>' per line")
+    run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="torchrun: the rendezvous store, the same on "
+                                                                  "every node; deepspeed: the master address")
+    run.add_argument("--max-restarts", type=int, help="torchrun's elastic restarts (default 3 on several nodes)")
+    run.add_argument("--env", nargs="+", action="extend", type=_key_value, metavar="KEY=VALUE",
+                     help="environment variables for the training processes on every node")
+    run.add_argument("--dry-run", action="store_true", help="write the files and print the command; start nothing")
+    slurm = run.add_argument_group("slurm")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--time", help="the time limit, as sbatch takes it (HH:MM:SS, D-HH:MM ...)")
+    slurm.add_argument("--gpus-per-node", type=int)
+    slurm.add_argument("--cpus-per-task", type=int)
+    slurm.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launcher", description="Launch weam-ds runs on clusters.")
     parser.add_argument("--version", action="version", version=f"weam-ds launcher {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     hosts = commands.add_parser("hosts", help="check a DeepSpeed hostfile and print its nodes and world size")
     hosts.add_argument("hostfile")
+    _run_parser(commands)
+    _plan_parser(commands)
     args = parser.parse_args(argv)
     try:
-        return {"hosts": _hosts}[args.command](args)
-    except HostfileError as exc:
+        return {"hosts": _hosts, "run": _run, "plan": _plan}[args.command](args)
+    except (HostfileError, ConfigError) as exc:
         print(f"launcher: error: {exc}", file=sys.stderr)
         return 2

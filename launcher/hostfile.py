@@ -1,4 +1,7 @@
-"""DeepSpeed hostfiles: one ``<host> slots=<gpus>`` line per node, ``#`` comments allowed."""
+"""DeepSpeed hostfiles: one ``<host> slots=<gpus>`` line per node, ``#`` comments allowed.
+
+A host must be a host name (letters, digits, ``.``, ``-``, ``_``): the DeepSpeed runner hands host names
+to pdsh and to a remote shell, so anything else is refused here rather than passed on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ class Host:
     slots: int
 
 
+HOST_NAME = regex.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LINE = regex.compile(r"(?P<name>[^\s#=]+)\s+slots\s*=\s*(?P<slots>\d+)")
 
 
@@ -33,6 +37,8 @@ def read_hostfile(path: str | Path) -> list[Host]:
         m = _LINE.fullmatch(line)
         if not m or int(m["slots"]) < 1:
             raise HostfileError(f"{path}:{lineno}: expected '<host> slots=<n>' with n >= 1, got {line!r}")
+        if not HOST_NAME.fullmatch(m["name"]):
+            raise HostfileError(f"{path}:{lineno}: {m['name']!r} is not a host name (letters, digits, '.', '-', '_')")
         if any(h.name == m["name"] for h in hosts):
             raise HostfileError(f"{path}:{lineno}: host {m['name']} is listed twice")
         hosts.append(Host(m["name"], int(m["slots"])))

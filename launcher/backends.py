@@ -1,0 +1,214 @@
+"""One function per backend: a run config and a cluster description in, the launch out: the command as an
+argv list (run without a shell), the environment it adds, and the files it needs first.
+
+Where text is written for a shell (the sbatch script, and ``.deepspeed_env``, which the DeepSpeed runner
+pastes into a remote shell command), every value is quoted for that shell; values that cannot be quoted
+there are refused. Host names are checked where they are read (launcher.hostfile, launcher.cluster).
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from data_prep.typed_config import ConfigError
+from launcher.hostfile import read_hostfile
+from weam_ds.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from launcher.cluster import ClusterConfig
+    from weam_ds.config import RunConfig
+
+FORWARDED_PREFIXES = ("NCCL_", "GLOO_", "TORCH_", "PYTORCH_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "UCX_", "FI_")
+FORWARDED_NAMES = ("PYTHONPATH", "OMP_NUM_THREADS")
+"""Variables of the launching shell that every node's training processes get (the usual ones that go missing
+on other nodes). Credentials are left out (see _CREDENTIAL): pass those with --env if a run needs them."""
+_CREDENTIAL = re.compile(r"TOKEN|SECRET|PASSWORD|KEY")
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+"""For every torchrun agent. By default the workers' process group lives in the agent's rendezvous store, which
+outlives a restart: the restarted workers then read the last attempt's addresses and wait forever (gloo), or
+fail to connect (NCCL; pytorch/pytorch#135712). With this, each attempt gets a fresh store."""
+DEEPSPEED_PORT = 29500
+# What the DeepSpeed runner passes to a remote shell unquoted (pdsh: ``cd <cwd>; ... --config <path>``).
+_DEEPSPEED_SAFE = re.compile(r"[\w@%+=:,./-]+")
+_DOUBLE_QUOTE_SPECIAL = re.compile(r'([\\$`"])')
+
+
+@dataclass(frozen=True)
+class Request:
+    config: Path
+    """The run config, as an absolute path (every node and the sbatch script read it from there)."""
+    run: RunConfig
+    cluster: ClusterConfig
+
+
+@dataclass(frozen=True)
+class LaunchFile:
+    path: Path
+    text: str
+    mode: int = 0o600
+    """Private by default: the file may hold the environment's values."""
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to this machine's environment for ``argv``."""
+    files: list[LaunchFile] = field(default_factory=list)
+    """Written before ``argv`` runs, on a dry run too."""
+    waits: bool = True
+    """False when ``argv`` only submits the job (sbatch) and returns."""
+    notes: list[str] = field(default_factory=list)
+    shows: Path | None = None
+    """A file that a dry run prints whole (the sbatch script)."""
+
+
+def run_environment(cluster: ClusterConfig) -> dict[str, str]:
+    """What the training processes get on every node: the forwarded variables of this shell, then the
+    cluster's ``env`` (``--env`` included) over them."""
+    env = {k: v for k, v in os.environ.items()
+           if (k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES) and not _CREDENTIAL.search(k)}
+    env.update(cluster.env)
+    return env
+
+
+def _gpus_here() -> int:
+    import torch
+
+    return torch.cuda.device_count() or 1
+
+
+def _trainer(req: Request) -> list[str]:
+    return ["-m", "weam_ds.train", "--config", str(req.config)]
+
+
+def _torchrun(req: Request, placement: list[str]) -> list[str]:
+    c = req.cluster
+    return [sys.executable, "-m", "torch.distributed.run", *placement, f"--max-restarts={c.restarts}",
+            f"--shutdown-timeout={c.shutdown_timeout}", *_trainer(req)]
+
+
+def _local(req: Request) -> Launch:
+    nproc = req.cluster.nproc_per_node or _gpus_here()
+    return Launch(_torchrun(req, ["--standalone", "--nnodes=1", f"--nproc-per-node={nproc}"]),
+                  env={**TORCHRUN_ENV, **req.cluster.env})
+
+
+def _hosts_store(host: str) -> bool | None:
+    """Whether the rendezvous store belongs on this machine: its address is one of this machine's. None for a
+    loopback endpoint, where torchrun decides (several agents on one machine share it)."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ConfigError(f"rdzv_endpoint: {host} does not resolve on this machine ({exc.strerror})") from None
+    addresses = {info[4][0] for info in infos}
+    if all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        return None
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family) as s:
+            try:
+                s.bind((address, 0))
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def _torchrun_nodes(req: Request) -> Launch:
+    c = req.cluster
+    if c.rdzv_endpoint is None:  # one node (more need an endpoint: ClusterConfig says so)
+        return _local(req)
+    from launcher.cluster import parse_endpoint
+
+    host, _ = parse_endpoint(c.rdzv_endpoint)
+    # The same id on every node (they read the same run config), another for another run.
+    run_id = "weam-" + hashlib.sha256(req.run.output_dir.encode()).hexdigest()[:12]
+    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.nproc_per_node or _gpus_here()}",
+                 "--rdzv-backend=c10d",
+                 f"--rdzv-endpoint={c.rdzv_endpoint}", f"--rdzv-id={run_id}"]
+    notes = []
+    hosts_store = _hosts_store(host)
+    if hosts_store is None:
+        notes.append(f"the rendezvous endpoint {host} is a loopback address: only agents on this machine can join")
+    else:
+        # torchrun guesses this from host names, and every node waits forever when the endpoint's address is
+        # on another interface than the one the head's name resolves to.
+        placement.append(f"--rdzv-conf=is_host={int(hosts_store)}")
+    return Launch(_torchrun(req, placement), env={**TORCHRUN_ENV, **c.env}, notes=notes)
+
+
+def deepspeed_env_text(env: dict[str, str]) -> str:
+    """``.deepspeed_env``: ``KEY=VALUE`` lines, which the runner strips and, when a value has a character
+    outside ``[\\w@%+=:,./-]``, wraps in double quotes for the remote shell (``export KEY="VALUE"; ...``).
+    Inside double quotes only ``\\ $ ` "`` are special, so they are escaped: an escaped value always gets
+    wrapped, and arrives intact."""
+    lines = []
+    for key, value in env.items():
+        if value != value.strip() or "\n" in value or "\r" in value:
+            raise ConfigError(f"env.{key}: {value!r} cannot pass through .deepspeed_env (the DeepSpeed runner "
+                              "reads one line per variable and strips it)")
+        lines.append(key + "=" + _DOUBLE_QUOTE_SPECIAL.sub(r"\\\1", value) + "\n")
+    return "".join(lines)
+
+
+def _deepspeed(req: Request) -> Launch:
+    c = req.cluster
+    hosts = read_hostfile(c.hostfile)  # a missing or malformed hostfile is an error, never a local run
+    nnodes = c.nnodes or len(hosts)
+    if nnodes > len(hosts):
+        raise ConfigError(f"nnodes: {nnodes} nodes, but {c.hostfile} lists {len(hosts)}")
+    if c.rdzv_endpoint is not None:
+        from launcher.cluster import parse_endpoint
+
+        master, port = parse_endpoint(c.rdzv_endpoint)
+    else:  # not the runner's guess: it takes the first address `hostname -I` prints on that host
+        master, port = hosts[0].name, DEEPSPEED_PORT
+    workdir = os.getcwd()
+    for what, text in (("config", str(req.config)), ("working directory", workdir)):
+        if not _DEEPSPEED_SAFE.fullmatch(text):
+            raise ConfigError(f"{what}: {text!r}: the DeepSpeed runner passes it to a remote shell unquoted; use a "
+                              "path of letters, digits and @%+=:,./-_ only")
+    argv = [sys.executable, "-m", "deepspeed.launcher.runner", f"--hostfile={os.path.abspath(c.hostfile)}",
+            "--force_multi", f"--master_addr={master}", f"--master_port={port}", f"--num_nodes={nnodes}"]
+    if c.nproc_per_node is not None:
+        argv.append(f"--num_gpus={c.nproc_per_node}")
+    argv += ["--module", *_trainer(req)[1:]]
+    # The runner reads .deepspeed_env (or $DS_ENV_FILE) from the directory it starts in, and ~ (runner.py).
+    env_file = Path(workdir, os.environ.get("DS_ENV_FILE", ".deepspeed_env"))
+    env = run_environment(c)
+    text = deepspeed_env_text(env)
+    replaced = env_file.exists() and env_file.read_text(encoding="utf-8", errors="replace") != text
+    note = (f"{env_file}: {len(env)} environment variables for every node (the DeepSpeed runner reads "
+            f"this file from the directory it starts in){'; it replaces the file that was there' if replaced else ''}")
+    where = f"master {master}:{port}" + ("" if c.rdzv_endpoint else " (the hostfile's first host; --rdzv-endpoint "
+                                                                      "chooses another address)")
+    return Launch(argv, files=[LaunchFile(env_file, text)], notes=[note, where])
+
+
+def _slurm(req: Request) -> Launch:
+    from launcher.slurm import sbatch_script
+
+    c = req.cluster
+    run = RunDir(Path(os.path.abspath(req.run.output_dir)))
+    script = run.root / "slurm.sbatch"
+    text = sbatch_script(config=req.config, workdir=Path(os.getcwd()), run=run, cluster=c,
+                         nproc=c.nproc_per_node or c.slurm.gpus_per_node,
+                         env={**TORCHRUN_ENV, **run_environment(c)})
+    return Launch(["sbatch", str(script)], files=[LaunchFile(script, text, 0o700)], waits=False, shows=script,
+                  notes=[f"{script}: the job script; logs in {run.log(0).parent}"])
+
+
+BACKENDS: dict[str, Callable[[Request], Launch]] = {
+    "local": _local,
+    "torchrun": _torchrun_nodes,
+    "deepspeed": _deepspeed,
+    "slurm": _slurm,
+}

@@ -1,0 +1,67 @@
+"""Carrying out a launch (launcher.backends): write its files, print what runs, start it without a shell, wait
+for the job, and on failure print the failing ranks' last log lines."""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from data_prep.typed_config import ConfigError
+from launcher.backends import Launch, LaunchFile
+from launcher.rank_logs import failed_rank_report
+from weam_ds.run_dir import RunDir
+
+
+def _write(file: LaunchFile) -> None:
+    """Atomically, and never readable by others on the way (the file may hold the environment's values)."""
+    file.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.path.with_name(f".{file.path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file.mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), file.mode)  # a leftover temporary file keeps its old mode otherwise
+        f.write(file.text)
+    os.replace(tmp, file.path)
+
+
+def command_line(launch: Launch) -> str:
+    """What runs, as a shell would read it (every word quoted)."""
+    assignments = [f"{key}={shlex.quote(value)}" for key, value in launch.env.items()]
+    return " ".join([*assignments, shlex.join(launch.argv)])
+
+
+def execute(launch: Launch, run: RunDir, dry_run: bool) -> int:
+    run.log(0).parent.mkdir(parents=True, exist_ok=True)  # sbatch opens its output file there
+    for file in launch.files:
+        _write(file)
+    for note in launch.notes:
+        print(f"launcher: {note}")
+    if dry_run and launch.shows is not None:
+        print(launch.shows.read_text(encoding="utf-8"), end="")
+    print(command_line(launch), flush=True)
+    if dry_run:
+        print("launcher: dry run: nothing started")
+        return 0
+    if shutil.which(launch.argv[0]) is None:
+        raise ConfigError(f"{launch.argv[0]}: not found on PATH" + (
+            " (is this a SLURM login node? --dry-run writes the script without submitting it)"
+            if launch.argv[0] == "sbatch" else ""))
+    env = {**os.environ, **launch.env}
+    if not launch.waits:
+        return subprocess.run(launch.argv, env=env).returncode
+    started = time.time()
+    job = subprocess.Popen(launch.argv, env=env)
+    # SIGTERM reaches the job (it checkpoints and stops); Ctrl-C reaches it from the terminal directly.
+    previous = {sig: signal.signal(sig, handler) for sig, handler in (
+        (signal.SIGTERM, lambda signum, _frame: job.send_signal(signum)), (signal.SIGINT, signal.SIG_IGN))}
+    try:
+        code = job.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code != 0:
+        print(failed_rank_report(run, started), file=sys.stderr)
+    return code if code >= 0 else 128 - code

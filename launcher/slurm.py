@@ -1,0 +1,128 @@
+"""The sbatch script of a SLURM launch: one task per node, each a torchrun agent.
+
+What the script does, and why:
+
+- The head node is the first of ``scontrol show hostnames "$SLURM_JOB_NODELIST"``, and its address is
+  found on the head node itself (an srun step there), skipping loopback addresses: a node's own name often
+  resolves to 127.0.x.1 there, and a store bound to it would leave the other nodes waiting.
+- Everything that depends on the job (node list, job id, the head's address) is computed when the script
+  runs, never when it is written; what differs per node (its name, its address, whether it hosts the
+  rendezvous store) is computed inside each srun task, in single-quoted code the batch shell does not expand.
+- ``--signal=B:USR1@<s>`` tells the batch shell that the time limit is near. It then sends SIGTERM to the
+  job's steps (``scancel --signal=TERM``; srun itself answers SIGTERM by killing its tasks at once), the
+  training processes checkpoint at their next step boundary, and the job requeues itself. A SIGTERM that
+  reaches the batch shell (preemption, scancel, kill) is passed on the same way, without the requeue; with
+  ``--requeue`` SLURM requeues a preempted job itself. A requeued job resumes from the newest checkpoint.
+- Every value written into the script is quoted with shlex.quote (``#SBATCH`` lines too: sbatch reads them
+  with shell-like quoting), and the environment the run needs is exported in it, so it reaches every node
+  (``--export=ALL``) and a requeue.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from launcher.cluster import ClusterConfig
+from weam_ds.run_dir import RunDir
+
+NODE_ADDRESS = ('for a in $(hostname --ip-address) $(hostname -I); do case "$a" in 127.*|::1|fe80:*) ;; '
+                '*) echo "$a"; exit 0 ;; esac; done; echo "no address but loopback on $(hostname)" >&2; exit 1')
+"""Shell code printing this node's first address that other nodes can reach."""
+
+NODE_TASK = """\
+addr=$(bash -c "$1") || exit 1
+is_host=0
+if [ "$SLURMD_NODENAME" = "$2" ]; then is_host=1; fi
+python=$3
+shift 3
+exec "$python" -m torch.distributed.run --local-addr="$addr" --rdzv-conf="is_host=$is_host" "$@"
+"""
+"""What srun runs on every node: ``bash -c NODE_TASK node NODE_ADDRESS HEAD PYTHON TORCHRUN_ARGS...``."""
+
+
+def _log_pattern(directory: Path, name: str) -> str:
+    """A SLURM output file name: ``%`` in the directory is literal, the ``%j``/``%N`` of ``name`` are not."""
+    return str(directory).replace("%", "%%") + "/" + name
+
+
+def sbatch_script(*, config: Path, workdir: Path, run: RunDir, cluster: ClusterConfig, nproc: int,
+                  env: dict[str, str]) -> str:
+    q = shlex.quote
+    s = cluster.slurm
+    nnodes = cluster.nnodes or 1
+    logs = run.log(0).parent
+    options = [f"--job-name={q(s.job_name or 'weam-' + run.root.name)}", f"--nodes={nnodes}", "--ntasks-per-node=1"]
+    if s.gpus_per_node is not None:
+        options.append(f"--gpus-per-node={s.gpus_per_node}")
+    if s.cpus_per_task is not None:
+        options.append(f"--cpus-per-task={s.cpus_per_task}")
+    for name in ("partition", "account", "time"):
+        if getattr(s, name) is not None:
+            options.append(f"--{name}={q(getattr(s, name))}")
+    if s.exclusive:
+        options.append("--exclusive")
+    options += ["--requeue", f"--signal=B:USR1@{s.signal_seconds}", "--export=ALL", "--open-mode=append",
+                f"--output={q(_log_pattern(logs, 'slurm-%j.out'))}", *(q(d) for d in s.directives)]
+    port = str(s.rdzv_port) if s.rdzv_port is not None else "$((29500 + SLURM_JOB_ID % 1000))"
+    torchrun = [f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
+                '--rdzv-endpoint="$endpoint"', '--rdzv-id="$SLURM_JOB_ID"', f"--max-restarts={cluster.restarts}",
+                f"--shutdown-timeout={cluster.shutdown_timeout}", "-m", "weam_ds.train", "--config", q(str(config))]
+    lines = [
+        "#!/bin/bash",
+        "# A weam-ds training job written by `python -m launcher run --backend slurm`. Submit it with sbatch;",
+        "# run again (or requeued), it resumes from the run's newest checkpoint.",
+        *(f"#SBATCH {option}" for option in options),
+        "",
+        "set -u",
+        ': "${SLURM_JOB_ID:?not in a SLURM job: submit this script with sbatch}"',
+        ': "${SLURM_JOB_NODELIST:?not in a SLURM job: submit this script with sbatch}"',
+        f"cd {q(str(workdir))} || exit 1",
+        *(f"export {key}={q(value)}" for key, value in env.items()),
+        f"python={q(sys.executable)}",
+        f"run_dir={q(str(run.root))}",
+        f"logs={q(str(logs))}",
+        "started=$(date +%s)",
+        'mkdir -p "$logs"',
+        "",
+        "stop=0",
+        "requeue=0",
+        "stop_training() {",
+        '  stop=1',
+        '  scancel --signal=TERM "$SLURM_JOB_ID"',
+        "}",
+        "trap 'requeue=1; stop_training' USR1",
+        "trap 'stop_training' TERM",
+        "",
+        f"node_address={q(NODE_ADDRESS)}",
+        f"node_task={q(NODE_TASK)}",
+        'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        'head_addr=$(srun --nodes=1 --ntasks=1 --nodelist="$head" bash -c "$node_address") || {',
+        '  echo "launcher: cannot find the address of the head node $head" >&2; exit 1; }',
+        f"port={port}",
+        'case "$head_addr" in *:*) endpoint="[$head_addr]:$port" ;; *) endpoint="$head_addr:$port" ;; esac',
+        f'echo "launcher: job $SLURM_JOB_ID on {nnodes} nodes, rendezvous on the head node $head at $endpoint"',
+        'if [ "$stop" = 1 ]; then exit 143; fi',
+        "",
+        f"srun --nodes={nnodes} --ntasks={nnodes} --ntasks-per-node=1 --kill-on-bad-exit=1 --export=ALL \\",
+        f"  --open-mode=append --output={q(_log_pattern(logs, 'slurm-%j-%N.out'))} \\",
+        '  bash -c "$node_task" node "$node_address" "$head" "$python" \\',
+        "  " + " ".join(torchrun) + " &",
+        "step=$!",
+        "while :; do",
+        '  wait "$step"',
+        "  status=$?",
+        "  # A trapped signal ends `wait` early (status > 128) while the step runs on: wait again.",
+        '  if [ "$status" -gt 128 ] && kill -0 "$step" 2>/dev/null; then continue; fi',
+        "  break",
+        "done",
+        'if [ "$status" -ne 0 ] && [ "$stop" = 0 ]; then',
+        '  "$python" -m launcher.rank_logs "$run_dir" "$started" >&2',
+        "fi",
+        'if [ "$requeue" = 1 ]; then',
+        '  echo "launcher: stopped ahead of the time limit; requeueing job $SLURM_JOB_ID"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "fi",
+        'exit "$status"',
+    ]
+    return "\n".join(lines) + "\n"
