@@ -132,24 +132,29 @@ def train_flops_per_token(config: PretrainedConfig, non_embedding: int, *, seq_l
                           mask_rate: float = 0.15) -> float:
     """Forward + backward FLOPs per input token, for MFU.
 
-    ``6 * N + 6 * L * S * H + 6 * mask_rate * V * H`` where N = ``non_embedding`` parameters, L layers, S =
-    ``seq_len``, H hidden size, V vocabulary. 6N is the matmuls through the weights (2 forward, 4 backward per
-    parameter); 6LSH is attention scores and the weighted sum of values (Kaplan et al. 2020, "Scaling Laws for Neural
-    Language Models"); the last term is the vocabulary projection, which the MLM loss applies only at the
-    ``mask_rate`` selected positions. Count ``non_embedding`` with :func:`count_parameters`.
+    ``6 * N + 12 * L * S * H + 6 * mask_rate * (V + H) * H`` where N = ``non_embedding`` parameters, L layers,
+    S = ``seq_len``, H hidden size, V vocabulary. 6N is the matmuls through the weights (2 forward, 4 backward
+    per parameter); 12LSH is attention: the scores QKᵀ and the weighted sum of values, 2·S·H each per token
+    and layer forward, twice that backward (PaLM's count, Chowdhery et al. 2022, appendix B; Kaplan et al.'s
+    6LSH counts one of the two). The last term is the MLM head (its H×H transform and the vocabulary
+    projection), which runs only at the ``mask_rate`` predicted positions (WEAM adds its XPRED positions).
+    Count ``non_embedding`` with :func:`count_parameters`. Checked against
+    ``torch.utils.flop_counter.FlopCounterMode`` on real WEAM batches (tests/launcher/test_planner.py).
     """
     layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
-    return 6.0 * non_embedding + 6.0 * layers * seq_len * hidden + 6.0 * mask_rate * vocab * hidden
+    return 6.0 * non_embedding + 12.0 * layers * seq_len * hidden + 6.0 * mask_rate * (vocab + hidden) * hidden
 
 
 def train_flops(config: PretrainedConfig, non_embedding: int, lengths: torch.Tensor, predicted: int) -> float:
-    """Forward + backward FLOPs of one batch of sentences with real ``lengths`` (padding excluded) and
-    ``predicted`` MLM/XPRED positions: the terms of :func:`train_flops_per_token`, each sentence's attention
-    over its own length."""
+    """Forward + backward FLOPs of one batch of sentences of ``lengths`` tokens and ``predicted`` MLM/XPRED
+    positions: the terms of :func:`train_flops_per_token`, each sentence's attention over its own length.
+
+    Given the real lengths (padding excluded) this is the model FLOPs that MFU counts; given every row's
+    padded width it is what the encoder computes."""
     layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
     lengths = lengths.double()
-    return float(6.0 * non_embedding * lengths.sum() + 6.0 * layers * hidden * (lengths ** 2).sum()
-                 + 6.0 * vocab * hidden * predicted)
+    return float(6.0 * non_embedding * lengths.sum() + 12.0 * layers * hidden * (lengths ** 2).sum()
+                 + 6.0 * (vocab + hidden) * hidden * predicted)
 
 
 def _human(value: float, units: tuple[str, ...]) -> str:

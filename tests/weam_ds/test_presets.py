@@ -133,8 +133,8 @@ def test_train_flops_terms():
     c, n = model.config, count_parameters(model)["non_embedding"]
     flops = train_flops_per_token(c, n)
     assert train_flops_per_token(c, n, seq_len=0, mask_rate=0) == 6 * n
-    assert train_flops_per_token(c, n, seq_len=1024) - flops == pytest.approx(6 * c.num_hidden_layers * 512 * 768)
-    assert flops - train_flops_per_token(c, n, mask_rate=0) == pytest.approx(6 * 0.15 * XLMR_VOCAB * 768)
+    assert train_flops_per_token(c, n, seq_len=1024) - flops == pytest.approx(12 * c.num_hidden_layers * 512 * 768)
+    assert flops - train_flops_per_token(c, n, mask_rate=0) == pytest.approx(6 * 0.15 * (XLMR_VOCAB + 768) * 768)
 
 
 def test_cli_prints_every_preset():

@@ -1,0 +1,244 @@
+"""The memory planner: verdicts, DeepSpeed's model-state estimators, and its models checked against
+measurement on CPU (autograd's saved tensors, PyTorch's FLOP counter, the peak RSS of a partitioned build)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+from deepspeed.runtime.zero.stage3 import model_to_params as zero3_model_to_params
+from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoTokenizer
+
+from data_prep.manifest import read_manifest, shard_paths
+from data_prep.shard_format import decode_sample
+from data_prep.typed_config import from_dict
+from launcher.planner import GiB, BatchShape, activation_bytes, model_shape, parse_size, plan
+from weam_ds.batch import IGNORE, TokenInfo, collate, mask_batch
+from weam_ds.config import MaskingConfig, ObjectiveConfig, RunConfig
+from weam_ds.objective import PretrainingObjective
+from weam_ds.presets import build_model, count_parameters, train_flops
+
+XLMR_VOCAB = 250002
+
+
+def run_config(dataset: Path, model: str, ds_config: str = "ds_configs/zero3_bf16.json", **data) -> RunConfig:
+    return from_dict(RunConfig, {"output_dir": "unused", "model": model,
+                                 "data": {"datasets": [str(dataset)], "max_length": 128, "batch_size": 32, **data},
+                                 "deepspeed": {"config": ds_config}})
+
+
+@pytest.fixture(scope="module")
+def real(small_dataset):
+    """A real masked WEAM batch of the session dataset (fr-en and ja-en pairs) and its tokenizer."""
+    dataset, _, _ = small_dataset
+    manifest = read_manifest(dataset)
+    samples = []
+    for pair in ("fr-en", "ja-en"):
+        urls = [str(p) for p in shard_paths(manifest, dataset, pair, "train")]
+        samples += [decode_sample(s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)][:8]
+    info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(dataset / "tokenizer")))
+    batch = mask_batch(collate(samples, info, 64), info, MaskingConfig(), torch.Generator().manual_seed(0))
+    return dataset, batch, info
+
+
+def objective(preset: str, info: TokenInfo, checkpointing: bool = False) -> PretrainingObjective:
+    torch.manual_seed(0)
+    model = build_model(preset, info.vocab_size, pad_token_id=info.pad_id)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return PretrainingObjective(model, ObjectiveConfig()).train()
+
+
+def batch_shape(batch: dict, predicted: int) -> BatchShape:
+    """The geometry of a real batch: both sides stacked and padded to one width, the exchange's packed slots."""
+    pairs, lx, ly = len(batch["src_input_ids"]), batch["src_input_ids"].shape[1], batch["tgt_input_ids"].shape[1]
+    slots_x = int((batch["src_labels"] != IGNORE).sum(1).max())
+    slots_y = int(((batch["tgt_labels"] != IGNORE) & batch["parallel"][:, None]).sum(1).max())
+    return BatchShape(2 * pairs, max(lx, ly), predicted, pairs * (slots_x * ly + slots_y * lx))
+
+
+# --- sizes and verdicts --------------------------------------------------------------------------------
+
+def test_sizes_are_binary_units():
+    assert parse_size("80GB") == parse_size("80GiB") == parse_size("80g") == 80 * 2 ** 30
+    assert parse_size("1TB") == 2 ** 40 and parse_size("512M") == 512 * 2 ** 20 and parse_size("1000") == 1000
+    assert parse_size("79.6GiB") == int(79.6 * 2 ** 30)
+    for bad in ("80XB", "GB", "-1GB", "0GB", "iB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_base_fits_on_eight_nodes_of_eight_80gb_gpus(small_dataset):
+    result = plan(run_config(small_dataset[0], "base"), 8, 8, parse_size("80GB"), parse_size("1TB"),
+                  vocab_size=XLMR_VOCAB)
+    report = result.report()
+    assert result.fits and "verdict: fits" in report, report
+    assert "gathered largest layer" in report and "model.lm_head.decoder" in report  # the 250k vocabulary
+    assert result.totals["device"] < 20 * GiB
+
+
+def test_xxl_does_not_fit_one_80gb_gpu_and_says_why(small_dataset):
+    result = plan(run_config(small_dataset[0], "xxl"), 1, 1, parse_size("80GB"), parse_size("128GB"),
+                  vocab_size=XLMR_VOCAB)
+    report = result.report()
+    assert not result.fits
+    assert "verdict: does not fit: GPU needs" in report and "optimizer states 119.69" in report, report
+    # The CPU offload config moves the states to host memory, which 128 GB cannot hold either; NVMe would.
+    assert "zero3_offload_bf16.json does not fit" in report and "host memory needs" in report
+    assert "zero3_nvme_bf16.json: GPU" in report
+
+
+def test_suggests_what_would_fit(small_dataset):
+    cfg = run_config(small_dataset[0], "large", batch_size=64, max_length=512)
+    result = plan(cfg, 1, 8, parse_size("40GB"), parse_size("1TB"), vocab_size=4000)
+    assert not result.fits
+    fixes = result.report().split("what would fit:")[1]
+    assert "\n  activation checkpointing: GPU" in fixes and "micro-batch 32 pairs x 2 accumulation: GPU" in fixes, fixes
+    # With a 250k vocabulary the MLM head's logits dominate: checkpointing alone no longer fits.
+    result = plan(cfg, 1, 8, parse_size("40GB"), parse_size("1TB"), vocab_size=XLMR_VOCAB)
+    fixes = result.report().split("what would fit:")[1]
+    assert "\n  activation checkpointing:" not in fixes and "micro-batch 16 pairs x 4 accumulation" in fixes, fixes
+
+
+def test_plan_command_exit_status(small_dataset, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'run'}\nmodel: base\ndata: {{datasets: [{small_dataset[0]}]}}\n")
+
+    def launcher(*args):
+        return subprocess.run([sys.executable, "-m", "launcher", "plan", "--config", str(config), *args],
+                              capture_output=True, text=True, timeout=300)
+
+    fits = launcher("--nnodes", "1", "--gpus-per-node", "8", "--gpu-mem", "80GB")
+    assert fits.returncode == 0 and "verdict: fits" in fits.stdout, fits.stderr
+    tight = launcher("--nnodes", "1", "--gpus-per-node", "1", "--gpu-mem", "1GB")
+    assert tight.returncode == 1 and "verdict: does not fit" in tight.stdout
+    bad = launcher("--nnodes", "1", "--gpus-per-node", "1", "--gpu-mem", "80XB")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["launcher: error: '80XB' is not a size "
+                                                                       "(e.g. 80GB, 512GiB, 1TB)"]
+
+
+# --- model states: DeepSpeed's own estimators ----------------------------------------------------------
+
+def test_meta_counts_equal_deepspeeds_on_a_real_model():
+    """DeepSpeed counts a real model (shared tensors once by storage); the planner counts on the meta device."""
+    shape = model_shape("base", 1000, ObjectiveConfig())
+    total, largest = zero3_model_to_params(build_model("base", 1000))
+    assert (shape.params, shape.largest_layer) == (total, largest)
+
+
+@pytest.mark.parametrize("preset", ["base", "xl"])
+def test_model_states_equal_deepspeeds_estimators(small_dataset, preset):
+    meta = build_model(preset, XLMR_VOCAB, meta=True)
+    counts = count_parameters(meta)
+    n, largest = counts["total"] + counts["mlm_head"], XLMR_VOCAB * meta.config.hidden_size + XLMR_VOCAB
+    optimizer_only = {"zero_optimization": {"offload_param": {"device": "none"}}}
+    cases = [("zero3_bf16.json", {}, dict(cpu_offload=False, cpu_offload_params=False)),
+             ("zero3_offload_bf16.json", {}, dict(cpu_offload=True, cpu_offload_params=True)),
+             ("zero3_offload_fp16.json", optimizer_only, dict(cpu_offload=True, cpu_offload_params=False))]
+    for nnodes, gpus in ((1, 8), (4, 8)):
+        for ds_config, overrides, offload in cases:
+            cfg = run_config(small_dataset[0], preset, f"ds_configs/{ds_config}")
+            cfg.deepspeed.overrides = overrides
+            result = plan(cfg, nnodes, gpus, parse_size("80GB"), vocab_size=XLMR_VOCAB)
+            cpu, gpu, _ = estimate_zero3_model_states_mem_needs(n, largest, gpus, nnodes, zero_init=True, **offload)
+            # Equal up to the rounding of each row (parameters, gradients, optimizer states) to whole bytes.
+            assert result.model_states == (pytest.approx(gpu, abs=3), pytest.approx(cpu, abs=3)), ds_config
+        result = plan(run_config(small_dataset[0], preset, "ds_configs/zero2_bf16.json"), nnodes, gpus,
+                      parse_size("80GB"), vocab_size=XLMR_VOCAB)
+        cpu, gpu = estimate_zero2_model_states_mem_needs(n, gpus, nnodes, cpu_offload=False)
+        assert result.model_states == (pytest.approx(gpu, abs=3), pytest.approx(cpu, abs=3))
+
+
+# --- activations: what autograd saves ------------------------------------------------------------------
+
+def saved_bytes(module: torch.nn.Module, batch: dict) -> tuple[int, object]:
+    """Bytes autograd saves during one forward: each storage once, the parameters' own left out."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(batch)
+    return sum(saved.values()), out
+
+
+@pytest.mark.parametrize("preset", ["tiny", "mini"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_estimate_matches_saved_tensors(real, preset, checkpointing):
+    _, batch, info = real
+    module = objective(preset, info, checkpointing)
+    measured, out = saved_bytes(module, batch)
+    shape = batch_shape(batch, out.tokens["mlm"] + out.tokens["xpred"])
+    estimate = activation_bytes(module.model.config, shape, dtype_bytes=4, device="cpu", checkpointing=checkpointing)
+    print(f"{preset} checkpointing {checkpointing}: {shape}, saved {measured:,} B, estimate {estimate:,} B, "
+          f"ratio {estimate / measured:.4f}")
+    assert estimate == pytest.approx(measured, rel=0.15)
+
+
+# --- FLOPs: PyTorch's counter --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset, pairs", [("tiny", 16), ("mini", 16), ("base", 2)])
+def test_train_flops_match_the_flop_counter(real, preset, pairs):
+    _, batch, info = real
+    batch = {k: v[:pairs] if torch.is_tensor(v) else v for k, v in batch.items()}
+    module = objective(preset, info)
+    with FlopCounterMode(display=False) as counter:
+        out = module(batch)
+        out.loss.backward()
+    shape = batch_shape(batch, out.tokens["mlm"] + out.tokens["xpred"])
+    # The encoder computes every row at the padded width: train_flops of those rows is what it executes.
+    config, non_embedding = module.model.config, count_parameters(module.model)["non_embedding"]
+    widths = torch.full((shape.rows,), shape.width)
+    estimate = train_flops(config, non_embedding, widths, shape.predicted)
+    measured = counter.get_total_flops()
+    attention = 12 * config.num_hidden_layers * config.hidden_size * float((widths.double() ** 2).sum())
+    bmm = counter.get_flop_counts()["Global"][torch.ops.aten.bmm]  # CPU attention (math path) and the exchange
+    print(f"{preset}: {shape}, counted {measured:,}, train_flops {estimate:,.0f}, ratio {estimate / measured:.4f}; "
+          f"attention {attention:,.0f} of bmm {bmm:,}")
+    assert estimate == pytest.approx(measured, rel=0.05)
+    assert attention == pytest.approx(bmm, rel=0.05)
+
+
+# --- host memory while a model is built partitioned ----------------------------------------------------
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("preset, vocab", [("mini", XLMR_VOCAB), ("base", 4000)])
+def test_partitioned_build_stays_within_the_planned_host_memory(small_dataset, preset, vocab):
+    script = Path(__file__).with_name("partitioned_build_run.py")
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port(), WORLD_SIZE="2")
+    ranks = [subprocess.Popen([sys.executable, str(script), preset, str(vocab)], env=dict(env, RANK=str(r),
+                              LOCAL_RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    results = []
+    for rank in ranks:
+        stdout, stderr = rank.communicate(timeout=600)
+        assert rank.returncode == 0, stderr[-3000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    cfg = run_config(small_dataset[0], preset, "ds_configs/cpu.json")
+    planned = plan(cfg, 1, 2, 0, parse_size("16GB"), device="cpu", vocab_size=vocab)
+    peaks = [r["peak"] for r in results]
+    gib = [f"{r[k] / GiB:.3f}" for k in ("peak", "baseline") for r in results]
+    print(f"{preset}, vocabulary {vocab}: peak RSS per rank {gib[:2]} GiB (baseline {gib[2:]}), "
+          f"planned {planned.build_peak / GiB:.3f} GiB")
+    assert sum(r["local"] for r in results) >= results[0]["total"]  # each rank holds its partition only
+    assert max(r["local"] for r in results) <= results[0]["total"] // 2 + 2
+    assert max(peaks) <= planned.build_peak <= 1.6 * max(peaks)
