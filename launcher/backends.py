@@ -86,13 +86,18 @@ def _gpus_here() -> int:
 
 
 def _trainer(req: Request) -> list[str]:
-    return ["-m", "weam_ds.train", "--config", str(req.config)]
+    """The module every rank runs, and its arguments."""
+    return ["weam_ds.train", "--config", str(req.config)]
+
+
+def _torchrun_tail(req: Request) -> list[str]:
+    """torchrun's arguments after where the processes run: restarts, shutdown, and the trainer."""
+    c = req.cluster
+    return [f"--max-restarts={c.restarts}", f"--shutdown-timeout={c.shutdown_timeout}", "-m", *_trainer(req)]
 
 
 def _torchrun(req: Request, placement: list[str]) -> list[str]:
-    c = req.cluster
-    return [sys.executable, "-m", "torch.distributed.run", *placement, f"--max-restarts={c.restarts}",
-            f"--shutdown-timeout={c.shutdown_timeout}", *_trainer(req)]
+    return [sys.executable, "-m", "torch.distributed.run", *placement, *_torchrun_tail(req)]
 
 
 def _local(req: Request) -> Launch:
@@ -180,7 +185,7 @@ def _deepspeed(req: Request) -> Launch:
             "--force_multi", f"--master_addr={master}", f"--master_port={port}", f"--num_nodes={nnodes}"]
     if c.nproc_per_node is not None:
         argv.append(f"--num_gpus={c.nproc_per_node}")
-    argv += ["--module", *_trainer(req)[1:]]
+    argv += ["--module", *_trainer(req)]
     # The runner reads .deepspeed_env (or $DS_ENV_FILE) from the directory it starts in, and ~ (runner.py).
     env_file = Path(workdir, os.environ.get("DS_ENV_FILE", ".deepspeed_env"))
     env = run_environment(c)
@@ -199,8 +204,8 @@ def _slurm(req: Request) -> Launch:
     c = req.cluster
     run = RunDir(Path(os.path.abspath(req.run.output_dir)))
     script = run.root / "slurm.sbatch"
-    text = sbatch_script(config=req.config, workdir=Path(os.getcwd()), run=run, cluster=c,
-                         nproc=c.nproc_per_node or c.slurm.gpus_per_node,
+    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.nproc_per_node or c.slurm.gpus_per_node}"]
+    text = sbatch_script(torchrun=placement + _torchrun_tail(req), workdir=Path(os.getcwd()), run=run, cluster=c,
                          env={**TORCHRUN_ENV, **run_environment(c)})
     return Launch(["sbatch", str(script)], files=[LaunchFile(script, text, 0o700)], waits=False, shows=script,
                   notes=[f"{script}: the job script; logs in {run.log(0).parent}"])

@@ -30,13 +30,15 @@ def _ends_with_error(lines: list[str]) -> bool:
 
 def failed_rank_report(run: RunDir, since: float) -> str:
     """The last lines of the rank logs written since ``since`` whose last record is an error, by rank."""
-    logs = [p for p in run.log(0).parent.glob("rank*.log") if p.name[4:-4].isdigit() and p.stat().st_mtime >= since]
+    ranks = sorted(int(p.name[4:-4]) for p in run.log(0).parent.glob("rank*.log") if p.name[4:-4].isdigit())
     parts = []
-    for path in sorted(logs, key=lambda p: int(p.name[4:-4])):
+    for rank in ranks:
+        path = run.log(rank)
+        if path.stat().st_mtime < since:
+            continue
         lines = _tail(path)
         if _ends_with_error(lines):
-            parts.append(f"launcher: rank {path.name[4:-4]} failed; the last lines of {path}:\n"
-                         + "\n".join(lines[-LINES:]))
+            parts.append(f"launcher: rank {rank} failed; the last lines of {path}:\n" + "\n".join(lines[-LINES:]))
     if not parts:
         return (f"launcher: no rank log ends with an error (a rank killed outright logs nothing); see "
                 f"{run.log(0).parent}")

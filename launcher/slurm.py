@@ -46,8 +46,9 @@ def _log_pattern(directory: Path, name: str) -> str:
     return str(directory).replace("%", "%%") + "/" + name
 
 
-def sbatch_script(*, config: Path, workdir: Path, run: RunDir, cluster: ClusterConfig, nproc: int,
+def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: ClusterConfig,
                   env: dict[str, str]) -> str:
+    """``torchrun``: torchrun's arguments for every node but the rendezvous, which the script adds."""
     q = shlex.quote
     s = cluster.slurm
     nnodes = cluster.nnodes or 1
@@ -65,9 +66,7 @@ def sbatch_script(*, config: Path, workdir: Path, run: RunDir, cluster: ClusterC
     options += ["--requeue", f"--signal=B:USR1@{s.signal_seconds}", "--export=ALL", "--open-mode=append",
                 f"--output={q(_log_pattern(logs, 'slurm-%j.out'))}", *(q(d) for d in s.directives)]
     port = str(s.rdzv_port) if s.rdzv_port is not None else "$((29500 + SLURM_JOB_ID % 1000))"
-    torchrun = [f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
-                '--rdzv-endpoint="$endpoint"', '--rdzv-id="$SLURM_JOB_ID"', f"--max-restarts={cluster.restarts}",
-                f"--shutdown-timeout={cluster.shutdown_timeout}", "-m", "weam_ds.train", "--config", q(str(config))]
+    rendezvous = ["--rdzv-backend=c10d", '--rdzv-endpoint="$endpoint"', '--rdzv-id="$SLURM_JOB_ID"']
     lines = [
         "#!/bin/bash",
         "# A weam-ds training job written by `python -m launcher run --backend slurm`. Submit it with sbatch;",
@@ -107,7 +106,7 @@ def sbatch_script(*, config: Path, workdir: Path, run: RunDir, cluster: ClusterC
         f"srun --nodes={nnodes} --ntasks={nnodes} --ntasks-per-node=1 --kill-on-bad-exit=1 --export=ALL \\",
         f"  --open-mode=append --output={q(_log_pattern(logs, 'slurm-%j-%N.out'))} \\",
         '  bash -c "$node_task" node "$node_address" "$head" "$python" \\',
-        "  " + " ".join(torchrun) + " &",
+        "  " + " ".join([*rendezvous, *map(q, torchrun)]) + " &",
         "step=$!",
         "while :; do",
         '  wait "$step"',

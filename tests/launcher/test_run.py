@@ -351,8 +351,9 @@ def test_dry_run_local_is_torchrun_standalone_on_this_machine(workdir, capsys):
     code, out, _ = launch(capsys, "--backend", "local", "--env", f"WEAM_PROBE={HOSTILE}")
     assert code == 0 and out.endswith("launcher: dry run: nothing started\n")
     words = last_command(out)
-    assert words[0] == f"WEAM_PROBE={HOSTILE}"  # a shell reading the printed line gets the value back, as data
-    assert words[1:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+    # A shell reading the printed line gets the value back, as data.
+    assert words[:2] == ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", f"WEAM_PROBE={HOSTILE}"]
+    assert words[2:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
     assert "--nproc-per-node=1" in words and "--max-restarts=0" in words  # a CPU machine: one process
     assert words[-3:] == ["weam_ds.train", "--config", str(workdir / "run.yaml")]
     assert_nothing_ran(workdir)
@@ -441,6 +442,7 @@ def test_dry_run_slurm_writes_the_sbatch_script_with_every_value_quoted(workdir,
                  "#SBATCH --cpus-per-task=96", "#SBATCH --partition=gpu", "#SBATCH --time=2-00:00:00",
                  "#SBATCH --exclusive", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@300", "#SBATCH --qos=high",
                  f"#SBATCH --account={shlex.quote(HOSTILE)}", f"export WEAM_PROBE={shlex.quote(HOSTILE)}",
+                 "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
                  'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'):
         assert line in text.splitlines(), line
     assert "--nproc-per-node=8" in text and "--max-restarts=3" in text
