@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,9 @@ class ClusterConfig:
         if backend == "slurm" and self.nproc_per_node is None and self.slurm.gpus_per_node is None:
             raise ConfigError("nproc_per_node: set --nproc-per-node, or --gpus-per-node (slurm.gpus_per_node)")
         if backend != "slurm" and self.slurm != SlurmConfig():
-            raise ConfigError(f"slurm: settings for the slurm backend (backend is {backend})")
+            default = SlurmConfig()
+            name = next(f.name for f in fields(default) if getattr(self.slurm, f.name) != getattr(default, f.name))
+            raise ConfigError(f"slurm.{name}: a setting of the slurm backend (backend is {backend})")
         if backend == "slurm" and self.slurm.time is not None:
             limit = _slurm_seconds(self.slurm.time)
             if limit <= self.slurm.signal_seconds:

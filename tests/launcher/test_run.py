@@ -457,6 +457,8 @@ def test_dry_run_slurm_writes_the_sbatch_script_with_every_value_quoted(workdir,
     ("backend: slurm\nnproc_per_node: 1\nslurm: {time: '00:04:00'}\n", [],
      "cluster.yaml: slurm.signal_seconds: 300 s is not less than the time limit 00:04:00"),
     ("backend: local\nenv: {BAD-NAME: 1}\n", [], "cluster.yaml: env.BAD-NAME: not an environment variable name"),
+    ("backend: slurm\nslurm: {gpus_per_node: 8}\n", ["--backend", "torchrun"],
+     "cluster.yaml: slurm.gpus_per_node: a setting of the slurm backend (backend is torchrun)"),
     ("backend: local\n", ["--backend", "slurm", "--partition", "gpu"],
      "cluster.yaml: nproc_per_node: set --nproc-per-node, or --gpus-per-node"),
 ])
