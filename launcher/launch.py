@@ -54,14 +54,22 @@ def execute(launch: Launch, run: RunDir, dry_run: bool) -> int:
         return subprocess.run(launch.argv, env=env).returncode
     started = time.time()
     job = subprocess.Popen(launch.argv, env=env)
+    stopped = []
+
+    def stop(signum, _frame):
+        stopped.append(signum)
+        job.send_signal(signum)
+
     # SIGTERM reaches the job (it checkpoints and stops); Ctrl-C reaches it from the terminal directly.
-    previous = {sig: signal.signal(sig, handler) for sig, handler in (
-        (signal.SIGTERM, lambda signum, _frame: job.send_signal(signum)), (signal.SIGINT, signal.SIG_IGN))}
+    on_term, on_int = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         code = job.wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if code != 0:
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
+    if stopped:
+        print("launcher: stopped by SIGTERM; launched again, the run resumes from its newest checkpoint",
+              file=sys.stderr)
+    elif code != 0:
         print(failed_rank_report(run, started), file=sys.stderr)
     return code if code >= 0 else 128 - code

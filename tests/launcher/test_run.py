@@ -151,6 +151,21 @@ def test_a_failed_job_exits_non_zero_with_the_failing_ranks_last_log_lines(small
     assert "Traceback (most recent call last)" in report and "non-finite losses in a row" in report
 
 
+def test_sigterm_to_the_launcher_stops_the_training_with_a_checkpoint(small_dataset, tmp_path, start):
+    dataset, _, _ = small_dataset
+    out = tmp_path / "run"
+    config = write_run_config(tmp_path, dataset, out, steps=50)
+    job = start([*LAUNCH, "--config", str(config), "--backend", "local"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True)
+    run = RunDir(out)
+    wait_for(lambda: run.metrics.exists() and len(run.metrics.read_text().splitlines()) >= 2, job)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    tag = run.latest_tag()
+    assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None and int(tag[4:]) < 50, stderr[-3000:]
+    assert "launcher: stopped by SIGTERM" in stderr and "failed; the last lines" not in stderr
+
+
 # --- SLURM, with stand-ins for its commands ---------------------------------------------------------------
 
 SRUN = '''
