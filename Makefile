@@ -32,6 +32,7 @@ bench: venv
 	$(PY) bench/bench_data_prep.py
 	$(PY) bench/bench_train_step.py
 	$(PY) bench/bench_zero.py
+	$(PY) bench/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) out

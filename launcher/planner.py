@@ -120,7 +120,7 @@ def model_shape(model: str, vocab_size: int, objective) -> ModelShape:
     for n, m in module.named_modules():
         own = sum({id(p): p.numel() for p in m.parameters(recurse=False)}.values())
         if own > largest:
-            largest, name = own, n
+            largest, name = own, n.removeprefix("model.").removeprefix(f"{encoder.base_model_prefix}.")
     gather = 0
     for m in encoder.modules():
         group = {id(p): p.numel() for p in m.parameters(recurse=False)}
@@ -348,10 +348,13 @@ class Plan:
         if self.nvme_lines:
             section("NVMe", self.nvme_lines, ("", _gib(self.totals["nvme"])),
                     f"of {_gib(nvme)} per node" if nvme is not None else "not checked (no --nvme)")
-        out.append(f"verdict: {'fits' if self.fits else 'does not fit'}: " + "; ".join(self.reasons))
-        if self.suggestions:
-            out.append("what would fit:" if self.suggestions[0][:7] != "nothing" else "alternatives:")
-            out += [f"  {s}" for s in self.suggestions]
+        out.append(f"verdict: {'fits' if self.fits else 'does not fit'}")
+        out += [f"  {reason}" for reason in self.reasons]
+        tried = [s for s in self.suggestions if ": does not fit" in s]
+        for title, lines in (("what would fit:", [s for s in self.suggestions if s not in tried]),
+                             ("tried, does not fit:", tried)):
+            if lines:
+                out += [title] + [f"  {s}" for s in lines]
         return "\n".join(out)
 
 
@@ -425,8 +428,7 @@ def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem:
     model_states_gpu = sum(line.per_rank for line in dev)
     if s.stage == 3:
         live = max(0, min(n, s.live) - big)
-        add(dev, "ZeRO-3 live parameters", w * live,
-            f"{w} B x (min(N, stage3_max_live_parameters {_count(s.live)}) - largest layer)")
+        add(dev, "ZeRO-3 live parameters", w * live, f"{w} B x (min(N, max live {_count(s.live)}) - largest layer)")
         add(dev, "ZeRO-3 prefetch + reduce buckets", w * (s.prefetch + s.reduce),
             f"{w} B x ({_count(s.prefetch)} prefetch + {_count(s.reduce)} reduce)")
     else:
@@ -440,10 +442,10 @@ def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem:
                                  exchange=cfg.objective.exchange) for ck in (False, True)}
     other = "on" if not checkpointing else "off"
     add(dev, f"activations (checkpointing {'on' if checkpointing else 'off'})", acts[checkpointing],
-        f"{batch.rows} rows x {batch.width} tokens, head at {batch.predicted:,} positions "
-        f"(checkpointing {other}: {_gib(acts[not checkpointing])})")
+        f"{batch.rows} x {batch.width} tokens, head at {batch.predicted:,} positions; checkpointing {other}: "
+        f"{_gib(acts[not checkpointing])}")
     add(dev, "backward working memory", _working_bytes(shape.config, batch, w, device, checkpointing),
-        "logit gradients at the head's positions, one layer's gradients"
+        "the head's logit gradients, one layer's gradients"
         + (", the recomputed layer" if checkpointing else ""))
     if device == "cuda":
         add(dev, "CUDA context, allocator slack", CUDA_RESERVE, "assumed (not measured)")
@@ -520,16 +522,16 @@ def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem:
             fits = False
             key = (lambda line: line.per_rank) if where == "per GPU" else (lambda line: line.per_node)
             top = sorted(lines, key=key, reverse=True)[:2]
-            reasons.insert(0, f"{what} needs {_gib(need)} GiB {where} but has {_gib(have)}: most of it is "
-                           + " and ".join(f"{line.label} {_gib(key(line))}" for line in top))
+            reasons.insert(0, f"{what} needs {_gib(need)} GiB {where}, has {_gib(have)}; largest: "
+                           + ", ".join(f"{line.label} {_gib(key(line))}" for line in top))
     header = [
-        f"plan: {cfg.model} ({_count(n)} parameters; largest layer {shape.largest_layer_name} {_count(big)}), "
-        f"vocabulary {shape.config.vocab_size:,}, objective {cfg.objective.name}"
+        f"plan: {cfg.model}, {_count(n)} parameters, vocabulary {shape.config.vocab_size:,}, "
+        f"objective {cfg.objective.name}"
         + (f" ({cfg.objective.exchange} exchange)" if cfg.objective.name == "weam" else ""),
         f"cluster: {nnodes} node{'s' * (nnodes > 1)} x {gpn} {'GPU' if device == 'cuda' else 'CPU rank'}"
         f"{'s' * (gpn > 1)} = {world} rank{'s' * (world > 1)}",
         f"DeepSpeed: {s.name}: ZeRO-{s.stage}, {s.precision}, offload {s.offload}",
-        f"micro-batch: {batch.rows} rows x {batch.width} tokens per encoder call (every sentence at max_length), "
+        f"micro-batch: {batch.rows} rows x {batch.width} tokens (every sentence at max_length), "
         f"accumulation {cfg.train.gradient_accumulation}, activation checkpointing "
         f"{'on' if checkpointing else 'off'}",
     ]
@@ -580,7 +582,7 @@ def _suggestions(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_m
                     found.append(((name, checkpointing != cfg.train.activation_checkpointing, k), smaller, result))
                     break
         if name is not None and not any(f[0][0] == name for f in found) and result is not None:
-            failed.append(f"{name} does not fit even with activation checkpointing and the smallest micro-batch: "
+            failed.append(f"{name}: does not fit, even with activation checkpointing and the smallest micro-batch: "
                           f"{result.reasons[0]}")
 
     def dominated(a, b) -> bool:  # b needs every change a needs, and a smaller micro-batch
@@ -594,8 +596,8 @@ def _suggestions(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_m
             micro = (f"{variant.data.batch_size} pairs" if variant.data.batch_size is not None
                      else f"{variant.data.batch_tokens} tokens")
             what.append(f"micro-batch {micro} x {variant.train.gradient_accumulation} accumulation")
-        lines.append(f"{' + '.join(what)}: {'; '.join(result.reasons)}" + (" (set nvme_path)" if "nvme" in
-                                                                            (name or "") else ""))
+        nvme_path = " (set nvme_path)" if "nvme" in (name or "") else ""
+        lines.append(f"{' + '.join(what)}{nvme_path}: {'; '.join(result.reasons)}")
     for nodes in (2 ** k for k in range(13)):
         if nodes > nnodes and _evaluate(cfg, shape, nodes, gpn, gpu_mem, cpu_mem, nvme, device).fits:
             lines.append(f"{nodes} nodes of {gpn} {'GPU' if device == 'cuda' else 'rank'}{'s' * (gpn > 1)} "

@@ -82,7 +82,7 @@ def test_base_fits_on_eight_nodes_of_eight_80gb_gpus(small_dataset):
                   vocab_size=XLMR_VOCAB)
     report = result.report()
     assert result.fits and "verdict: fits" in report, report
-    assert "gathered largest layer" in report and "model.lm_head.decoder" in report  # the 250k vocabulary
+    assert "gathered largest layer" in report and "of lm_head.decoder" in report  # the 250k vocabulary
     assert result.totals["device"] < 20 * GiB
 
 
@@ -91,10 +91,10 @@ def test_xxl_does_not_fit_one_80gb_gpu_and_says_why(small_dataset):
                   vocab_size=XLMR_VOCAB)
     report = result.report()
     assert not result.fits
-    assert "verdict: does not fit: GPU needs" in report and "optimizer states 119.69" in report, report
+    assert "verdict: does not fit\n  GPU needs" in report and "largest: optimizer states 119.69" in report, report
     # The CPU offload config moves the states to host memory, which 128 GB cannot hold either; NVMe would.
-    assert "zero3_offload_bf16.json does not fit" in report and "host memory needs" in report
-    assert "zero3_nvme_bf16.json: GPU" in report
+    assert "zero3_offload_bf16.json: does not fit" in report and "host memory needs" in report
+    assert "zero3_nvme_bf16.json (set nvme_path): GPU" in report
 
 
 def test_suggests_what_would_fit(small_dataset):
