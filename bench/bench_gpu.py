@@ -60,7 +60,8 @@ def run_case(preset: str, length: int, pairs: int, ds_name: str, steps: int) -> 
         os.environ.setdefault(key, value)
     deepspeed.init_distributed(dist_backend="nccl")
     torch.cuda.set_device(0)
-    cfg = from_dict(RunConfig, {"output_dir": "unused", "model": preset, "deepspeed": {"config": f"ds_configs/{ds_name}"},
+    cfg = from_dict(RunConfig, {"output_dir": "unused", "model": preset,
+                                "deepspeed": {"config": f"ds_configs/{ds_name}"},
                                 "data": {"datasets": ["unused"], "max_length": length, "batch_size": pairs}})
     ds = deepspeed_config(cfg, world_size=1, hidden_size=PRESETS[preset].hidden)
     hw = probe(ds)
@@ -78,7 +79,8 @@ def run_case(preset: str, length: int, pairs: int, ds_name: str, steps: int) -> 
     times, flops = [], []
     torch.cuda.reset_peak_memory_stats()
     for k in range(steps + 2):
-        batch = {key: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for key, v in _batch(pairs, length, k).items()}
+        batch = {key: v.cuda(non_blocking=True) if torch.is_tensor(v) else v
+                 for key, v in _batch(pairs, length, k).items()}
         torch.cuda.synchronize()
         start = time.perf_counter()
         out = engine(batch)

@@ -311,7 +311,7 @@ class Plan:
     limits: dict[str, int | None]
     """gpu (per GPU), host and nvme (per node), in bytes; None: not given, not checked."""
     totals: dict[str, int]
-    """gpu (per GPU), host and nvme (per node), in bytes."""
+    """device (per GPU or CPU rank), host and nvme (per node), in bytes; ranks: per node."""
     model_states: tuple[int, int]
     """Parameters, gradients, optimizer states (and ZeRO-3's gathered largest layer) as DeepSpeed's estimator
     counts them: bytes per GPU, and host bytes per node."""
@@ -336,8 +336,8 @@ class Plan:
             out.append(title)
             for row in rows:
                 rank = _gib(row.per_rank) if row.per_rank is not None else ""
-                out.append(f"  {row.label:{width}}{rank:>10}  {_gib(row.per_node):>10}  {row.model}")
-            out.append(f"  {'total':{width}}{total[0]:>10}  {total[1]:>10}  {budget}")
+                out.append(f"  {row.label:{width}}{rank:>10}  {_gib(row.per_node):>10}  {row.model}".rstrip())
+            out.append(f"  {'total':{width}}{total[0]:>10}  {total[1]:>10}  {budget}".rstrip())
 
         per_rank = self.totals["device"]
         section("GPU memory" if gpu is not None else "per rank (in host memory)", self.device_lines,
@@ -465,7 +465,9 @@ def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem:
             f"build peak {_gib(build)} per rank: partitions, 2 x largest init gather, allocator-kept gathers")
         host_states = 0
     else:
-        build = GPU_RANK_BASELINE
+        # Under ZeRO-3 zero.Init builds on the GPU, leaving DeepSpeed's largest-layer allowance on the host;
+        # under ZeRO-1/2 each rank builds the whole fp32 model on the host first.
+        build = GPU_RANK_BASELINE + (4 * big if s.stage == 3 else 4 * n) * BUFFER_FACTOR
         add(host, "rank processes", GPU_RANK_BASELINE + workers * LOADER_WORKER,
             f"Python, torch, CUDA + {workers} loader worker(s) x {_gib(LOADER_WORKER)} (assumed)")
         if s.stage == 3 and not opt_off:
@@ -473,11 +475,11 @@ def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem:
             add(host, "model build", None, f"DeepSpeed: largest layer in fp32 per rank x {BUFFER_FACTOR}",
                 host_states)
         elif s.stage == 3 and s.offload_optimizer == "cpu":
-            to_cpu = [("offloaded gradients", 4, "fp32"), ("offloaded optimizer states", optimizer_bytes, "")]
+            to_cpu = [("offloaded gradients", 4), ("offloaded optimizer states", optimizer_bytes)]
             if s.offload_param == "cpu":
-                to_cpu.insert(0, ("offloaded parameters", w, prec))
+                to_cpu.insert(0, ("offloaded parameters", w))
             host_states = 0
-            for label, b, _ in to_cpu:
+            for label, b in to_cpu:
                 add(host, label, None, f"{b} B x N / {nnodes} nodes", b * n / nnodes)
                 host_states += b * n / nnodes
             add(host, "DeepSpeed buffer allowance", None, f"x {BUFFER_FACTOR} of the offloaded states",
