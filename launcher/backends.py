@@ -79,7 +79,7 @@ def run_environment(cluster: ClusterConfig) -> dict[str, str]:
     return env
 
 
-def _gpus_here() -> int:
+def gpus_here() -> int:
     import torch
 
     return torch.cuda.device_count() or 1
@@ -101,7 +101,7 @@ def _torchrun(req: Request, placement: list[str]) -> list[str]:
 
 
 def _local(req: Request) -> Launch:
-    nproc = req.cluster.nproc_per_node or _gpus_here()
+    nproc = req.cluster.nproc_per_node or gpus_here()
     return Launch(_torchrun(req, ["--standalone", "--nnodes=1", f"--nproc-per-node={nproc}"]),
                   env={**TORCHRUN_ENV, **req.cluster.env})
 
@@ -136,7 +136,7 @@ def _torchrun_nodes(req: Request) -> Launch:
     host, _ = parse_endpoint(c.rdzv_endpoint)
     # The same id on every node (they read the same run config), another for another run.
     run_id = "weam-" + hashlib.sha256(req.run.output_dir.encode()).hexdigest()[:12]
-    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.nproc_per_node or _gpus_here()}",
+    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.nproc_per_node or gpus_here()}",
                  "--rdzv-backend=c10d",
                  f"--rdzv-endpoint={c.rdzv_endpoint}", f"--rdzv-id={run_id}"]
     notes = []
@@ -203,7 +203,7 @@ def _slurm(req: Request) -> Launch:
 
     c = req.cluster
     run = RunDir(Path(os.path.abspath(req.run.output_dir)))
-    script = run.root / "slurm.sbatch"
+    script = run.sbatch_script
     placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.nproc_per_node or c.slurm.gpus_per_node}"]
     text = sbatch_script(torchrun=placement + _torchrun_tail(req), workdir=Path(os.getcwd()), run=run, cluster=c,
                          env={**TORCHRUN_ENV, **run_environment(c)})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from data_prep.typed_config import ConfigError
 from launcher import __version__
-from launcher.backends import BACKENDS, Request
+from launcher.backends import BACKENDS, Request, gpus_here
 from launcher.cluster import ClusterConfig, load_cluster
 from launcher.hostfile import HostfileError, read_hostfile
 from launcher.launch import execute
@@ -49,7 +49,8 @@ def _plan_parser(commands) -> None:
     plan.add_argument("--nvme", help="NVMe per node, e.g. 1.8TB (default: not checked)")
 
 
-_CLUSTER_FLAGS = ("backend", "nnodes", "nproc_per_node", "hostfile", "rdzv_endpoint", "max_restarts")
+_CLUSTER_FLAGS = ("backend", "nnodes", "nproc_per_node", "hostfile", "rdzv_endpoint", "max_restarts", "gpu_mem",
+                  "cpu_mem", "nvme")
 _SLURM_FLAGS = ("partition", "account", "time", "gpus_per_node", "cpus_per_task", "exclusive")
 
 
@@ -60,8 +61,29 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _check_fits(cfg: RunConfig, cluster: ClusterConfig) -> None:
-    return  # the memory planner's check (launcher/planner.py: plan(...).fits, else its report) goes here
+def _check_fits(cfg: RunConfig, cluster: ClusterConfig):
+    """The memory planner's plan of this launch (launcher.planner), or None where no GPU memory is known: a
+    cluster's ``gpu_mem`` (or ``--gpu-mem``), else this machine's GPU for a local run."""
+    import torch
+
+    from launcher.planner import parse_size, plan
+
+    sizes = {}
+    for key in ("gpu_mem", "cpu_mem", "nvme"):
+        try:
+            sizes[key] = None if getattr(cluster, key) is None else parse_size(getattr(cluster, key))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    if sizes["gpu_mem"] is None and cluster.backend == "local":
+        if not torch.cuda.is_available():
+            return None  # CPU processes: nothing to plan against
+        sizes["gpu_mem"] = torch.cuda.get_device_properties(0).total_memory
+    if sizes["gpu_mem"] is None:
+        print("launcher: memory not planned (give gpu_mem in the cluster file, or --gpu-mem)")
+        return None
+    nodes = len(read_hostfile(cluster.hostfile)) if cluster.backend == "deepspeed" else cluster.nnodes or 1
+    gpus = cluster.nproc_per_node or cluster.slurm.gpus_per_node or gpus_here()
+    return plan(cfg, nodes, gpus, sizes["gpu_mem"], sizes["cpu_mem"], sizes["nvme"])
 
 
 def _run(args) -> int:
@@ -73,8 +95,12 @@ def _run(args) -> int:
     if slurm:
         flags["slurm"] = slurm
     cluster = load_cluster(args.cluster, flags)
-    _check_fits(cfg, cluster)
     launch = BACKENDS[cluster.backend](Request(Path(os.path.abspath(args.config)), cfg, cluster))
+    fit = _check_fits(cfg, cluster)
+    if fit is not None and not fit.fits:
+        print(fit.report(), file=sys.stderr)
+        print("launcher: error: the run does not fit (plan above); nothing launched", file=sys.stderr)
+        return 1
     return execute(launch, RunDir(Path(cfg.output_dir)), args.dry_run)
 
 
@@ -92,6 +118,10 @@ def _run_parser(commands) -> None:
     run.add_argument("--max-restarts", type=int, help="torchrun's elastic restarts (default 3 on several nodes)")
     run.add_argument("--env", nargs="+", action="extend", type=_key_value, metavar="KEY=VALUE",
                      help="environment variables for the training processes on every node")
+    run.add_argument("--gpu-mem", help="memory per GPU for the memory planner's check, e.g. 80GB (default: this "
+                                       "machine's GPU for a local run, else not checked)")
+    run.add_argument("--cpu-mem", help="host memory per node for the planner, e.g. 1TB")
+    run.add_argument("--nvme", help="NVMe space per node for the planner, e.g. 1.8TB")
     run.add_argument("--dry-run", action="store_true", help="write the files and print the command; start nothing")
     slurm = run.add_argument_group("slurm")
     slurm.add_argument("--partition")

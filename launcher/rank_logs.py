@@ -7,15 +7,12 @@ same for the sbatch script (SINCE in seconds since the epoch).
 """
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
-from weam_ds.run_dir import RunDir
+from weam_ds.run_dir import LOG_RECORD, RunDir
 
 LINES = 20
-_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) rank\d+ ")
-"""The start of a log record (weam_ds.train.LOG_FORMAT); the lines between records belong to the one before."""
 
 
 def _tail(path: Path, limit: int = 1 << 16) -> list[str]:
@@ -25,7 +22,7 @@ def _tail(path: Path, limit: int = 1 << 16) -> list[str]:
 
 
 def _ends_with_error(lines: list[str]) -> bool:
-    return next((m["level"] == "ERROR" for line in reversed(lines) if (m := _RECORD.match(line))), False)
+    return next((m["level"] == "ERROR" for line in reversed(lines) if (m := LOG_RECORD.match(line))), False)
 
 
 def failed_rank_report(run: RunDir, since: float) -> str:

@@ -8,14 +8,23 @@
     <output_dir>/tensorboard/       TensorBoard event files
     <output_dir>/metrics.jsonl      one line per optimizer step (rank 0): losses, lr, grad norm
     <output_dir>/logs/rank<r>.log   each rank's log
+    <output_dir>/slurm.sbatch       the SLURM job script (``launcher run --backend slurm``), with its output in
+                                    logs/slurm-<job>.out and logs/slurm-<job>-<node>.out
     <output_dir>/export/            the Hugging Face model, once exported
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+LOG_FORMAT = "%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s"
+"""The records of ``logs/rank<r>.log`` (logging's default time format); lines between records (a traceback)
+belong to the record before."""
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) rank(?P<rank>\d+) ")
+"""The start of a record in LOG_FORMAT."""
 
 PROBE_FILE = "probe.pt"
 """In each checkpoint tag directory: input ids and the engine's MLM logits on them, to verify exports."""
@@ -83,6 +92,10 @@ class RunDir:
     @property
     def export(self) -> Path:
         return self.root / "export"
+
+    @property
+    def sbatch_script(self) -> Path:
+        return self.root / "slurm.sbatch"
 
     def log(self, rank: int) -> Path:
         return self.root / "logs" / f"rank{rank}.log"

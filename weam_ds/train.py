@@ -50,10 +50,9 @@ from weam_ds.hardware import Hardware, adam_implementation, probe
 from weam_ds.monitor import Monitor, peak_tflops
 from weam_ds.objective import PretrainingObjective
 from weam_ds.presets import PRESETS, build_model, count_parameters, train_flops
-from weam_ds.run_dir import PROBE_FILE, RunDir
+from weam_ds.run_dir import LOG_FORMAT, PROBE_FILE, RunDir
 
 log = logging.getLogger("weam_ds.train")
-LOG_FORMAT = "%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s"
 
 
 class Preempted(Exception):

@@ -517,3 +517,23 @@ def test_the_readme_examples_pass_every_check_in_a_dry_run(workdir, capsys):
         backends.add(yaml.safe_load((workdir / "slurm.yaml").read_text())["backend"] if "--cluster" in args
                      else args[args.index("--backend") + 1])
     assert backends == {"local", "torchrun", "deepspeed", "slurm"}
+
+
+def test_a_run_that_cannot_fit_is_refused_with_the_plan(small_dataset, tmp_path, capsys, monkeypatch):
+    """``launcher run`` makes the memory planner's check before it writes or starts anything."""
+    dataset, _, _ = small_dataset
+    monkeypatch.chdir(tmp_path)
+    config = write_run_config(tmp_path, dataset, tmp_path / "xxl", steps=10)
+    cfg = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**cfg, "model": "xxl", "deepspeed": {"config": "ds_configs/zero3_bf16.json"}}))
+    assert main(["run", "--config", str(config), "--backend", "local", "--nproc-per-node", "1",
+                 "--gpu-mem", "80GB", "--cpu-mem", "128GB", "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "nothing launched" in err
+    assert not (tmp_path / "xxl").exists()
+    config.write_text(yaml.safe_dump({**cfg, "deepspeed": {"config": "ds_configs/zero3_bf16.json"}}))  # tiny
+    assert main(["run", "--config", str(config), "--backend", "local", "--nproc-per-node", "1",
+                 "--gpu-mem", "80GB", "--dry-run"]) == 0
+    assert "dry run: nothing started" in capsys.readouterr().out
+    assert main(["run", "--config", str(config), "--backend", "local", "--gpu-mem", "lots", "--dry-run"]) == 2
+    assert "gpu_mem: 'lots' is not a size" in capsys.readouterr().err
