@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from launcher.cluster import ClusterConfig, load_cluster
 from launcher.hostfile import HostfileError, read_hostfile
 from launcher.launch import execute
 from weam_ds.config import RunConfig, load_run_config
+from weam_ds.registry import RegistryError
 from weam_ds.run_dir import RunDir
 
 
@@ -132,6 +134,26 @@ def _run_parser(commands) -> None:
     slurm.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=None)
 
 
+def _study(args) -> int:
+    from launcher import study
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.study_command == "status":
+        return study.status(Path(args.study_file))
+    return study.run(Path(args.study_file), retry_failed=args.retry_failed)
+
+
+def _study_parser(commands) -> None:
+    study = commands.add_parser("study", help="the scaling study: a grid of runs trained, exported and evaluated, "
+                                              "its results in registry.sqlite")
+    steps = study.add_subparsers(dest="study_command", required=True)
+    run = steps.add_parser("run", help="run every cell not evaluated yet (resuming interrupted ones)")
+    run.add_argument("study_file", help="study.yaml (README: The scaling study)")
+    run.add_argument("--retry-failed", action="store_true", help="also run the cells that failed before")
+    status = steps.add_parser("status", help="every cell's state, step, cost and headline score")
+    status.add_argument("study_file", help="study.yaml")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="launcher", description="Launch weam-ds runs on clusters.")
     parser.add_argument("--version", action="version", version=f"weam-ds launcher {__version__}")
@@ -140,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     hosts.add_argument("hostfile")
     _run_parser(commands)
     _plan_parser(commands)
+    _study_parser(commands)
     args = parser.parse_args(argv)
     try:
-        return {"hosts": _hosts, "run": _run, "plan": _plan}[args.command](args)
-    except (HostfileError, ConfigError) as exc:
+        return {"hosts": _hosts, "run": _run, "plan": _plan, "study": _study}[args.command](args)
+    except (HostfileError, ConfigError, RegistryError) as exc:
         print(f"launcher: error: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 for the job, and on failure print the failing ranks' last log lines."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from data_prep.typed_config import ConfigError
 from launcher.backends import Launch, LaunchFile
@@ -33,43 +35,48 @@ def command_line(launch: Launch) -> str:
     return " ".join([*assignments, shlex.join(launch.argv)])
 
 
-def execute(launch: Launch, run: RunDir, dry_run: bool) -> int:
+def execute(launch: Launch, run: RunDir, dry_run: bool, output: Path | None = None) -> int:
+    """Carries out ``launch``; ``output`` (appended to) takes the job's console and these lines instead of
+    this terminal (the study runner keeps one per cell)."""
     run.log(0).parent.mkdir(parents=True, exist_ok=True)  # sbatch opens its output file there
     for file in launch.files:
         _write(file)
-    for note in launch.notes:
-        print(f"launcher: {note}")
-    if dry_run and launch.shows is not None:
-        print(launch.shows.read_text(encoding="utf-8"), end="")
-    print(command_line(launch), flush=True)
-    if dry_run:
-        print("launcher: dry run: nothing started")
-        return 0
-    if shutil.which(launch.argv[0]) is None:
-        raise ConfigError(f"{launch.argv[0]}: not found on PATH" + (
-            " (is this a SLURM login node? --dry-run writes the script without submitting it)"
-            if launch.argv[0] == "sbatch" else ""))
-    env = {**os.environ, **launch.env}
-    if not launch.waits:
-        return subprocess.run(launch.argv, env=env).returncode
-    started = time.time()
-    job = subprocess.Popen(launch.argv, env=env)
-    stopped = []
+    with contextlib.ExitStack() as stack:
+        console = stack.enter_context(open(output, "a", encoding="utf-8")) if output else sys.stdout
+        errors = console if output else sys.stderr
+        for note in launch.notes:
+            print(f"launcher: {note}", file=console)
+        if dry_run and launch.shows is not None:
+            print(launch.shows.read_text(encoding="utf-8"), end="", file=console)
+        print(command_line(launch), file=console, flush=True)
+        if dry_run:
+            print("launcher: dry run: nothing started", file=console)
+            return 0
+        if shutil.which(launch.argv[0]) is None:
+            raise ConfigError(f"{launch.argv[0]}: not found on PATH" + (
+                " (is this a SLURM login node? --dry-run writes the script without submitting it)"
+                if launch.argv[0] == "sbatch" else ""))
+        env = {**os.environ, **launch.env}
+        if not launch.waits:
+            return subprocess.run(launch.argv, env=env, stdout=console, stderr=errors).returncode
+        started = time.time()
+        job = subprocess.Popen(launch.argv, env=env, stdout=console, stderr=errors)
+        stopped = []
 
-    def stop(signum, _frame):
-        stopped.append(signum)
-        job.send_signal(signum)
+        def stop(signum, _frame):
+            stopped.append(signum)
+            job.send_signal(signum)
 
-    # SIGTERM reaches the job (it checkpoints and stops); Ctrl-C reaches it from the terminal directly.
-    on_term, on_int = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        code = job.wait()
-    finally:
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_int)
-    if stopped:
-        print("launcher: stopped by SIGTERM; launched again, the run resumes from its newest checkpoint",
-              file=sys.stderr)
-    elif code != 0:
-        print(failed_rank_report(run, started), file=sys.stderr)
-    return code if code >= 0 else 128 - code
+        # SIGTERM reaches the job (it checkpoints and stops); Ctrl-C reaches it from the terminal directly.
+        on_term, on_int = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            code = job.wait()
+        finally:
+            signal.signal(signal.SIGTERM, on_term)
+            signal.signal(signal.SIGINT, on_int)
+        if stopped:
+            print("launcher: stopped by SIGTERM; launched again, the run resumes from its newest checkpoint",
+                  file=errors)
+        elif code != 0:
+            print(failed_rank_report(run, started), file=errors)
+        return code if code >= 0 else 128 - code

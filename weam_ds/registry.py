@@ -39,7 +39,7 @@ Writing (the study runner)::
     reg.set_study(name, sha256)
     cell = reg.put_cell(axes, config, parameters=..., pairs=[...])    # a new cell is pending
     reg.set_state(cell, "running")
-    reg.put_cost(cell, **training_totals(run_dir), wall_seconds=..., gpu_hours=..., world_size=..., hardware=...)
+    reg.put_cost(cell, **training_totals(run_dir), gpu_hours=..., world_size=..., hardware=...)
     reg.put_scores(cell, "xnli", "de", 1, "dev", {"accuracy": 71.3}, per_example={"accuracy": [...]})
     reg.set_state(cell, "evaluated")          # or set_state(cell, "failed", error="...")
 
@@ -218,9 +218,10 @@ def cell_name(axes: Mapping[str, str | int | float | bool]) -> str:
 
 def training_totals(run_dir: Path) -> dict[str, int | float]:
     """A run's own figures from its metrics.jsonl (one line per step, each step once): ``steps`` (the last),
-    ``tokens`` and ``train_flops`` (summed over steps; each line holds the totals over ranks)."""
+    ``tokens`` and ``train_flops`` (summed over steps; each line holds the totals over ranks), and
+    ``wall_seconds`` (the steps' own durations summed: training time, across resumes, without start-up)."""
     path = RunDir(Path(run_dir)).metrics
-    steps, tokens, flops = 0, 0.0, 0.0
+    steps, tokens, flops, seconds = 0, 0.0, 0.0, 0.0
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -229,9 +230,19 @@ def training_totals(run_dir: Path) -> dict[str, int | float]:
         try:
             row = json.loads(line)
             steps, tokens, flops = max(steps, int(row["step"])), tokens + row["tokens"], flops + row["flops"]
+            seconds += row.get("step_time", 0.0)
         except (ValueError, KeyError, TypeError):
             raise RegistryError(f"{path}:{number}: not a metrics line with step, tokens and flops") from None
-    return {"steps": steps, "tokens": round(tokens), "train_flops": flops}
+    return {"steps": steps, "tokens": round(tokens), "train_flops": flops, "wall_seconds": seconds}
+
+
+def config_sha256(config: Mapping) -> str:
+    """The hash a cell's resolved run config is registered under (``cells.config_sha256``)."""
+    try:
+        text = json.dumps(config, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"config: not JSON-serialisable ({exc})") from None
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class Registry:
@@ -331,11 +342,8 @@ class Registry:
             raise RegistryError(f"parameters: {parameters!r} is not a positive integer")
         if isinstance(pairs, str) or not pairs or not all(isinstance(p, str) and _PAIR.fullmatch(p) for p in pairs):
             raise RegistryError(f"pairs: {pairs!r} is not a non-empty list of language pairs like 'de-en'")
-        try:
-            config_json = json.dumps(config, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            raise RegistryError(f"config: not JSON-serialisable ({exc})") from None
-        digest = hashlib.sha256(config_json.encode("utf-8")).hexdigest()
+        digest = config_sha256(config)
+        config_json = json.dumps(config, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         languages = sorted({side for p in pairs for side in p.split("-") if side != "en"})
         now = _now()
         with self._transaction() as conn:

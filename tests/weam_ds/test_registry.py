@@ -110,9 +110,10 @@ def test_bad_writes_are_refused_and_write_nothing(tmp_path, call, message):
 
 
 def test_training_totals_from_metrics_jsonl(tmp_path):
-    lines = [{"step": s, "loss": 3.0, "tokens": 1000.0 + s, "flops": 2.5e9, "samples": 8} for s in range(1, 5)]
+    lines = [{"step": s, "loss": 3.0, "tokens": 1000.0 + s, "flops": 2.5e9, "samples": 8, "step_time": 0.25 * s}
+             for s in range(1, 5)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert training_totals(tmp_path) == {"steps": 4, "tokens": 4010, "train_flops": 1e10}
+    assert training_totals(tmp_path) == {"steps": 4, "tokens": 4010, "train_flops": 1e10, "wall_seconds": 2.5}
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
     with pytest.raises(RegistryError, match="metrics.jsonl:1"):
         training_totals(tmp_path)
