@@ -15,6 +15,7 @@ from pathlib import Path
 from data_prep.typed_config import ConfigError
 from launcher.backends import Launch, LaunchFile
 from launcher.rank_logs import failed_rank_report
+from weam_ds.failure import end_with_parent
 from weam_ds.run_dir import RunDir
 
 
@@ -60,7 +61,9 @@ def execute(launch: Launch, run: RunDir, dry_run: bool, output: Path | None = No
         if not launch.waits:
             return subprocess.run(launch.argv, env=env, stdout=console, stderr=errors).returncode
         started = time.time()
-        job = subprocess.Popen(launch.argv, env=env, stdout=console, stderr=errors)
+        # A killed launcher (or study runner) never leaves the job running unsupervised: it gets SIGTERM,
+        # and the training checkpoints and stops.
+        job = subprocess.Popen(launch.argv, env=env, stdout=console, stderr=errors, preexec_fn=end_with_parent)
         stopped = []
 
         def stop(signum, _frame):

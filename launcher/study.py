@@ -116,11 +116,19 @@ def _run_cell(study: StudyConfig, plan: CellPlan, registry: Registry, state: str
         registry.set_state(plan.name, "running")
         _train(study, plan, registry)
         registry.set_state(plan.name, "trained")
-    if state != "exported":
-        _export(plan)
-        registry.set_state(plan.name, "exported")
-    _evaluate(study, plan, registry)
+    with _console_to(plan.directory / "study.log"):
+        if state != "exported":
+            _export(plan)
+            registry.set_state(plan.name, "exported")
+        _evaluate(study, plan, registry)
     registry.set_state(plan.name, "evaluated")
+
+
+@contextlib.contextmanager
+def _console_to(path: Path):
+    """Export's and evaluation's console (progress bars, scores) into the cell's log, beside its training's."""
+    with open(path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        yield
 
 
 def _train(study: StudyConfig, plan: CellPlan, registry: Registry) -> None:

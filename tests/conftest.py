@@ -15,6 +15,24 @@ from data_prep.demo_corpus import catalogs
 from data_prep.readers import read_pairs
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process it started, at once, as a node failure would (torchrun starts its
+    workers in sessions of their own, so killing its process group misses them)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=30)
+
+
 def catalog_pairs(lang: str, n: int) -> list[tuple[str, str]]:
     """The first ``n`` clean (lang, en) pairs of the demo catalogs: real human translations."""
     pair = PairConfig(src_lang=lang, tgt_lang="en", format="po", path=catalogs(lang))

@@ -16,10 +16,12 @@ next collective. Now:
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -46,6 +48,19 @@ def _store():
     if dist.is_available() and dist.is_initialized():
         return dist.distributed_c10d._get_default_store()
     return None
+
+
+def end_with_parent() -> None:
+    """This process gets SIGTERM when its parent dies (Linux's PR_SET_PDEATHSIG; elsewhere nothing). A rank
+    whose torchrun agent or DeepSpeed runner was killed outright then checkpoints with its peers and stops,
+    instead of outliving it unsupervised (or waiting out the rendezvous timeout when it was still starting)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def env_rank() -> int:
@@ -149,6 +164,7 @@ class FailureWatch(threading.Thread):
         _leave(EXIT_FAILED)
 
     def stop(self) -> None:
-        """The job ends normally from here (its last collectives follow): stop watching."""
+        """The job ends normally from here (its last collectives follow): stop watching. Idempotent."""
         self._done.set()
-        self.join()
+        if self.is_alive():
+            self.join()

@@ -395,6 +395,9 @@ class Trainer:
         except Preempted:
             log.info("stopping at step %d (%s): saving a checkpoint", self.step,
                      signal.Signals(stop["signal"]).name if stop["signal"] else "--stop-at")
+            # A stop may come because the launcher died (failure.end_with_parent), taking the store with it:
+            # the save must not be cut short for that. A peer failing meanwhile fails the save's collectives.
+            self.watch.stop()
             self.save()
         finally:
             monitor.close()
@@ -425,9 +428,11 @@ class Trainer:
         return mean
 
 
-def _single_process_environment() -> None:
-    """Without a launcher (no rank variables), the run is rank 0 of 1: DeepSpeed would look for MPI instead."""
+def _launch_environment() -> None:
+    """Without a launcher (no rank variables), the run is rank 0 of 1: DeepSpeed would look for MPI instead.
+    A launched rank ends with its launcher (failure.end_with_parent)."""
     if any(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")):
+        failure.end_with_parent()
         return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -452,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         if failure.env_rank() == 0:  # every rank reads the same config: say it once
             print(f"weam_ds.train: error: {exc}", file=sys.stderr)
         return failure.EXIT_BAD_INPUT
-    _single_process_environment()
+    _launch_environment()
     try:
         return Trainer(cfg, resume=not args.no_resume, stop_at=args.stop_at).train()
     except BaseException as exc:  # noqa: BLE001 - every failure must end the rank (and the job) promptly

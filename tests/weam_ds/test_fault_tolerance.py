@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import kill_tree
 
 from weam_ds.export import main as export_main
 from weam_ds.run_dir import COMMIT_FILE, PROBE_FILE, RunDir
@@ -105,6 +106,30 @@ def test_a_hung_rank_ends_the_job_at_the_collective_timeout(small_dataset, tmp_p
     assert len(_errors(stderr)) == 1 and "rank 0:" in _errors(stderr)[0]
 
 
+def test_ranks_whose_torchrun_agent_is_killed_checkpoint_and_stop(small_dataset, tmp_path):
+    """SIGKILL to the agent alone: its ranks get SIGTERM (failure.end_with_parent), save a complete checkpoint
+    together and exit, rather than running on unsupervised."""
+    import psutil
+
+    dataset, _, _ = small_dataset
+    out = tmp_path / "run"
+    cfg = run_config(dataset, out, steps=1000, train={"checkpoint_interval": 1000, "log_interval": 1})
+    job = subprocess.Popen(torchrun_command(write_config(cfg, tmp_path)), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ranks = psutil.Process(job.pid).children(recursive=True)
+    job.kill()
+    job.wait()
+    gone, alive = psutil.wait_procs(ranks, timeout=BOUND)
+    assert not alive, "ranks outlived their agent"
+    run = RunDir(out)
+    assert run.latest_tag() == f"step{metric_rows(out)[-1]['step']}" and run.resume_tag()[1] == []
+    assert "(SIGTERM): saving a checkpoint" in run.log(0).read_text()
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_a_rank_killed_while_saving_leaves_latest_on_a_complete_checkpoint(small_dataset, tmp_path, stage):
     dataset, _, _ = small_dataset
@@ -148,7 +173,7 @@ def test_runs_killed_at_several_points_then_resumed_log_each_step_once(small_dat
             if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after:
                 break
             time.sleep(0.02)
-        os.killpg(job.pid, signal.SIGKILL)  # torchrun and every rank at once, as a node failure would
+        kill_tree(job.pid)  # torchrun and every rank at once, as a node failure would
         job.wait()
     train(cfg, tmp_path)
     assert [r["step"] for r in metric_rows(out)] == list(range(1, 31))

@@ -1,0 +1,152 @@
+"""``python -m launcher study`` on real tiny studies (2 CPU ranks, gloo, the small dataset's fr-en and ja-en):
+every cell trained, exported and evaluated into the registry, the report's numbers equal to the registry's,
+idempotent re-runs (a changed trained cell refused, an added axis value adding only its cells), a runner
+killed mid-cell finishing every cell exactly once, and failed cells shown as missing."""
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import kill_tree
+
+from launcher.cli import main
+from weam_ds.registry import REGISTRY_FILE, Registry
+from weam_ds.report import main as report_main
+
+STEPS = 4
+
+
+def study_file(tmp: Path, dataset: Path, name: str, **changes) -> Path:
+    study = {
+        "name": name,
+        "study_dir": str(tmp / name),
+        "base": {
+            "output_dir": "replaced-per-cell",
+            "model": "tiny",
+            "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
+                     "shuffle_buffer": 64},
+            "optimizer": {"lr": 2e-3},
+            "schedule": {"warmup_steps": 2},
+            "train": {"steps": 100, "log_interval": 2, "eval_interval": 1000, "checkpoint_interval": 2},
+            "deepspeed": {"config": "ds_configs/cpu.json"},
+        },
+        "languages": {"langs_1": ["fr-en"], "langs_2": ["fr-en", "ja-en"]},
+        "axes": {"data.pairs": ["langs_1", "langs_2"], "objective.name": ["weam", "mlm"]},
+        "budget": {"rule": "steps", "steps": STEPS},
+        "evaluation": {"tatoeba": {"batch_size": 32}},
+        "launch": {"backend": "local", "nproc_per_node": 2},
+    }
+    for key, value in changes.items():
+        node = study
+        *parents, last = key.split("/")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def steps_of(cell_dir: Path) -> list[int]:
+    metrics = cell_dir / "run" / "metrics.jsonl"
+    return [int(re.search(r'"step": (\d+)', line)[1]) for line in metrics.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def study(small_dataset, tmp_path_factory):
+    dataset, _, _ = small_dataset
+    tmp = tmp_path_factory.mktemp("study")
+    path = study_file(tmp, dataset, "grid")
+    assert main(["study", "run", str(path)]) == 0
+    return tmp, dataset, path
+
+
+def test_every_cell_is_trained_exported_and_evaluated_into_the_registry(study):
+    tmp, _, _ = study
+    with Registry(tmp / "grid" / REGISTRY_FILE, readonly=True) as registry:
+        cells, scores = registry.cells(), registry.scores()
+    assert sorted(c.name for c in cells) == sorted(
+        f"model=tiny,languages={s},objective={o},seed=1234" for s in ("langs_1", "langs_2") for o in ("weam", "mlm"))
+    for cell in cells:
+        assert cell.state == "evaluated" and cell.cost.steps == STEPS and cell.cost.tokens > 0
+        assert steps_of(tmp / "grid" / "cells" / cell.name) == list(range(1, STEPS + 1))
+        assert (tmp / "grid" / "cells" / cell.name / "export" / "model.safetensors").is_file()
+        # Both languages are evaluated, also the one a langs_1 cell never saw.
+        assert {s.language for s in scores if s.cell == cell.name} == {"fr", "ja"}
+        assert cell.languages == (("fr",) if "langs_1" in cell.name else ("fr", "ja"))
+
+
+def test_the_report_shows_the_registry_numbers(study, tmp_path):
+    tmp, _, _ = study
+    assert report_main(["--study", str(tmp / "grid"), "--out", str(tmp_path / "report")]) == 0
+    with Registry(tmp / "grid" / REGISTRY_FILE, readonly=True) as registry:
+        score = {(s.cell, s.language): s.value for s in registry.scores() if s.metric == "accuracy"}
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    for subset in ("langs_1", "langs_2"):
+        weam, mlm = (f"model=tiny,languages={subset},objective={o},seed=1234" for o in ("weam", "mlm"))
+        gain = statistics.fmean(score[weam, lang] - score[mlm, lang] for lang in ("fr", "ja"))
+        row = next(line for line in markdown.splitlines() if f"| {subset} |" in line and "WEAM − MLM" in line)
+        assert f"{gain:+.2f}" in row  # the gain on all evaluated languages
+    rows = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
+    assert len(rows) == 4 * 2  # cells × tasks × languages × seeds
+    for png in (tmp_path / "report").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"<img [^>]*src=\"data:image/png;base64,", (tmp_path / "report" / "report.html").read_text())
+
+
+def test_a_changed_trained_cell_is_refused_and_an_added_value_adds_only_its_cells(study, capsys):
+    tmp, dataset, path = study
+    changed = study_file(tmp, dataset, "grid", **{"budget/steps": STEPS + 1})
+    assert main(["study", "run", str(changed)]) == 2
+    err = capsys.readouterr().err
+    assert "changes the run config of cells that have trained" in err and "objective=weam" in err
+    before = {p: p.stat().st_mtime_ns for p in (tmp / "grid" / "cells").glob("*/run/metrics.jsonl")}
+    added = study_file(tmp, dataset, "grid", **{"axes/objective.name": ["weam", "mlm", "tlm"]})
+    assert main(["study", "run", str(added)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # the trained cells were not run again
+    with Registry(tmp / "grid" / REGISTRY_FILE, readonly=True) as registry:
+        tlm = [c for c in registry.cells() if c.objective == "tlm"]
+    assert len(tlm) == 2 and all(c.state == "evaluated" for c in tlm)
+    assert main(["study", "status", str(added)]) == 0
+    assert "objective=tlm" in capsys.readouterr().out
+
+
+def test_a_runner_killed_mid_cell_finishes_every_cell_once_and_failures_show_as_missing(small_dataset, tmp_path,
+                                                                                        capsys):
+    dataset, _, _ = small_dataset
+    # One cell trains for a while; the other diverges at once (a failed cell: missing, never 0).
+    path = study_file(tmp_path, dataset, "killed", **{
+        "axes": {"optimizer.lr": [2e-3, 1e8], "objective.name": ["weam"]}, "budget/steps": 12,
+        "base/train/max_nonfinite_in_row": 1})
+    runner = subprocess.Popen([sys.executable, "-m", "launcher", "study", "run", str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cells = tmp_path / "killed" / "cells"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and runner.poll() is None:
+        metrics = list(cells.glob("*/run/metrics.jsonl"))
+        if metrics and len(metrics[0].read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    kill_tree(runner.pid)  # the runner, its torchrun and every rank, mid-cell
+    runner.wait()
+    assert main(["study", "run", str(path)]) == 1  # one cell failed
+    with Registry(tmp_path / "killed" / REGISTRY_FILE, readonly=True) as registry:
+        states = {c.axes["optimizer.lr"]: c for c in registry.cells()}
+        scored = {s.cell for s in registry.scores()}
+    good, bad = states[2e-3], states[1e8]
+    assert good.state == "evaluated" and steps_of(cells / good.name) == list(range(1, 13))
+    assert bad.state == "failed" and "training exited with status" in bad.error and bad.name not in scored
+    out = capsys.readouterr().out
+    assert re.search(re.escape(bad.name) + r"\s+failed\s.*missing", out)
+    assert report_main(["--study", str(tmp_path / "killed"), "--out", str(tmp_path / "report")]) == 0
+    missing = (tmp_path / "report" / "report.md").read_text().split("## Missing results")[1]
+    assert bad.name in missing
+    # Retrying a failed cell runs it again (it fails again, the same way).
+    assert main(["study", "run", str(path), "--retry-failed"]) == 1
