@@ -140,7 +140,11 @@ def _study(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.study_command == "status":
         return study.status(Path(args.study_file))
-    return study.run(Path(args.study_file), retry_failed=args.retry_failed)
+    if args.study_command == "step":
+        from launcher.study_slurm import step
+
+        return step(Path(args.study_file), args.cell)
+    return study.run(Path(args.study_file), retry_failed=args.retry_failed, dry_run=args.dry_run)
 
 
 def _study_parser(commands) -> None:
@@ -150,8 +154,14 @@ def _study_parser(commands) -> None:
     run = steps.add_parser("run", help="run every cell not evaluated yet (resuming interrupted ones)")
     run.add_argument("study_file", help="study.yaml (README: The scaling study)")
     run.add_argument("--retry-failed", action="store_true", help="also run the cells that failed before")
+    run.add_argument("--dry-run", action="store_true", help="slurm: write the job scripts and print the sbatch "
+                                                            "commands; submit nothing")
     status = steps.add_parser("status", help="every cell's state, step, cost and headline score")
     status.add_argument("study_file", help="study.yaml")
+    step = steps.add_parser("step", help="slurm: one cell's export and evaluation, inside the job that `study run` "
+                                         "submits after its training; leaves results.json or error.json")
+    step.add_argument("study_file", help="study.yaml")
+    step.add_argument("--cell", required=True, help="the cell's name (its directory under cells/)")
 
 
 def main(argv: list[str] | None = None) -> int:

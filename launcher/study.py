@@ -9,11 +9,16 @@
                backend     .export     and/or weam_ds.xtreme_r run (fine-tuning seeds)
 
 Cells run one after another through the study's launcher backend (``launch:``), each training's console in
-``cells/<cell>/study.log``. A second ``run`` skips evaluated cells, continues interrupted ones (training
-resumes from its checkpoints) and retries failed ones with ``--retry-failed``. A study file that now gives a
-trained cell another run config is refused, naming the cells; a cell whose training had not finished is
-started afresh with the new config; an added axis value adds only its cells. One runner at a time holds a
-study directory. ``status`` prints every cell's state, step, cost and headline score.
+``cells/<cell>/study.log``; with ``launch.backend: slurm`` they run as jobs instead (launcher.study_slurm).
+A second ``run`` skips evaluated cells, continues interrupted ones (training resumes from its checkpoints)
+and retries failed ones with ``--retry-failed``. A study file that now gives a trained cell another run
+config is refused, naming the cells; a cell whose training had not finished is started afresh with the new
+config; an added axis value adds only its cells. One runner at a time holds a study directory. ``status``
+prints every cell's state, step, cost and headline score.
+
+A cell's steps produce plain records, which the runner writes into the registry: its training cost
+(``training_cost``: Registry.put_cost's arguments) and its scores (``score_records``: Registry.put_scores's
+arguments, less the cell), so that a SLURM job can hand them over in a file instead.
 """
 from __future__ import annotations
 
@@ -25,16 +30,18 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
 from data_prep.typed_config import ConfigError
 from launcher.backends import BACKENDS, Request, gpus_here
+from launcher.cluster import ClusterConfig
 from launcher.launch import execute
 from launcher.study_config import CellPlan, StudyConfig, expand, load_study, study_sha256
 from weam_ds.config import load_run_config
-from weam_ds.registry import REGISTRY_FILE, Registry, config_sha256, training_totals
+from weam_ds.registry import REGISTRY_FILE, Cell, Registry, config_sha256, training_totals
 from weam_ds.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -48,14 +55,19 @@ class CellFailed(RuntimeError):
     pass
 
 
+class StudyBusy(ConfigError):
+    """Another study runner holds the study directory."""
+
+
 @contextlib.contextmanager
-def _exclusive(study_dir: Path):
+def exclusive(study_dir: Path):
+    """The study directory's lock: one runner (or harvest) at a time writes its registry."""
     study_dir.mkdir(parents=True, exist_ok=True)
     with open(study_dir / ".study.lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"{study_dir}: another study runner is working there") from None
+            raise StudyBusy(f"{study_dir}: another study runner is working there") from None
         yield
 
 
@@ -67,14 +79,20 @@ def _parameters(plan: CellPlan) -> int:
     return count_parameters(build_model(plan.run["model"], vocab, meta=True))["total"]
 
 
-def register(path: Path, study: StudyConfig, plans: list[CellPlan], registry: Registry) -> None:
-    """Every cell in the registry, before any runs; refuses a study file that changes a trained cell."""
-    known = {cell.name: cell for cell in registry.cells()}
+def changed_cells(path: Path, study: StudyConfig, plans: list[CellPlan], known: dict[str, Cell]) -> list[str]:
+    """The registered cells (``known``) whose run config the study file now changes; refused when one of
+    them has trained."""
     changed = [p.name for p in plans if p.name in known and known[p.name].config_sha256 != config_sha256(p.run)]
     finished = [name for name in changed if known[name].state in TRAINED]
     if finished:
         raise ConfigError(f"{path}: changes the run config of cells that have trained: {'; '.join(finished)} "
                           f"(use another study_dir, or remove those cells from {study.study_dir})")
+    return changed
+
+
+def register(path: Path, study: StudyConfig, plans: list[CellPlan], registry: Registry) -> None:
+    """Every cell in the registry, before any runs; refuses a study file that changes a trained cell."""
+    changed = changed_cells(path, study, plans, {cell.name: cell for cell in registry.cells()})
     registry.set_study(study.name, study_sha256(path))
     for plan in plans:
         if plan.name in changed:  # never trained to the end: its checkpoints belong to the old config
@@ -85,30 +103,49 @@ def register(path: Path, study: StudyConfig, plans: list[CellPlan], registry: Re
                           replace=plan.name in changed)
 
 
-def run(path: Path, retry_failed: bool = False) -> int:
-    """Runs every cell that is not evaluated yet; returns 0 when all are, else 1 (some failed)."""
+def run(path: Path, retry_failed: bool = False, dry_run: bool = False) -> int:
+    """Runs every cell that is not evaluated yet (under SLURM: submits its jobs, launcher.study_slurm); returns
+    0 when none has failed, else 1. ``dry_run`` (SLURM only) writes the job scripts and prints the sbatch
+    commands."""
     study = load_study(path)
-    with _exclusive(Path(study.study_dir)):
+    slurm = study.launch.backend == "slurm"
+    if dry_run and not slurm:
+        raise ConfigError(f"{path}: --dry-run writes SLURM jobs (launch.backend: slurm); the {study.launch.backend} "
+                          "backend runs each cell here")
+    with exclusive(Path(study.study_dir)):
         plans = expand(study, str(path))
-        with Registry(Path(study.study_dir) / REGISTRY_FILE) as registry:
-            register(path, study, plans, registry)
-            states = {cell.name: cell.state for cell in registry.cells()}
-            todo = [p for p in plans if states[p.name] != "evaluated" and (retry_failed or states[p.name] != "failed")]
-            skipped = [p.name for p in plans if states[p.name] == "failed" and not retry_failed]
-            log.info("study %s: %d cells, %d evaluated, %d to run%s", study.name, len(plans),
-                     sum(s == "evaluated" for s in states.values()), len(todo),
-                     f", {len(skipped)} failed before (--retry-failed runs them)" if skipped else "")
-            for plan in tqdm(todo, desc=f"study {study.name}", unit="cell", disable=None):
-                try:
-                    _run_cell(study, plan, registry, states[plan.name])
-                except CellFailed as exc:
-                    registry.set_state(plan.name, "failed", error=str(exc))
-                    log.error("cell %s failed: %s", plan.name, exc)
-            failed = [c.name for c in registry.cells() if c.state == "failed"]
+        if slurm:
+            from launcher import study_slurm
+
+            if dry_run:
+                study_slurm.dry_run(path, study, plans, retry_failed)
+                return 0
+            failed = study_slurm.submit(path, study, plans, retry_failed)
+        else:
+            failed = _run_here(path, study, plans, retry_failed)
     print(status_table(Path(study.study_dir)))
     if failed:
         print(f"launcher: {len(failed)} cells failed: {'; '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _run_here(path: Path, study: StudyConfig, plans: list[CellPlan], retry_failed: bool) -> list[str]:
+    """Every cell through its steps, one after another; returns the failed cells."""
+    with Registry(Path(study.study_dir) / REGISTRY_FILE) as registry:
+        register(path, study, plans, registry)
+        states = {cell.name: cell.state for cell in registry.cells()}
+        todo = [p for p in plans if states[p.name] != "evaluated" and (retry_failed or states[p.name] != "failed")]
+        skipped = [p.name for p in plans if states[p.name] == "failed" and not retry_failed]
+        log.info("study %s: %d cells, %d evaluated, %d to run%s", study.name, len(plans),
+                 sum(s == "evaluated" for s in states.values()), len(todo),
+                 f", {len(skipped)} failed before (--retry-failed runs them)" if skipped else "")
+        for plan in tqdm(todo, desc=f"study {study.name}", unit="cell", disable=None):
+            try:
+                _run_cell(study, plan, registry, states[plan.name])
+            except CellFailed as exc:
+                registry.set_state(plan.name, "failed", error=str(exc))
+                log.error("cell %s failed: %s", plan.name, exc)
+        return [c.name for c in registry.cells() if c.state == "failed"]
 
 
 def _run_cell(study: StudyConfig, plan: CellPlan, registry: Registry, state: str) -> None:
@@ -118,9 +155,10 @@ def _run_cell(study: StudyConfig, plan: CellPlan, registry: Registry, state: str
         registry.set_state(plan.name, "trained")
     with _console_to(plan.directory / "study.log"):
         if state != "exported":
-            _export(plan)
+            export_cell(plan)
             registry.set_state(plan.name, "exported")
-        _evaluate(study, plan, registry)
+        for record in score_records(study, plan):
+            registry.put_scores(plan.name, **record)
     registry.set_state(plan.name, "evaluated")
 
 
@@ -134,21 +172,25 @@ def _console_to(path: Path):
 def _train(study: StudyConfig, plan: CellPlan, registry: Registry) -> None:
     cluster = study.launch
     launch = BACKENDS[cluster.backend](Request(plan.config_file.resolve(), load_run_config(plan.config_file), cluster))
-    if not launch.waits:
-        raise ConfigError(f"launch.backend: {cluster.backend} submits jobs without waiting; the study runner "
-                          "runs cells itself (local, torchrun or deepspeed)")
     code = execute(launch, RunDir(plan.run_dir), dry_run=False, output=plan.directory / "study.log")
     if code != 0:
         raise CellFailed(f"training exited with status {code} (its console: {plan.directory / 'study.log'}, "
                          f"its rank logs: {RunDir(plan.run_dir).log(0).parent})")
+    registry.put_cost(plan.name, **training_cost(cluster, plan))
+
+
+def training_cost(cluster: ClusterConfig, plan: CellPlan) -> dict:
+    """The cell's finished training as Registry.put_cost takes it: the run's own totals (training_totals),
+    its ranks, GPU-hours (0 on CPUs) and hardware, as this machine sees its GPU (under SLURM: the step job's,
+    on the training's partition). CellFailed when the training stopped short of its steps."""
     totals = training_totals(plan.run_dir)
     if totals["steps"] != plan.run["train"]["steps"]:
         raise CellFailed(f"training stopped at step {totals['steps']} of {plan.run['train']['steps']} "
                          "(stopped from outside: run the study again to continue)")
-    world = (cluster.nnodes or 1) * (cluster.nproc_per_node or gpus_here())
+    world = (cluster.nnodes or 1) * (cluster.nproc_per_node or cluster.slurm.gpus_per_node or gpus_here())
     gpu = _gpu_name()
-    registry.put_cost(plan.name, **totals, world_size=world, gpu_hours=world * totals["wall_seconds"] / 3600 if gpu
-                      else 0.0, hardware=f"{world}x {gpu or platform.processor() or platform.machine() + ' CPU'}")
+    return {**totals, "world_size": world, "gpu_hours": world * totals["wall_seconds"] / 3600 if gpu else 0.0,
+            "hardware": f"{world}x {gpu or platform.processor() or platform.machine() + ' CPU'}"}
 
 
 def _gpu_name() -> str | None:
@@ -157,7 +199,7 @@ def _gpu_name() -> str | None:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 
-def _export(plan: CellPlan) -> None:
+def export_cell(plan: CellPlan) -> None:
     from weam_ds.export import ExportError, export
 
     try:
@@ -166,18 +208,21 @@ def _export(plan: CellPlan) -> None:
         raise CellFailed(f"export: {exc}") from None
 
 
-def _evaluate(study: StudyConfig, plan: CellPlan, registry: Registry) -> None:
+def score_records(study: StudyConfig, plan: CellPlan) -> Iterator[dict]:
+    """Evaluates the cell's export, yielding each score as it is computed, as Registry.put_scores takes it
+    (less the cell): ``task``, ``language``, ``eval_seed``, ``split``, ``scores`` ({metric: value}) and
+    ``per_example`` ({metric: [value per example]} or None)."""
     evaluation = study.evaluation
     try:
         if evaluation.tatoeba is not None:
-            _tatoeba(evaluation.tatoeba, plan, registry)
+            yield from _tatoeba(evaluation.tatoeba, plan)
         if evaluation.xtreme_r is not None:
-            _xtreme_r(evaluation.xtreme_r, plan, registry)
+            yield from _xtreme_r(evaluation.xtreme_r, plan)
     except (OSError, ValueError) as exc:  # the scorer's and the readers' errors name their files
         raise CellFailed(f"evaluation: {exc}") from None
 
 
-def _tatoeba(cfg, plan: CellPlan, registry: Registry) -> None:
+def _tatoeba(cfg, plan: CellPlan) -> Iterator[dict]:
     """Every language of every dataset, seen in pre-training or not; per-example hits for the report's
     paired bootstrap."""
     from weam_ds.xtreme_r.tatoeba import evaluate_dataset
@@ -189,11 +234,12 @@ def _tatoeba(cfg, plan: CellPlan, registry: Registry) -> None:
         for lang, value in results["xx2en"]["tatoeba"]["accuracy"].items():
             found, gold = ((folder / kind / "tatoeba" / f"test-{lang}.tsv").read_text().split()
                            for kind in ("predictions", "labels"))
-            registry.put_scores(plan.name, "tatoeba", lang, TATOEBA_SEED, "test", {"accuracy": value},
-                                per_example={"accuracy": [100.0 * (f == g) for f, g in zip(found, gold)]})
+            yield {"task": "tatoeba", "language": lang, "eval_seed": TATOEBA_SEED, "split": "test",
+                   "scores": {"accuracy": value},
+                   "per_example": {"accuracy": [100.0 * (f == g) for f, g in zip(found, gold)]}}
 
 
-def _xtreme_r(cfg, plan: CellPlan, registry: Registry) -> None:
+def _xtreme_r(cfg, plan: CellPlan) -> Iterator[dict]:
     """Zero-shot fine-tuning with weam_ds.xtreme_r run; every scored seed's languages."""
     from weam_ds.xtreme_r.run import RECIPES
     from weam_ds.xtreme_r.run import run as run_xtreme
@@ -211,7 +257,8 @@ def _xtreme_r(cfg, plan: CellPlan, registry: Registry) -> None:
                     for lang, value in values.items():
                         per_language.setdefault(lang, {})[metric] = value
             for lang, scores in per_language.items():
-                registry.put_scores(plan.name, task, lang, seed, result["split"], scores)
+                yield {"task": task, "language": lang, "eval_seed": seed, "split": result["split"], "scores": scores,
+                       "per_example": None}
 
 
 def status_table(study_dir: Path) -> str:
@@ -244,8 +291,12 @@ def _last_step(run_dir: Path) -> int:
 
 
 def status(path: Path) -> int:
+    """Prints the status table, after recording what the cells' SLURM jobs have finished (study_slurm)."""
+    from launcher.study_slurm import harvest_submitted
+
     study = load_study(path)
     if not (Path(study.study_dir) / REGISTRY_FILE).is_file():
         raise ConfigError(f"{path}: the study has not run yet (no {Path(study.study_dir) / REGISTRY_FILE})")
+    harvest_submitted(Path(study.study_dir))
     print(status_table(Path(study.study_dir)))
     return 0
