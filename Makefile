@@ -22,11 +22,9 @@ test: venv
 demo: venv
 	$(PY) -m data_prep.demo_corpus --out $(DEMO_DIR)
 	$(PY) -m data_prep --config $(DEMO_DIR)/prep.yaml
-	$(PY) -m weam_ds.demo --dataset $(DEMO_DIR)/dataset --out $(DEMO_DIR)/run.yaml
-	$(PY) -m torch.distributed.run --standalone --nproc-per-node=2 -m weam_ds.train --config $(DEMO_DIR)/run.yaml
-	$(PY) -m weam_ds.export $(DEMO_DIR)/run/checkpoints $(DEMO_DIR)/run/export
-	$(PY) -m weam_ds.xtreme_r tatoeba --model $(DEMO_DIR)/run/export --dataset $(DEMO_DIR)/dataset --out $(DEMO_DIR)/eval
-	@echo "TensorBoard logs: $(DEMO_DIR)/run/tensorboard  (tensorboard --logdir $(DEMO_DIR)/run/tensorboard)"
+	$(PY) -m launcher.demo --dataset $(DEMO_DIR)/dataset --out $(DEMO_DIR)/study.yaml
+	$(PY) -m launcher study run $(DEMO_DIR)/study.yaml
+	$(PY) -m weam_ds.report --study $(DEMO_DIR)/study --out $(DEMO_DIR)/report
 
 bench: venv
 	$(PY) bench/bench_data_prep.py

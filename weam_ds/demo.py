@@ -1,14 +1,10 @@
-"""``python -m weam_ds.demo --dataset DIR --out run.yaml``: the run config ``make demo`` trains with.
-
-A short WEAM run of the ``tiny`` preset under ZeRO-3 on CPU processes (ds_configs/cpu.json), on the demo
-dataset that data_prep built: enough steps to see the losses fall in TensorBoard, a checkpoint midway.
+"""The demo's run config: a short WEAM run of the ``tiny`` preset under ZeRO-3 on CPU processes
+(ds_configs/cpu.json), on the demo dataset that data_prep built: enough steps to see the losses fall in
+TensorBoard, a checkpoint midway. ``make demo``'s study (launcher.demo) runs it for each of its cells.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-
-import yaml
 
 
 def demo_run(dataset: Path, output_dir: Path) -> dict:
@@ -24,19 +20,3 @@ def demo_run(dataset: Path, output_dir: Path) -> dict:
                   "keep_checkpoints": 2},
         "deepspeed": {"config": "ds_configs/cpu.json"},
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="weam_ds.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, required=True, help="the demo dataset directory")
-    parser.add_argument("--out", type=Path, required=True, help="the run config to write")
-    args = parser.parse_args(argv)
-    cfg = demo_run(args.dataset, args.out.parent / "run")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    print(f"run config: {args.out} (outputs in {cfg['output_dir']})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -746,12 +746,13 @@ def main(argv: list[str] | None = None) -> int:
         with Registry(args.study / REGISTRY_FILE, readonly=True) as registry:
             if not registry.cells():
                 raise RegistryError(f"{registry.path}: no cells registered yet")
-            build(registry, args.out)
+            blocks = build(registry, args.out)
     except RegistryError as exc:
         print(f"weam_ds.report: error: {exc}", file=sys.stderr)
         return 2
-    print(f"report: {args.out / 'report.md'}, {args.out / 'report.html'}, {args.out / 'results.csv'}; "
-          f"TensorBoard hparams: tensorboard --logdir {args.out / 'tensorboard'}")
+    print("Summary: " + blocks[blocks.index(("h2", "Summary")) + 1][1])
+    print(f"report: {args.out / 'report.html'} (and report.md, results.csv, the plots); TensorBoard hparams: "
+          f"tensorboard --logdir {args.out / 'tensorboard'}")
     return 0
 
 

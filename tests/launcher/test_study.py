@@ -1,4 +1,4 @@
-"""``python -m launcher study`` on real tiny studies (2 CPU ranks, gloo, the small dataset's fr-en and ja-en):
+"""``python -m launcher study`` on real tiny studies (one CPU rank each, gloo, the small dataset's fr-en and ja-en):
 every cell trained, exported and evaluated into the registry, the report's numbers equal to the registry's,
 idempotent re-runs (a changed trained cell refused, an added axis value adding only its cells), a runner
 killed mid-cell finishing every cell exactly once, and failed cells shown as missing."""
@@ -41,7 +41,7 @@ def study_file(tmp: Path, dataset: Path, name: str, **changes) -> Path:
         "axes": {"data.pairs": ["langs_1", "langs_2"], "objective.name": ["weam", "mlm"]},
         "budget": {"rule": "steps", "steps": STEPS},
         "evaluation": {"tatoeba": {"batch_size": 32}},
-        "launch": {"backend": "local", "nproc_per_node": 2},
+        "launch": {"backend": "local", "nproc_per_node": 1},
     }
     for key, value in changes.items():
         node = study
