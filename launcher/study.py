@@ -9,12 +9,12 @@
                backend     .export     and/or weam_ds.xtreme_r run (fine-tuning seeds)
 
 Cells run one after another through the study's launcher backend (``launch:``), each training's console in
-``cells/<cell>/study.log``; with ``launch.backend: slurm`` they run as jobs instead (launcher.study_slurm).
-A second ``run`` skips evaluated cells, continues interrupted ones (training resumes from its checkpoints)
-and retries failed ones with ``--retry-failed``. A study file that now gives a trained cell another run
-config is refused, naming the cells; a cell whose training had not finished is started afresh with the new
-config; an added axis value adds only its cells. One runner at a time holds a study directory. ``status``
-prints every cell's state, step, cost and headline score.
+``cells/<cell>/study.log``; with ``launch.backend: slurm`` they run as jobs instead, and go from running to
+evaluated or failed (launcher.study_slurm). A second ``run`` skips evaluated cells, continues interrupted
+ones (training resumes from its checkpoints) and retries failed ones with ``--retry-failed``. A study file
+that now gives a trained cell another run config is refused, naming the cells; a cell whose training had not
+finished is started afresh with the new config; an added axis value adds only its cells. One runner at a
+time holds a study directory. ``status`` prints every cell's state, step, cost and headline score.
 
 A cell's steps produce plain records, which the runner writes into the registry: its training cost
 (``training_cost``: Registry.put_cost's arguments) and its scores (``score_records``: Registry.put_scores's
