@@ -24,8 +24,9 @@ while args[0].startswith("--"):
     key, _, value = args.pop(0)[2:].partition("=")
     opts[key] = value
 script, = args
-job = str(100 + len(os.listdir(jobs)))
-with open(os.path.join(os.environ["STANDIN"], "sbatch"), "a") as f:
+with open(os.path.join(os.environ["STANDIN"], "sbatch"), "a+") as f:
+    f.seek(0)
+    job = str(100 + len(f.readlines()))
     f.write(json.dumps({"job": job, "argv": sys.argv[1:]}) + "\\n")
 
 
