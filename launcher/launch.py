@@ -19,7 +19,7 @@ from weam_ds.failure import end_with_parent
 from weam_ds.run_dir import RunDir
 
 
-def _write(file: LaunchFile) -> None:
+def write_launch_file(file: LaunchFile) -> None:
     """Atomically, and never readable by others on the way (the file may hold the environment's values)."""
     file.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.path.with_name(f".{file.path.name}.tmp")
@@ -41,10 +41,10 @@ def execute(launch: Launch, run: RunDir, dry_run: bool, output: Path | None = No
     this terminal (the study runner keeps one per cell)."""
     run.log(0).parent.mkdir(parents=True, exist_ok=True)  # sbatch opens its output file there
     for file in launch.files:
-        _write(file)
+        write_launch_file(file)
     with contextlib.ExitStack() as stack:
-        console = stack.enter_context(open(output, "a", encoding="utf-8")) if output else sys.stdout
-        errors = console if output else sys.stderr
+        job_output = stack.enter_context(open(output, "a", encoding="utf-8")) if output else None
+        console, errors = (job_output, job_output) if output else (sys.stdout, sys.stderr)
         for note in launch.notes:
             print(f"launcher: {note}", file=console)
         if dry_run and launch.shows is not None:
@@ -59,11 +59,12 @@ def execute(launch: Launch, run: RunDir, dry_run: bool, output: Path | None = No
                 if launch.argv[0] == "sbatch" else ""))
         env = {**os.environ, **launch.env}
         if not launch.waits:
-            return subprocess.run(launch.argv, env=env, stdout=console, stderr=errors).returncode
+            return subprocess.run(launch.argv, env=env, stdout=job_output, stderr=job_output).returncode
         started = time.time()
         # A killed launcher (or study runner) never leaves the job running unsupervised: it gets SIGTERM,
         # and the training checkpoints and stops.
-        job = subprocess.Popen(launch.argv, env=env, stdout=console, stderr=errors, preexec_fn=end_with_parent)
+        job = subprocess.Popen(launch.argv, env=env, stdout=job_output, stderr=job_output,
+                               preexec_fn=end_with_parent)
         stopped = []
 
         def stop(signum, _frame):

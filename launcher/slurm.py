@@ -41,7 +41,7 @@ exec "$python" -m torch.distributed.run --local-addr="$addr" --rdzv-conf="is_hos
 """What srun runs on every node: ``bash -c NODE_TASK node NODE_ADDRESS HEAD PYTHON TORCHRUN_ARGS...``."""
 
 
-def _log_pattern(directory: Path, name: str) -> str:
+def log_pattern(directory: Path, name: str) -> str:
     """A SLURM output file name: ``%`` in the directory is literal, the ``%j``/``%N`` of ``name`` are not."""
     return str(directory).replace("%", "%%") + "/" + name
 
@@ -64,7 +64,7 @@ def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: C
     if s.exclusive:
         options.append("--exclusive")
     options += ["--requeue", f"--signal=B:USR1@{s.signal_seconds}", "--export=ALL", "--open-mode=append",
-                f"--output={q(_log_pattern(logs, 'slurm-%j.out'))}", *(q(d) for d in s.directives)]
+                f"--output={q(log_pattern(logs, 'slurm-%j.out'))}", *(q(d) for d in s.directives)]
     port = str(s.rdzv_port) if s.rdzv_port is not None else "$((29500 + SLURM_JOB_ID % 1000))"
     rendezvous = ["--rdzv-backend=c10d", '--rdzv-endpoint="$endpoint"', '--rdzv-id="$SLURM_JOB_ID"']
     lines = [
@@ -104,7 +104,7 @@ def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: C
         'if [ "$stop" = 1 ]; then exit 143; fi',
         "",
         f"srun --nodes={nnodes} --ntasks={nnodes} --ntasks-per-node=1 --kill-on-bad-exit=1 --export=ALL \\",
-        f"  --open-mode=append --output={q(_log_pattern(logs, 'slurm-%j-%N.out'))} \\",
+        f"  --open-mode=append --output={q(log_pattern(logs, 'slurm-%j-%N.out'))} \\",
         '  bash -c "$node_task" node "$node_address" "$head" "$python" \\',
         "  " + " ".join([*rendezvous, *map(q, torchrun)]) + " &",
         "step=$!",

@@ -52,8 +52,8 @@ import yaml
 from data_prep.typed_config import ConfigError
 from launcher.backends import BACKENDS, LaunchFile, Request, run_environment
 from launcher.cluster import ClusterConfig
-from launcher.launch import _write as write_launch_file
-from launcher.slurm import _log_pattern as log_pattern
+from launcher.launch import write_launch_file
+from launcher.slurm import log_pattern
 from launcher.study import (CellFailed, StudyBusy, changed_cells, exclusive, export_cell, register, score_records,
                             training_cost)
 from launcher.study_config import CellPlan, StudyConfig, load_study
