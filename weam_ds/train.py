@@ -459,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         return failure.EXIT_BAD_INPUT
     _launch_environment()
     try:
-        return Trainer(cfg, resume=not args.no_resume, stop_at=args.stop_at).train()
+        code = Trainer(cfg, resume=not args.no_resume, stop_at=args.stop_at).train()
+        dist.destroy_process_group()  # as PyTorch asks: collectives' threads left at exit may abort the process
+        return code
     except BaseException as exc:  # noqa: BLE001 - every failure must end the rank (and the job) promptly
         bad_input = isinstance(exc, (ConfigError, ManifestError))
         rank = dist.get_rank() if dist.is_initialized() else failure.env_rank()

@@ -39,7 +39,9 @@ def main(preset: str, vocab: int) -> None:
     peak = peak_rss()
     print(json.dumps({"rank": torch.distributed.get_rank(), "baseline": baseline, "peak": peak,
                       "local": sum(p.ds_tensor.numel() for p in model.parameters()),
-                      "total": sum(p.ds_numel for p in model.parameters())}))
+                      "total": sum(p.ds_numel for p in model.parameters())}), flush=True)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()  # gloo's threads, left running at exit, may abort the process
 
 
 if __name__ == "__main__":

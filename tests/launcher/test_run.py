@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from launcher.cli import main
+from slurm_stand_ins import STAND_INS
 from weam_ds.run_dir import RunDir, checkpoint_problem
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -168,65 +169,6 @@ def test_sigterm_to_the_launcher_stops_the_training_with_a_checkpoint(small_data
 
 # --- SLURM, with stand-ins for its commands ---------------------------------------------------------------
 
-SRUN = '''
-"""srun on one machine: every node of SLURM_JOB_NODELIST is a process here (their pids go to $STANDIN/tasks)."""
-import os, re, signal, subprocess, sys, time
-
-args, opts = sys.argv[1:], {}
-while args[0].startswith("--"):
-    key, _, value = args.pop(0)[2:].partition("=")
-    opts[key] = value
-nodes = os.environ["SLURM_JOB_NODELIST"].split(",")
-chosen = [opts["nodelist"]] if "nodelist" in opts else nodes[:int(opts["nodes"])]
-if "nodelist" not in opts and os.environ.get("STANDIN_TASK"):
-    args = [sys.executable, "-c", os.environ["STANDIN_TASK"]]
-tasks = []
-for name in chosen:
-    env = {**os.environ, "SLURMD_NODENAME": name, "SLURM_NODEID": str(nodes.index(name)),
-           "SLURM_PROCID": str(len(tasks))}
-    out = None
-    if "output" in opts:
-        path = re.sub("%(.)", lambda m: {"j": env["SLURM_JOB_ID"], "N": name, "%": "%"}[m[1]], opts["output"])
-        out = open(path, "a")
-    tasks.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
-with open(os.path.join(os.environ["STANDIN"], "tasks"), "a") as f:
-    f.write("".join(f"{t.pid}\\n" for t in tasks))
-# As srun does: SIGTERM ends the tasks at once; other signals are passed on.
-signal.signal(signal.SIGTERM, lambda *_: [t.kill() for t in tasks])
-for sig in (signal.SIGUSR1, signal.SIGUSR2):
-    signal.signal(sig, lambda signum, _: [t.send_signal(signum) for t in tasks])
-while any(t.poll() is None for t in tasks):
-    if "kill-on-bad-exit" in opts and any(t.poll() for t in tasks):
-        [t.kill() for t in tasks]
-    time.sleep(0.1)
-sys.exit(next((t.returncode for t in tasks if t.returncode), 0))
-'''
-
-SCONTROL = '''
-import os, sys
-args = sys.argv[1:]
-with open(os.path.join(os.environ["STANDIN"], "calls"), "a") as f:
-    f.write("scontrol " + " ".join(args) + "\\n")
-if args[:2] == ["show", "hostnames"]:
-    print("\\n".join(args[2].split(",")))
-'''
-
-SCANCEL = '''
-"""scancel --signal=SIG JOBID: the signal goes to every task srun started (the job steps), not to the script."""
-import os, signal, sys
-args = sys.argv[1:]
-state = os.environ["STANDIN"]
-with open(os.path.join(state, "calls"), "a") as f:
-    f.write("scancel " + " ".join(args) + "\\n")
-sig = getattr(signal, "SIG" + args[0].partition("=")[2])
-for pid in open(os.path.join(state, "tasks")).read().split():
-    try:
-        os.kill(int(pid), sig)
-    except ProcessLookupError:
-        pass
-'''
-
-
 @pytest.fixture
 def slurm_job(tmp_path):
     """Stand-ins on PATH and the variables SLURM sets in the batch script of a 2-node job. One node's name
@@ -234,7 +176,8 @@ def slurm_job(tmp_path):
     bin_dir, state = tmp_path / "bin", tmp_path / "standin"
     bin_dir.mkdir()
     state.mkdir()
-    for name, source in (("srun", SRUN), ("scontrol", SCONTROL), ("scancel", SCANCEL)):
+    for name in ("srun", "scontrol", "scancel"):
+        source = STAND_INS[name]
         path = bin_dir / name
         path.write_text(f"#!{sys.executable}\n{source}")
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
