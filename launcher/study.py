@@ -245,7 +245,8 @@ def _xtreme_r(cfg, plan: CellPlan) -> Iterator[dict]:
     from weam_ds.xtreme_r.run import run as run_xtreme
 
     out = plan.eval_dir / "xtreme_r"
-    run_xtreme(plan.export_dir, Path(cfg.data), cfg.tasks, out, cfg.seeds, RECIPES, cfg.languages, cfg.deepspeed)
+    recipes = Path(cfg.recipes) if cfg.recipes else RECIPES
+    run_xtreme(plan.export_dir, Path(cfg.data), cfg.tasks, out, cfg.seeds, recipes, cfg.languages, cfg.deepspeed)
     for task in cfg.tasks:
         for seed in cfg.seeds:
             result = json.loads((out / task / f"seed{seed}" / "result.json").read_text(encoding="utf-8"))
@@ -258,7 +259,24 @@ def _xtreme_r(cfg, plan: CellPlan) -> Iterator[dict]:
                         per_language.setdefault(lang, {})[metric] = value
             for lang, scores in per_language.items():
                 yield {"task": task, "language": lang, "eval_seed": seed, "split": result["split"], "scores": scores,
-                       "per_example": None}
+                       "per_example": _hits(out, task, seed, result["split"], lang)}
+
+
+def _hits(out: Path, task: str, seed: int, split: str, lang: str) -> dict | None:
+    """Per-example accuracy (0 or 100) of the tasks scored by accuracy over aligned lines (classification,
+    XCOPA), for the report's paired bootstrap; None for the others (span F1, QA, retrieval), whose score
+    is not a mean over examples."""
+    from weam_ds.xtreme_r.readers import CLASSIFICATION, MULTIPLE_CHOICE
+    from weam_ds.xtreme_r.score import read_jsonl_labels, read_lines
+    from weam_ds.xtreme_r.tasks import suffix
+
+    if task not in CLASSIFICATION + MULTIPLE_CHOICE:
+        return None
+    read = read_jsonl_labels if task in MULTIPLE_CHOICE else read_lines
+    name = f"test-{lang}.{suffix(task)}"
+    found = read(out / task / f"seed{seed}" / "predictions" / task / name)
+    gold = read(out / "labels" / split / task / name)
+    return {"accuracy": [100.0 * (f == g) for f, g in zip(found, gold)]}
 
 
 def status_table(study_dir: Path) -> str:

@@ -17,7 +17,7 @@ axes:                               # dotted run-config keys and their values; t
 budget: {rule: steps, steps: 120}   # or {rule: tokens_per_language, tokens_per_language: 500000}
 evaluation:
   tatoeba: {layer: null}            # retrieval on the datasets' held-out test pairs, every language
-  xtreme_r: null                    # or {data: XTREME_DIR, tasks: [xnli, udpos], seeds: [1, 2, 3]}
+  xtreme_r: null                    # or {data: XTREME_DIR, tasks: [xnli, udpos], seeds: [1, 2, 3], recipes: DIR}
 launch: {backend: local, nproc_per_node: 2}   # launcher backend and cluster settings (README: Launching)
 ```
 
@@ -88,6 +88,8 @@ class XtremeConfig:
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     """Fine-tuning seeds: three give a spread over seeds in the report."""
     deepspeed: str | None = None
+    recipes: str | None = None
+    """A folder of <task>.yaml recipes (default: the shipped ones, the official baselines')."""
 
     def __post_init__(self):
         if not self.tasks or not self.seeds:

@@ -5,6 +5,7 @@ killed mid-cell finishing every cell exactly once, and failed cells shown as mis
 from __future__ import annotations
 
 import csv
+import json
 import re
 import statistics
 import subprocess
@@ -150,3 +151,31 @@ def test_a_runner_killed_mid_cell_finishes_every_cell_once_and_failures_show_as_
     assert bad.name in missing
     # Retrying a failed cell runs it again (it fails again, the same way).
     assert main(["study", "run", str(path), "--retry-failed"]) == 1
+
+
+def test_xtreme_r_evaluation_records_every_seed_with_its_examples(study, tmp_path):
+    """A cell evaluated by zero-shot fine-tuning (weam_ds.xtreme_r run) on task data in the official layout:
+    every fine-tuning seed's score per language, and each example's hit for the paired bootstrap."""
+    from xtreme_fixtures import write_xtreme
+
+    tmp, dataset, _ = study
+    data = write_xtreme(tmp_path / "xtreme")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "xnli.yaml").write_text("learning_rate: 1.0e-3\nepochs: 1\nbatch_size: 8\nmax_length: 32\n")
+    path = study_file(tmp_path, dataset, "xtreme", **{
+        "axes": {"data.pairs": ["langs_2"], "objective.name": ["weam"]},
+        "evaluation": {"xtreme_r": {"data": str(data), "tasks": ["xnli"], "languages": ["en", "de"], "seeds": [1, 2],
+                                    "recipes": str(recipes)}}})
+    assert main(["study", "run", str(path)]) == 0
+    with Registry(tmp_path / "xtreme" / REGISTRY_FILE, readonly=True) as registry:
+        (cell,) = registry.cells()
+        scores = registry.scores(cell.name, "xnli")
+        out = tmp_path / "xtreme" / "cells" / cell.name / "eval" / "xtreme_r"
+        for score in scores:
+            result = json.loads((out / "xnli" / f"seed{score.eval_seed}" / "result.json").read_text())
+            assert score.value == result["scores"][score.metric][score.language]
+            hits = registry.per_example(cell.name, "xnli", score.language, score.eval_seed, "accuracy")
+            assert hits is not None and hits.mean() == pytest.approx(
+                result["scores"]["accuracy"][score.language])
+    assert {(s.language, s.eval_seed) for s in scores} == {(lang, seed) for lang in ("en", "de") for seed in (1, 2)}
