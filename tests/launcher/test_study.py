@@ -179,3 +179,33 @@ def test_xtreme_r_evaluation_records_every_seed_with_its_examples(study, tmp_pat
             assert hits is not None and hits.mean() == pytest.approx(
                 result["scores"]["accuracy"][score.language])
     assert {(s.language, s.eval_seed) for s in scores} == {(lang, seed) for lang in ("en", "de") for seed in (1, 2)}
+
+
+def test_a_tokens_per_language_budget_gives_more_languages_more_steps(small_dataset, tmp_path):
+    from data_prep.manifest import read_manifest
+    from launcher.study_config import expand, load_study
+
+    dataset, _, _ = small_dataset
+    path = study_file(tmp_path, dataset, "budget", budget={"rule": "tokens_per_language", "tokens_per_language": 20000})
+    steps = {plan.axes["languages"]: plan.run["train"]["steps"] for plan in expand(load_study(path), str(path))}
+    train = {pair: entry["splits"]["train"] for pair, entry in read_manifest(dataset)["pairs"].items()}
+    for subset, pairs in (("langs_1", ["fr-en"]), ("langs_2", ["fr-en", "ja-en"])):
+        per_pair = sum(train[p]["src_tokens"] + train[p]["tgt_tokens"] for p in pairs) / sum(
+            train[p]["samples"] for p in pairs)
+        assert steps[subset] == -(-20000 * len(pairs) // (8 * per_pair))  # 8 pairs per step, one rank
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"axes/data.pairs": ["langs_1", "langs_9"]}, "axes.data.pairs: 'langs_9' is not a subset named under languages"),
+    ({"axes/objective.nme": ["weam"]}, "objective.nme: unknown key"),
+    ({"budget/rule": "flops"}, "budget.rule: 'flops' is not one of steps, tokens_per_language"),
+    ({"evaluation": {}}, "evaluation.tatoeba, xtreme_r: choose at least one evaluation"),
+    ({"launch/backend": "kubernetes"}, "launch.backend: 'kubernetes' is not one of"),
+])
+def test_a_bad_study_file_is_a_one_line_error_naming_the_key(small_dataset, tmp_path, capsys, changes, message):
+    dataset, _, _ = small_dataset
+    path = study_file(tmp_path, dataset, "bad", **changes)
+    assert main(["study", "run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "bad" / REGISTRY_FILE).exists()
