@@ -37,7 +37,7 @@ from transformers import PreTrainedModel
 
 from data_prep.manifest import ManifestError, read_manifest
 from data_prep.typed_config import ConfigError
-from weam_ds.config import DeepSpeedSection, RunConfig, deepspeed_config
+from weam_ds.config import DeepSpeedSection, RunConfig, deepspeed_config, training_precision
 from weam_ds.objective import PretrainingObjective
 from weam_ds.presets import build_model
 
@@ -267,7 +267,7 @@ class _Setup:
     @classmethod
     def of(cls, name: str, ds: dict) -> _Setup:
         zero = ds.get("zero_optimization", {})
-        precision = next((p for p in ("bf16", "fp16") if ds.get(p, {}).get("enabled")), "fp32")
+        precision = training_precision(ds)
         opt, par = zero.get("offload_optimizer", {}), zero.get("offload_param", {})
 
         def number(key: str, default: float, section: dict = zero) -> int:

@@ -286,6 +286,11 @@ def deepspeed_config(cfg: RunConfig, where: str = "config", world_size: int = 1,
     return _fill_auto(ds, auto, where)
 
 
+def training_precision(ds: dict) -> str:
+    """The training precision a resolved DeepSpeed config selects: bf16, fp16 or fp32."""
+    return next((p for p in ("bf16", "fp16") if ds.get(p, {}).get("enabled")), "fp32")
+
+
 def _fill_auto(node: Any, auto: dict, where: str, key: str = "deepspeed") -> Any:
     if isinstance(node, dict):
         return {k: _fill_auto(v, auto, where, f"{key}.{k}") for k, v in node.items()}

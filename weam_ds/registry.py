@@ -236,13 +236,17 @@ def training_totals(run_dir: Path) -> dict[str, int | float]:
     return {"steps": steps, "tokens": round(tokens), "train_flops": flops, "wall_seconds": seconds}
 
 
-def config_sha256(config: Mapping) -> str:
-    """The hash a cell's resolved run config is registered under (``cells.config_sha256``)."""
+def _config_json(config: Mapping) -> str:
+    """A resolved run config as the registry stores it: canonical JSON (sorted keys, no blanks)."""
     try:
-        text = json.dumps(config, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return json.dumps(config, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise RegistryError(f"config: not JSON-serialisable ({exc})") from None
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def config_sha256(config: Mapping) -> str:
+    """The hash a cell's resolved run config is registered under (``cells.config_sha256``)."""
+    return hashlib.sha256(_config_json(config).encode("utf-8")).hexdigest()
 
 
 class Registry:
@@ -342,8 +346,8 @@ class Registry:
             raise RegistryError(f"parameters: {parameters!r} is not a positive integer")
         if isinstance(pairs, str) or not pairs or not all(isinstance(p, str) and _PAIR.fullmatch(p) for p in pairs):
             raise RegistryError(f"pairs: {pairs!r} is not a non-empty list of language pairs like 'de-en'")
-        digest = config_sha256(config)
-        config_json = json.dumps(config, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        config_json = _config_json(config)
+        digest = hashlib.sha256(config_json.encode("utf-8")).hexdigest()
         languages = sorted({side for p in pairs for side in p.split("-") if side != "en"})
         now = _now()
         with self._transaction() as conn:

@@ -44,7 +44,7 @@ from data_prep.manifest import ManifestError
 from data_prep.typed_config import ConfigError, to_dict
 from weam_ds import checkpoint, failure
 from weam_ds.batch import TokenInfo
-from weam_ds.config import RunConfig, deepspeed_config, load_run_config
+from weam_ds.config import RunConfig, deepspeed_config, load_run_config, training_precision
 from weam_ds.data import Corpus, TrainStream, eval_batches
 from weam_ds.hardware import Hardware, adam_implementation, probe
 from weam_ds.monitor import Monitor, peak_tflops
@@ -207,7 +207,6 @@ class Trainer:
         dist.all_gather_object(hosts, socket.gethostname())
         ds, cfg = self.ds, self.cfg
         zero = ds["zero_optimization"]
-        precision = next((p for p in ("bf16", "fp16") if ds.get(p, {}).get("enabled")), "fp32")
         offload = ", ".join(f"{what} to {zero[key]['device']}" for key, what in
                             (("offload_optimizer", "optimizer"), ("offload_param", "parameters"))
                             if zero.get(key, {}).get("device") in ("cpu", "nvme")) or "none"
@@ -215,9 +214,9 @@ class Trainer:
                  else f"{cfg.data.batch_tokens} tokens")
         log.info("parallel setup: %d rank%s on %d node%s (%s), ZeRO-%d, %s, offload %s, optimizer %s, activation "
                  "checkpointing %s, micro-batch %s per rank x %d accumulation", self.world, "s" * (self.world > 1),
-                 len(set(hosts)), "s" * (len(set(hosts)) > 1), self.hw.dist_backend, zero.get("stage", 0), precision,
-                 offload, self.hw.optimizer, "on" if cfg.train.activation_checkpointing else "off", micro,
-                 cfg.train.gradient_accumulation)
+                 len(set(hosts)), "s" * (len(set(hosts)) > 1), self.hw.dist_backend, zero.get("stage", 0),
+                 training_precision(ds), offload, self.hw.optimizer,
+                 "on" if cfg.train.activation_checkpointing else "off", micro, cfg.train.gradient_accumulation)
 
     def _build_engine(self) -> None:
         cfg, deepspeed = self.cfg, self.deepspeed
@@ -299,10 +298,8 @@ class Trainer:
             logits = objective.head(objective.encode(ids, mask)).float()[..., :1024].contiguous().cpu()
         objective.train(was_training)
         if self.rank == 0:
-            precision = "bf16" if self.ds.get("bf16", {}).get("enabled") else (
-                "fp16" if self.ds.get("fp16", {}).get("enabled") else "fp32")
             torch.save({"input_ids": ids.cpu(), "attention_mask": mask.cpu(), "logits": logits,
-                        "precision": precision}, tag_dir / PROBE_FILE)
+                        "precision": training_precision(self.ds)}, tag_dir / PROBE_FILE)
 
     def _write_run_files(self) -> None:
         if self.rank != 0:
