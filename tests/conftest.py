@@ -3,16 +3,27 @@ small dataset built by data_prep that several tests inspect."""
 from __future__ import annotations
 
 import itertools
+import socket
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import pytest
+import webdataset as wds
 
 from data_prep.build import build
 from data_prep.cleaning import Cleaner
 from data_prep.config import CleaningConfig, PairConfig, config_from_dict
 from data_prep.demo_corpus import catalogs
+from data_prep.manifest import read_manifest, shard_paths
 from data_prep.readers import read_pairs
+from data_prep.shard_format import decode_sample
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, for a test's rendezvous or process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def kill_tree(pid: int) -> None:
@@ -37,6 +48,17 @@ def catalog_pairs(lang: str, n: int) -> list[tuple[str, str]]:
     """The first ``n`` clean (lang, en) pairs of the demo catalogs: real human translations."""
     pair = PairConfig(src_lang=lang, tgt_lang="en", format="po", path=catalogs(lang))
     return list(itertools.islice(Cleaner(CleaningConfig()).clean(read_pairs(pair)), n))
+
+
+def shard_samples(dataset: Path, pairs: tuple[str, ...] = ("fr-en", "ja-en"), split: str = "train",
+                  per_pair: int | None = None) -> list[dict]:
+    """Decoded samples of a dataset's shards, pair after pair (the first ``per_pair`` of each), in shard order."""
+    manifest = read_manifest(dataset)
+    samples = []
+    for pair in pairs:
+        urls = [str(p) for p in shard_paths(manifest, dataset, pair, split)]
+        samples += [decode_sample(s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)][:per_pair]
+    return samples
 
 
 def write_moses(directory: Path, name: str, pairs: list[tuple[str, str]]) -> tuple[Path, Path]:

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import webdataset as wds
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage3 import model_to_params as zero3_model_to_params
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoTokenizer
 
-from data_prep.manifest import read_manifest, shard_paths
-from data_prep.shard_format import decode_sample
+from conftest import free_port, shard_samples
 from data_prep.typed_config import from_dict
 from launcher.planner import GiB, BatchShape, activation_bytes, model_shape, parse_size, plan
 from weam_ds.batch import IGNORE, TokenInfo, collate, mask_batch
@@ -40,11 +37,7 @@ def run_config(dataset: Path, model: str, ds_config: str = "ds_configs/zero3_bf1
 def real(small_dataset):
     """A real masked WEAM batch of the session dataset (fr-en and ja-en pairs) and its tokenizer."""
     dataset, _, _ = small_dataset
-    manifest = read_manifest(dataset)
-    samples = []
-    for pair in ("fr-en", "ja-en"):
-        urls = [str(p) for p in shard_paths(manifest, dataset, pair, "train")]
-        samples += [decode_sample(s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)][:8]
+    samples = shard_samples(dataset, per_pair=8)
     info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(dataset / "tokenizer")))
     batch = mask_batch(collate(samples, info, 64), info, MaskingConfig(), torch.Generator().manual_seed(0))
     return dataset, batch, info
@@ -215,16 +208,11 @@ def test_train_flops_match_the_flop_counter(real, preset, pairs):
 
 # --- host memory while a model is built partitioned ----------------------------------------------------
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
 
 @pytest.mark.parametrize("preset, vocab", [("mini", XLMR_VOCAB), ("base", 4000)])
 def test_partitioned_build_stays_within_the_planned_host_memory(small_dataset, preset, vocab):
     script = Path(__file__).with_name("partitioned_build_run.py")
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port(), WORLD_SIZE="2")
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
     ranks = [subprocess.Popen([sys.executable, str(script), preset, str(vocab)], env=dict(env, RANK=str(r),
                               LOCAL_RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(2)]

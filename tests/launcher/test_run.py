@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import psutil
 import pytest
 import yaml
 
+from conftest import free_port
 from launcher.cli import main
 from slurm_stand_ins import STAND_INS
 from weam_ds.run_dir import RunDir, checkpoint_problem
@@ -29,12 +29,6 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 LAUNCH = [sys.executable, "-m", "launcher", "run"]
 HOSTILE = "$(touch pwned-dollar) `touch pwned-tick` 'q' ;touch pwned-semi"
 """A value that runs commands wherever a shell reads it unquoted; each one leaves a pwned-* file in the cwd."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_run_config(tmp: Path, dataset: Path, out: Path, steps: int, **train) -> Path:

@@ -12,12 +12,12 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from slurm_stand_ins import install
 from test_study import study_file
 
@@ -36,12 +36,6 @@ def launcher(*args: str) -> tuple[int, str]:
     with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
         code = main(list(args))
     return code, console.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def submissions(standin: Path) -> list[dict]:

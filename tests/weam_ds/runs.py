@@ -3,18 +3,12 @@ torchrun launches of CPU (gloo) ranks."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
+from conftest import free_port
 
 
 def run_config(dataset: Path, out: Path, steps: int = 16, **sections) -> dict:

@@ -7,11 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-import webdataset as wds
+from conftest import shard_samples
 from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForMaskedLM
 
-from data_prep.manifest import read_manifest, shard_paths
-from data_prep.shard_format import decode_sample
 from weam_ds.batch import IGNORE, TokenInfo, collate, mask_batch, mask_tokens
 from weam_ds.config import MaskingConfig, ObjectiveConfig
 from weam_ds.objective import PretrainingObjective, PriorAttentionExchange, alignment_rows, hard_exchange, pack
@@ -23,11 +21,7 @@ MODES = [("weam", "hard"), ("weam", "prior_attention"), ("mlm", "hard"), ("tlm",
 def real(small_dataset):
     """Aligned training pairs of the session dataset (fr-en and ja-en) and its tokenizer."""
     dataset, _, _ = small_dataset
-    manifest = read_manifest(dataset)
-    samples = []
-    for pair in ("fr-en", "ja-en"):
-        urls = [str(p) for p in shard_paths(manifest, dataset, pair, "train")]
-        samples += [decode_sample(s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    samples = shard_samples(dataset)
     tok = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
     return samples, TokenInfo.from_tokenizer(tok)
 
@@ -281,9 +275,7 @@ def test_whole_word_masking_selects_every_piece_of_a_word(real):
 def test_tiny_model_lowers_mlm_and_xpred_on_real_pairs(real, small_dataset, exchange):
     samples, info = real
     dataset, _, _ = small_dataset
-    manifest = read_manifest(dataset)
-    dev = [decode_sample(s) for pair in ("fr-en", "ja-en") for s in wds.WebDataset(
-        [str(p) for p in shard_paths(manifest, dataset, pair, "dev")], shardshuffle=False, empty_check=False)]
+    dev = shard_samples(dataset, split="dev")
     model = tiny_model(info.vocab_size, seed=1)
     obj = PretrainingObjective(model, ObjectiveConfig(exchange=exchange))
     held_out = masked(dev, info, rate=0.15, seed=5, max_length=48)

@@ -3,21 +3,16 @@ to the embeddings, and the prior-attention parameters (used inside their module'
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
+from conftest import free_port
 
 
 def test_weam_trains_under_zero3_with_tied_decoder():
     script = Path(__file__).with_name("zero3_objective_run.py")
-    run = subprocess.run([sys.executable, str(script), _free_port()], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, str(script), str(free_port())], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["partitioned"], "the model was not built partitioned (zero.Init via HfDeepSpeedConfig)"

@@ -15,6 +15,7 @@ import torch
 import yaml
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
+from conftest import free_port
 from data_prep.typed_config import ConfigError, from_dict
 from weam_ds.batch import TokenInfo
 from weam_ds.config import DataConfig, MaskingConfig, RunConfig, deepspeed_config, load_run_config
@@ -23,7 +24,6 @@ from weam_ds.export import export
 from weam_ds.presets import build_model
 from weam_ds.run_dir import PROBE_FILE, RunDir
 
-from runs import free_port as _port
 from runs import losses, run_config, train
 
 STEPS = 16
@@ -227,7 +227,7 @@ def test_non_finite_losses_are_skipped_then_abort(tmp_path):
 
     from weam_ds.train import NonFiniteGuard
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         guard = NonFiniteGuard(limit=3)
         assert guard.ok(torch.tensor(2.5), step=0)

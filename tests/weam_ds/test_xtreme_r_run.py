@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 from transformers import AutoTokenizer
+from conftest import free_port
 from xtreme_fixtures import (ENTITIES, SIQA, SIQA_DEV, strip_answers, write_lareqa, write_mewslix, write_qa, write_siqa,
                              write_tatoeba, write_tydiqa, write_xcopa, write_xtreme)
 
@@ -391,10 +391,7 @@ def _under_zero3(model, recipes, data, out, task: str, languages: str) -> None:
     cmd = [sys.executable, "-m", "weam_ds.xtreme_r", "run", "--model", str(model), "--data", str(data),
            "--tasks", task, "--out", str(out), "--seeds", "1", "--recipes", str(recipes), "--languages", languages,
            "--deepspeed", "ds_configs/cpu.json"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": "0", "WORLD_SIZE": "1",
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1",
            "LOCAL_RANK": "0"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
