@@ -79,12 +79,6 @@ def run_environment(cluster: ClusterConfig) -> dict[str, str]:
     return env
 
 
-def gpus_here() -> int:
-    import torch
-
-    return torch.cuda.device_count() or 1
-
-
 def _trainer(req: Request) -> list[str]:
     """The module every rank runs, and its arguments."""
     return ["weam_ds.train", "--config", str(req.config)]
@@ -101,8 +95,7 @@ def _torchrun(req: Request, placement: list[str]) -> list[str]:
 
 
 def _local(req: Request) -> Launch:
-    nproc = req.cluster.nproc_per_node or gpus_here()
-    return Launch(_torchrun(req, ["--standalone", "--nnodes=1", f"--nproc-per-node={nproc}"]),
+    return Launch(_torchrun(req, ["--standalone", "--nnodes=1", f"--nproc-per-node={req.cluster.processes_per_node}"]),
                   env={**TORCHRUN_ENV, **req.cluster.env})
 
 
@@ -136,7 +129,7 @@ def _torchrun_nodes(req: Request) -> Launch:
     host, _ = parse_endpoint(c.rdzv_endpoint)
     # The same id on every node (they read the same run config), another for another run.
     run_id = "weam-" + hashlib.sha256(req.run.output_dir.encode()).hexdigest()[:12]
-    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.nproc_per_node or gpus_here()}",
+    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.processes_per_node}",
                  "--rdzv-backend=c10d",
                  f"--rdzv-endpoint={c.rdzv_endpoint}", f"--rdzv-id={run_id}"]
     notes = []
@@ -204,7 +197,7 @@ def _slurm(req: Request) -> Launch:
     c = req.cluster
     run = RunDir(Path(os.path.abspath(req.run.output_dir)))
     script = run.sbatch_script
-    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.nproc_per_node or c.slurm.gpus_per_node}"]
+    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.processes_per_node}"]
     text = sbatch_script(torchrun=placement + _torchrun_tail(req), workdir=Path(os.getcwd()), run=run, cluster=c,
                          env={**TORCHRUN_ENV, **run_environment(c)})
     return Launch(["sbatch", str(script)], files=[LaunchFile(script, text, 0o700)], waits=False, shows=script,

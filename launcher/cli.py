@@ -9,7 +9,7 @@ from pathlib import Path
 
 from data_prep.typed_config import ConfigError
 from launcher import __version__
-from launcher.backends import BACKENDS, Request, gpus_here
+from launcher.backends import BACKENDS, Request
 from launcher.cluster import ClusterConfig, load_cluster
 from launcher.hostfile import HostfileError, read_hostfile
 from launcher.launch import execute
@@ -84,8 +84,7 @@ def _check_fits(cfg: RunConfig, cluster: ClusterConfig):
         print("launcher: memory not planned (give gpu_mem in the cluster file, or --gpu-mem)")
         return None
     nodes = len(read_hostfile(cluster.hostfile)) if cluster.backend == "deepspeed" else cluster.nnodes or 1
-    gpus = cluster.nproc_per_node or cluster.slurm.gpus_per_node or gpus_here()
-    return plan(cfg, nodes, gpus, sizes["gpu_mem"], sizes["cpu_mem"], sizes["nvme"])
+    return plan(cfg, nodes, cluster.processes_per_node, sizes["gpu_mem"], sizes["cpu_mem"], sizes["nvme"])
 
 
 def _run(args) -> int:

@@ -153,12 +153,24 @@ class ClusterConfig:
                               "time the processes get to checkpoint before the time limit")
 
     @property
+    def processes_per_node(self) -> int:
+        """Training processes per node: ``nproc_per_node``, else (SLURM) ``slurm.gpus_per_node``, else this
+        machine's GPUs (1 on a machine without)."""
+        return self.nproc_per_node or self.slurm.gpus_per_node or gpus_here()
+
+    @property
     def restarts(self) -> int:
         """torchrun's --max-restarts: 3 by default across nodes, where one crashed worker should not end the
         job (torchrun's own default, 0, does)."""
         if self.max_restarts is not None:
             return self.max_restarts
         return 3 if (self.nnodes or 1) > 1 else 0
+
+
+def gpus_here() -> int:
+    import torch
+
+    return torch.cuda.device_count() or 1
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:

@@ -36,7 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.typed_config import ConfigError
-from launcher.backends import BACKENDS, Request, gpus_here
+from launcher.backends import BACKENDS, Request
 from launcher.cluster import ClusterConfig
 from launcher.launch import execute
 from launcher.study_config import CellPlan, StudyConfig, expand, load_study, study_sha256
@@ -187,7 +187,7 @@ def training_cost(cluster: ClusterConfig, plan: CellPlan) -> dict:
     if totals["steps"] != plan.run["train"]["steps"]:
         raise CellFailed(f"training stopped at step {totals['steps']} of {plan.run['train']['steps']} "
                          "(stopped from outside: run the study again to continue)")
-    world = (cluster.nnodes or 1) * (cluster.nproc_per_node or cluster.slurm.gpus_per_node or gpus_here())
+    world = (cluster.nnodes or 1) * cluster.processes_per_node
     gpu = _gpu_name()
     return {**totals, "world_size": world, "gpu_hours": world * totals["wall_seconds"] / 3600 if gpu else 0.0,
             "hardware": f"{world}x {gpu or platform.processor() or platform.machine() + ' CPU'}"}

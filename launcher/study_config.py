@@ -262,7 +262,7 @@ def _apply_budget(budget: BudgetConfig, config: dict, cfg: RunConfig, pairs: lis
                 train = entry["splits"]["train"]
                 pair_tokens += train["src_tokens"] + train["tgt_tokens"]
                 samples += train["samples"]
-    ranks = (launch.nnodes or 1) * (launch.nproc_per_node or launch.slurm.gpus_per_node or 1)
+    ranks = (launch.nnodes or 1) * launch.processes_per_node
     per_step = (cfg.data.batch_size or max(1, cfg.data.batch_tokens // (2 * cfg.data.max_length))) \
         * cfg.train.gradient_accumulation * ranks
     languages = len({side for p in pairs for side in p.split("-") if side != "en"}) or 1

@@ -2,12 +2,11 @@
 
 CKPT_DIR is a run's ``checkpoints/`` (the newest complete checkpoint unless ``--tag``: the one ``latest``
 names, or the newest whose commit record checks out; a damaged or unfinished one is refused, naming the
-file). ZeRO partitions are merged
-into one fp32 state dict (DeepSpeed's zero_to_fp32), the WEAM-only parameters (the prior-attention
-exchange) are left out, and the encoder with its MLM head is saved with ``save_pretrained`` (safetensors,
-fp32 or ``--dtype bf16/fp16``) next to the run's tokenizer, so ``AutoModelForMaskedLM.from_pretrained``
-loads it. The export is then checked: its MLM logits on the probe the trainer stored with the
-checkpoint must match the training engine's.
+file). ZeRO partitions are merged into one fp32 state dict (DeepSpeed's zero_to_fp32), the WEAM-only
+parameters (the prior-attention exchange) are left out, and the encoder with its MLM head is saved with
+``save_pretrained`` (safetensors, fp32 or ``--dtype bf16/fp16``) next to the run's tokenizer, so
+``AutoModelForMaskedLM.from_pretrained`` loads it. The export is then checked: its MLM logits on the probe
+the trainer stored with the checkpoint must match the training engine's.
 """
 from __future__ import annotations
 
@@ -46,8 +45,7 @@ def export(checkpoints: Path, out: Path, tag: str | None = None, dtype: str = "f
             raise ExportError(f"{checkpoints}: no complete checkpoint")
     elif not (checkpoints / tag).is_dir():
         raise ExportError(f"{checkpoints}: no checkpoint {tag}")
-    problem = checkpoint_problem(checkpoints / tag)
-    if problem is not None:
+    elif (problem := checkpoint_problem(checkpoints / tag)) is not None:  # resume_tag's choice is complete
         raise ExportError(f"{checkpoints / tag}: incomplete: {problem}")
     # torch.load does not check the CRCs of torch.save's zip archive: damage inside a tensor would load.
     damaged = _damaged_file(checkpoints / tag)
