@@ -51,7 +51,7 @@ def main() -> None:
     corpus = Corpus.open(data)
     info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(corpus.tokenizer_dir)))
     stream = iter(TrainStream(corpus, data, MaskingConfig(), info, seed=0, rank=0))
-    batches = [next(stream) for _ in range(args.steps + 3)]
+    batches = [next(stream)[0] for _ in range(args.steps + 3)]
     vocab = args.vocab_size or info.vocab_size
 
     def objective_step(name: str):

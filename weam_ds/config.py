@@ -68,7 +68,13 @@ class DataConfig:
     batch_size: int | None = 32
     """Sentence pairs per rank and micro-step; or set ``batch_tokens`` instead."""
     batch_tokens: int | None = None
-    """A token budget per rank and micro-step (source + target, padding included)."""
+    """A budget of encoded positions per rank and micro-step, padding included, counted as the objective
+    encodes a batch of B pairs: 2B × max(source, target width) for weam and mlm, B × (source + target) for
+    tlm. A sample wider than the budget alone makes a batch of its own."""
+    bucket_pool: int = 64
+    """Length bucketing: samples are drawn this many batches at a time, sorted by width and cut into batches,
+    so that each batch is near one width and little of it is padding (1: batches in draw order). Larger
+    pools pad less; a pool is drawn before its first batch and replayed on resume."""
     shuffle_buffer: int = 1000
     workers: int = 1
     """DataLoader worker processes per rank (0: read in the training process)."""
@@ -90,6 +96,8 @@ class DataConfig:
             raise ConfigError("temperature: must be between 0 and 1")
         if self.max_length < 8:
             raise ConfigError("max_length: must be at least 8")
+        if self.bucket_pool < 1:
+            raise ConfigError(f"bucket_pool: must be at least 1, got {self.bucket_pool}")
         if self.shuffle_buffer < 1 or self.workers < 0 or self.eval_batches < 0:
             raise ConfigError("shuffle_buffer, workers, eval_batches: must be positive (workers, eval_batches >= 0)")
 

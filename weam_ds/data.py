@@ -5,11 +5,19 @@ is. Each rank's batches come from W slots (W = DataLoader workers, at least 1; b
 i mod W). A slot draws each sample's language pair from the temperature mixture (p ∝ n^α) with an RNG
 seeded by (seed, rank, slot, sample index), and takes the pair's next sample from that pair's
 sub-stream: a sequence of shard visits (visit v picks a train shard, weighted by size, with an RNG
-seeded by (seed, rank, slot, pair, v)), read through a seeded shuffle buffer. A slot's position is
-therefore (samples drawn, {pair: (visit, samples taken from it)}); every batch carries its slot's
-position, the trainer stores the latest in the checkpoint, and a resumed stream replays at most the
-partly read shard of each pair to stand exactly where it stopped. Masking is seeded by (seed, rank,
-slot, batch index), so resumed batches are identical.
+seeded by (seed, rank, slot, pair, v)), read through a seeded shuffle buffer. Where the draws stand is
+therefore (samples drawn, {pair: (visit, samples taken from it)}).
+
+Batches are length-bucketed, so that little of what the encoder processes is padding: a slot draws a
+pool of ``bucket_pool`` batches' worth of samples (in the order above, so the mixture is unchanged),
+sorts it by width as the objective encodes a batch (``LAYOUTS``; ties in an order seeded by (seed,
+rank, slot, pool's first draw)), cuts it into batches of ``batch_size`` pairs or of at most
+``batch_tokens`` encoded positions, and yields them in a seeded order. Each batch comes with its
+``Position``: the draws' state where its pool began and how many of the pool's batches are out (after
+a pool's last batch: where the next pool begins). The trainer stores the latest in the checkpoint; a
+resumed slot draws the pool again (replaying at most the partly read shard of each pair) and skips
+the batches already out. Masking is seeded by (seed, rank, slot, batch index), so resumed batches are
+identical.
 
 A shard that is missing, does not match its manifest sha256 (checked the first time a process opens
 it, when ``verify_sha256``), or is not a readable tar is logged, counted and skipped, as is a sample
@@ -21,7 +29,7 @@ import hashlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,19 +198,117 @@ class _PairStream:
             self._items = self._open(self.visit)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How an objective hands a batch of B pairs to the encoder (weam_ds.objective), in encoded positions:
+    ``encoded(B, Ls, Lt)`` for source and target sides padded to widths Ls and Lt. WEAM and MLM stack both
+    sides into 2B rows of max(Ls, Lt); TLM concatenates them into B rows of Ls + Lt."""
+
+    encoded: Callable[[int, int, int], int]
+    keys: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]
+    """Sort keys of pairs, the first one first (from source and target lengths), that put pairs of one batch
+    width next to each other."""
+    monolingual_target: bool
+    """A monolingual sample's placeholder target is encoded as real tokens (TLM masks it out)."""
+
+
+_STACKED = Layout(lambda b, ls, lt: 2 * b * max(ls, lt), lambda src, tgt: (np.maximum(src, tgt),),
+                  monolingual_target=True)
+LAYOUTS = {"weam": _STACKED, "mlm": _STACKED,
+           # Both widths count: by source length, then by target length.
+           "tlm": Layout(lambda b, ls, lt: b * (ls + lt), lambda src, tgt: (src, tgt), monolingual_target=False)}
+
+
+def padding_counts(batch: dict, objective: str) -> tuple[int, int]:
+    """(positions the objective encodes for this batch, how many of them are padding)."""
+    layout = LAYOUTS[objective]
+    src, tgt = batch["src_attention_mask"], batch["tgt_attention_mask"]
+    encoded = layout.encoded(len(src), src.shape[1], tgt.shape[1])
+    if not layout.monolingual_target:
+        tgt = tgt * batch["parallel"][:, None]
+    return encoded, encoded - int(src.sum() + tgt.sum())
+
+
+def _widths(sample: dict, max_length: int) -> tuple[int, int]:
+    """The sample's source and target lengths as collate pads them: truncated, and an empty target (monolingual
+    text) as collate's two-token placeholder."""
+    tgt = sample.get("tgt_ids")
+    return min(max_length, len(sample["src_ids"])), (min(max_length, len(tgt)) if tgt is not None and len(tgt) else 2)
+
+
+@dataclass(frozen=True)
+class Position:
+    """What the stream yields beside each batch: where the batch came from and where its slot stands after it."""
+
+    slot: int
+    index: int
+    """The batch's index among this rank's batches (its masking seed)."""
+    resume: dict
+    """JSON, kept in the checkpoint: ``TrainStream(positions={slot: resume})`` continues after this batch.
+    ``pool``: the stream state where the slot's current pool begins (samples drawn, {pair: (visit, taken)},
+    shards known bad then); ``emitted``: batches of that pool already yielded; ``bad_shards``: every shard
+    found bad so far."""
+    stats: dict
+    """The slot's counters (bad samples) since this process started it."""
+
+
+class _Mixture:
+    """One slot's samples in draw order: the pair from the temperature mixture (drawn ``_MIX_BLOCK`` at a
+    time, seeded by block), the sample from that pair's own stream. ``state()`` is where it stands."""
+
+    def __init__(self, corpus: Corpus, seed: tuple, buffer: int, opener: _Shards, start: dict, stats: Counter):
+        self.corpus, self.seed, self.buffer, self.opener, self.stats = corpus, seed, buffer, opener, stats
+        self.drawn, self.start_pairs = start.get("drawn", 0), start.get("pairs", {})
+        self.streams: dict[str, _PairStream] = {}
+        self.block, self.draws = -1, None
+
+    def next(self) -> tuple[int, dict]:
+        """(pair index, sample)."""
+        if self.drawn // _MIX_BLOCK != self.block:
+            self.block = self.drawn // _MIX_BLOCK
+            rng = np.random.default_rng((*self.seed, self.block))
+            self.draws = rng.choice(len(self.corpus.pairs), _MIX_BLOCK, p=self.corpus.probabilities)
+        index = int(self.draws[self.drawn % _MIX_BLOCK])
+        sample = self._stream(index).next()
+        self.drawn += 1
+        return index, sample
+
+    def _stream(self, index: int) -> _PairStream:
+        pair = self.corpus.pairs[index]
+        if pair not in self.streams:
+            # A resumed pair stream re-reads what it had taken of its shard: counted before the checkpoint.
+            counted = self.stats.copy()
+            self.streams[pair] = _PairStream(pair, self.corpus.shards[pair], (*self.seed, index), self.buffer,
+                                             self.opener, self.start_pairs.get(pair))
+            self.stats.clear()
+            self.stats.update(counted)
+        return self.streams[pair]
+
+    def state(self) -> dict:
+        """JSON: the mixture's draws, each pair's (visit, taken), the shards known bad. Pairs not drawn since
+        this slot (re)started keep the position they had."""
+        pairs = {p: list(v) for p, v in self.start_pairs.items()}
+        pairs.update({p: [s.visit, s.taken] for p, s in self.streams.items()})
+        return {"drawn": self.drawn, "pairs": pairs, "bad_shards": sorted(self.opener.bad)}
+
+
 class TrainStream(IterableDataset):
-    """Masked training batches for one rank (see the module docstring); iterate it through a DataLoader
-    with ``batch_size=None``. ``positions`` (slot → position) and ``first_batch`` resume it."""
+    """Masked training batches for one rank (see the module docstring), each yielded with its ``Position``;
+    iterate it through a DataLoader with ``batch_size=None``. ``positions`` (slot → ``Position.resume``) and
+    ``first_batch`` resume it; ``objective`` says how batches are encoded (``LAYOUTS``), which the
+    ``batch_tokens`` budget and the length bucketing count in."""
 
     def __init__(self, corpus: Corpus, cfg: DataConfig, masking: MaskingConfig, info: TokenInfo, seed: int,
-                 rank: int, positions: dict[int, dict] | None = None, first_batch: int = 0):
+                 rank: int, positions: dict[int, dict] | None = None, first_batch: int = 0,
+                 objective: str = "weam"):
         self.corpus, self.cfg, self.masking, self.info = corpus, cfg, masking, info
         self.seed, self.rank = seed, rank
         self.slots = max(1, cfg.workers)
         self.positions = positions or {}
         self.first_batch = first_batch
+        self.layout = LAYOUTS[objective]
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[tuple[dict, Position]]:
         worker = get_worker_info()
         if (worker.num_workers if worker else 1) != self.slots:
             raise RuntimeError(f"TrainStream expects {self.slots} DataLoader workers")
@@ -211,66 +317,70 @@ class TrainStream(IterableDataset):
         slot = (self.first_batch + w) % self.slots
         yield from self._slot(slot, self.first_batch + w)
 
-    def _slot(self, slot: int, batch_index: int) -> Iterator[dict]:
-        position = self.positions.get(slot, {"drawn": 0, "pairs": {}})
+    def _slot(self, slot: int, batch_index: int) -> Iterator[tuple[dict, Position]]:
+        resume = self.positions.get(slot, {})
+        start = resume.get("pool", resume)  # a position written before pools stands at a pool's start
+        emitted = resume.get("emitted", 0)
         stats = Counter()
-        opener = _Shards(self.cfg.verify_sha256, stats, position.get("bad_shards"))
-        streams = {}
-
-        def stream(index: int) -> _PairStream:
-            pair = self.corpus.pairs[index]
-            if pair not in streams:
-                streams[pair] = _PairStream(pair, self.corpus.shards[pair], (self.seed, self.rank, slot, index),
-                                            self.cfg.shuffle_buffer, opener, position["pairs"].get(pair))
-            return streams[pair]
-
-        def draw(index: int) -> dict:
+        opener = _Shards(self.cfg.verify_sha256, stats, start.get("bad_shards"))
+        mixture = _Mixture(self.corpus, (self.seed, self.rank, slot), self.cfg.shuffle_buffer, opener, start, stats)
+        while True:
             try:
-                return stream(index).next()
+                pool = self._pool(mixture)
             except NoData:
                 raise NoData(self._no_data_message(opener)) from None
+            end = mixture.state()
+            batches = self._buckets(pool, _seed(self.seed, self.rank, slot, "pool", start.get("drawn", 0)))
+            if emitted:  # resumed inside this pool: what drawing it counted is in the checkpoint already
+                stats.clear()
+            for j in range(emitted, len(batches)):
+                members = [pool[i] for i in batches[j]]
+                generator = torch.Generator().manual_seed(_seed(self.seed, self.rank, slot, batch_index))
+                batch = _masked_batch([s for _, s in members], [i for i, _ in members], self.info,
+                                      self.cfg.max_length, self.masking, generator)
+                last = j + 1 == len(batches)
+                resume = {"pool": end if last else start, "emitted": 0 if last else j + 1,
+                          "bad_shards": end["bad_shards"]}
+                yield batch, Position(slot, batch_index, resume, dict(stats))
+                batch_index += self.slots
+            start, emitted = end, 0
 
-        def width(sample: dict) -> int:
-            """Tokens the sample adds to each row of its batch (both sides, after truncation)."""
-            return min(self.cfg.max_length, len(sample["src_ids"])) + min(self.cfg.max_length, len(sample["tgt_ids"]))
+    def _pool(self, mixture: _Mixture) -> list[tuple[int, dict]]:
+        """The next ``bucket_pool`` batches' worth of (pair index, sample), in draw order: that many batches
+        of ``batch_size`` samples, or samples whose encoded positions add up to that many ``batch_tokens``."""
+        pool = []
+        if self.cfg.batch_size is not None:
+            for _ in range(self.cfg.bucket_pool * self.cfg.batch_size):
+                pool.append(mixture.next())
+            return pool
+        budget, filled = self.cfg.bucket_pool * self.cfg.batch_tokens, 0
+        while filled < budget:
+            pool.append(mixture.next())
+            filled += self.layout.encoded(1, *_widths(pool[-1][1], self.cfg.max_length))
+        return pool
 
-        drawn = position["drawn"]
-        block, draws = -1, None
-        pending = None  # (pair index, sample) drawn but not yet in a batch
-        while True:
-            samples, indices, widest = [], [], 0
-            while True:
-                if pending is None:
-                    if drawn // _MIX_BLOCK != block:
-                        block = drawn // _MIX_BLOCK
-                        rng = np.random.default_rng((self.seed, self.rank, slot, block))
-                        draws = rng.choice(len(self.corpus.pairs), _MIX_BLOCK, p=self.corpus.probabilities)
-                    index = int(draws[drawn % _MIX_BLOCK])
-                    pending = (index, draw(index))
-                    drawn += 1
-                index, sample = pending
-                if (self.cfg.batch_tokens is not None and samples
-                        and max(widest, width(sample)) * (len(samples) + 1) > self.cfg.batch_tokens):
-                    break  # the pending sample opens the next batch
-                samples.append(sample)
-                indices.append(index)
-                widest = max(widest, width(sample))
-                pending = None
-                if self.cfg.batch_size is not None and len(samples) == self.cfg.batch_size:
-                    break
-            generator = torch.Generator().manual_seed(_seed(self.seed, self.rank, slot, batch_index))
-            batch = _masked_batch(samples, indices, self.info, self.cfg.max_length, self.masking, generator)
-            # The position after this batch; a pending sample is drawn again on resume. Pairs not drawn
-            # since this slot (re)started keep the position they had.
-            pairs_pos = {p: list(v) for p, v in position["pairs"].items()}
-            pairs_pos.update({p: [s.visit, s.taken] for p, s in streams.items()})
-            if pending is not None:
-                pairs_pos[self.corpus.pairs[pending[0]]][1] -= 1
-            batch["stream"] = {"slot": slot, "batch": batch_index, "stats": dict(stats),
-                               "position": {"drawn": drawn - (pending is not None), "pairs": pairs_pos,
-                                            "bad_shards": sorted(opener.bad)}}
-            yield batch
-            batch_index += self.slots
+    def _buckets(self, pool: list[tuple[int, dict]], seed: int) -> list[list[int]]:
+        """The pool cut into batches of near one width: sorted by the layout's key (ties in a seeded random
+        order), cut every ``batch_size`` samples or where the next sample would take the batch past
+        ``batch_tokens`` encoded positions (a lone sample wider than that makes a batch of its own); the batches
+        in a seeded random order, each listing its samples in draw order."""
+        rng = np.random.default_rng(seed)
+        src, tgt = np.array([_widths(s, self.cfg.max_length) for _, s in pool]).reshape(-1, 2).T
+        order = rng.permutation(len(pool))
+        order = order[np.lexsort(self.layout.keys(src[order], tgt[order])[::-1])]  # lexsort: last key first
+        if self.cfg.batch_size is not None:
+            batches = [order[k:k + self.cfg.batch_size] for k in range(0, len(order), self.cfg.batch_size)]
+        else:
+            batches, current, widths = [], [], (0, 0)
+            for i in order:
+                grown = (max(widths[0], src[i]), max(widths[1], tgt[i]))
+                if current and self.layout.encoded(len(current) + 1, *grown) > self.cfg.batch_tokens:
+                    batches.append(current)
+                    current, grown = [], (src[i], tgt[i])
+                current.append(i)
+                widths = grown
+            batches.append(current)
+        return [sorted(int(i) for i in batches[k]) for k in rng.permutation(len(batches))]
 
     def _no_data_message(self, opener: _Shards) -> str:
         """Which pairs have no readable train shard; the others' shards are checked now to say so."""
@@ -298,7 +408,7 @@ def _masked_batch(samples: list[dict], pair_indices: list[int], info: TokenInfo,
     return batch
 
 
-def _seed(*parts: int) -> int:
+def _seed(*parts: int | str) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 

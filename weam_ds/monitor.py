@@ -61,12 +61,14 @@ class Monitor:
 
     def step(self, step: int, figures: dict[str, float], counters: dict[str, float] | None = None) -> None:
         """Figures of one optimizer step, already averaged (losses) or summed (counts) over ranks; at a
-        reporting step also the run's counters, which go to metrics.jsonl as ``counters/<name>``."""
+        reporting step also the run's counters, which go to metrics.jsonl as ``counters/<name>``. The step's
+        padding fraction (``padded`` of the ``positions`` the encoder processed) goes there too."""
         if counters is not None:
             self.counters = counters
         if self.metrics is not None:
             extra = {f"counters/{k}": v for k, v in (counters or {}).items()}
-            self.metrics.write(json.dumps({"step": step, **figures, **extra}) + "\n")
+            padding = {"padding": figures["padded"] / figures["positions"]} if figures.get("positions") else {}
+            self.metrics.write(json.dumps({"step": step, **figures, **padding, **extra}) + "\n")
             self.metrics.flush()
         for key, value in figures.items():
             self.sums[key] += value
@@ -88,6 +90,8 @@ class Monitor:
             "optim/lr": s["lr"] / n, "optim/grad_norm": s["grad_norm"] / n, "optim/loss_scale": s["loss_scale"] / n,
             "throughput/tokens_per_s": s["tokens"] / seconds, "throughput/samples_per_s": s["samples"] / seconds,
             "throughput/data_wait_fraction": s["data_wait"] / max(s["step_time"], 1e-9),
+            # Of the positions the encoder processed, the share that was padding (weam_ds.data.padding_counts).
+            "data/padding": s["padded"] / max(s["positions"], 1.0),
         }
         tflops = s["flops"] / seconds / 1e12  # model FLOPs on real tokens (presets.train_flops)
         scalars["throughput/tflops"] = tflops
@@ -109,10 +113,10 @@ class Monitor:
             self.writer.flush()
         mfu = f" mfu {scalars['throughput/mfu']:.1%}" if "throughput/mfu" in scalars else ""
         log.info("step %d | loss %.4f (mlm %.4f, xpred %.4f) | lr %.2e | grad norm %.3f | %.0f tok/s | "
-                 "%.3f TFLOP/s%s | data wait %.0f%% | skipped %d", step, scalars["loss/total"], scalars["loss/mlm"],
-                 scalars["loss/xpred"], scalars["optim/lr"], scalars["optim/grad_norm"],
-                 scalars["throughput/tokens_per_s"], tflops, mfu, 100 * scalars["throughput/data_wait_fraction"],
-                 counters.get("skipped_steps", 0))
+                 "%.3f TFLOP/s%s | padding %.0f%% | data wait %.0f%% | skipped %d", step, scalars["loss/total"],
+                 scalars["loss/mlm"], scalars["loss/xpred"], scalars["optim/lr"], scalars["optim/grad_norm"],
+                 scalars["throughput/tokens_per_s"], tflops, mfu, 100 * scalars["data/padding"],
+                 100 * scalars["throughput/data_wait_fraction"], counters.get("skipped_steps", 0))
         self._reset()
         return scalars
 

@@ -45,7 +45,7 @@ from data_prep.typed_config import ConfigError, to_dict
 from weam_ds import checkpoint, failure
 from weam_ds.batch import TokenInfo
 from weam_ds.config import RunConfig, deepspeed_config, load_run_config, training_precision
-from weam_ds.data import Corpus, TrainStream, eval_batches
+from weam_ds.data import Corpus, TrainStream, eval_batches, padding_counts
 from weam_ds.hardware import Hardware, adam_implementation, probe
 from weam_ds.monitor import Monitor, peak_tflops
 from weam_ds.objective import PretrainingObjective
@@ -193,7 +193,7 @@ class Trainer:
         self.counters_at_start = dict(self.counters)
         self._write_run_files()
         self.stream = TrainStream(self.corpus, cfg.data, cfg.objective.masking, self.info, cfg.train.seed,
-                                  self.rank, positions, self.batches_taken)
+                                  self.rank, positions, self.batches_taken, objective=cfg.objective.name)
         self.positions = dict(positions)
         self.eval = eval_batches(cfg.data, cfg.objective.masking, self.info, self.rank, self.world, cfg.train.seed)
         counts = count_parameters(self.model)
@@ -337,17 +337,17 @@ class Trainer:
             while self.step < cfg.steps:
                 started = time.perf_counter()
                 wait = 0.0
-                figures = {"loss": 0.0, "mlm": 0.0, "xpred": 0.0, "tokens": 0.0, "samples": 0.0, "flops": 0.0}
+                figures = {"loss": 0.0, "mlm": 0.0, "xpred": 0.0, "tokens": 0.0, "samples": 0.0, "flops": 0.0,
+                           "positions": 0.0, "padded": 0.0}
                 done = 0
                 while done < cfg.gradient_accumulation:
                     t = time.perf_counter()
-                    batch = next(batches)
+                    batch, where = next(batches)
                     wait += time.perf_counter() - t
-                    stream = batch.pop("stream")
-                    self.positions[stream["slot"]] = stream["position"]
+                    self.positions[where.slot] = where.resume
                     self.batches_taken += 1
-                    for key, value in stream["stats"].items():  # per slot, counted since this process started
-                        name = f"{key}_slot{stream['slot']}"
+                    for key, value in where.stats.items():  # per slot, counted since this process started
+                        name = f"{key}_slot{where.slot}"
                         self.counters[name] = self.counters_at_start.get(name, 0) + value
                     out = self.engine(_to_device(batch, self.device))
                     if not guard.ok(out.loss, self.step):
@@ -361,22 +361,27 @@ class Trainer:
                     figures["xpred"] += out.xpred.item() / cfg.gradient_accumulation
                     figures["tokens"] += float(batch["src_attention_mask"].sum() + batch["tgt_attention_mask"].sum())
                     figures["samples"] += len(batch["src_ids"])
+                    positions, padded = padding_counts(batch, self.cfg.objective.name)
+                    figures["positions"] += positions
+                    figures["padded"] += padded
                     lengths = torch.cat([batch["src_attention_mask"].sum(1), batch["tgt_attention_mask"].sum(1)])
                     figures["flops"] += train_flops(self.model.config, self.non_embedding, lengths,
                                                     out.tokens["mlm"] + out.tokens["xpred"])
                     monitor.pairs_seen(batch["pair_index"].to(self.device), out.row_loss, out.row_count)
                 self.step += 1
-                # Losses and data wait are means over ranks; tokens, samples and FLOPs are totals.
-                loss, mlm, xpred, wait_all, tokens, samples, flops = _all_sums(
+                # Losses and data wait are means over ranks; tokens, samples, FLOPs and positions are totals.
+                loss, mlm, xpred, wait_all, tokens, samples, flops, positions, padded = _all_sums(
                     [figures["loss"] / self.world, figures["mlm"] / self.world, figures["xpred"] / self.world,
-                     wait / self.world, figures["tokens"], figures["samples"], figures["flops"]], self.device)
+                     wait / self.world, figures["tokens"], figures["samples"], figures["flops"],
+                     figures["positions"], figures["padded"]], self.device)
                 grad_norm = self.engine.get_global_grad_norm()
                 scale = getattr(self.optimizer, "cur_scale", 1.0)
                 reporting = self.step % cfg.log_interval == 0 or self.step == cfg.steps
                 monitor.step(self.step, {
                     "loss": loss, "mlm": mlm, "xpred": xpred, "lr": self.scheduler.get_last_lr()[0],
                     "grad_norm": float(grad_norm) if grad_norm is not None else 0.0, "loss_scale": float(scale),
-                    "tokens": tokens, "samples": samples, "flops": flops, "data_wait": wait_all,
+                    "tokens": tokens, "samples": samples, "flops": flops, "positions": positions, "padded": padded,
+                    "data_wait": wait_all,
                     "step_time": time.perf_counter() - started}, self._counters() if reporting else None)
                 if reporting:
                     monitor.report(self.step, reduce=_all_sum)

@@ -123,6 +123,7 @@ def _stream(dataset: Path, rank: int, **data) -> tuple[TrainStream, Corpus]:
 
 
 def _take(stream, n):
+    """The first ``n`` (batch, position) items."""
     it = iter(stream)
     return [next(it) for _ in range(n)]
 
@@ -132,11 +133,11 @@ def test_ranks_read_different_data_and_pairs_follow_the_temperature(small_datase
     a, corpus = _stream(dataset, 0)
     b, _ = _stream(dataset, 1)
     first_a, first_b = _take(a, 3), _take(b, 3)
-    assert not torch.equal(first_a[0]["src_ids"], first_b[0]["src_ids"])
+    assert not torch.equal(first_a[0][0]["src_ids"], first_b[0][0]["src_ids"])
     sizes = np.array([sum(s.samples for s in corpus.shards[p]) for p in corpus.pairs], dtype=float)
     assert corpus.probabilities == pytest.approx(sizes ** 0.3 / (sizes ** 0.3).sum())
     uniform, _ = _stream(dataset, 0, temperature=0.0)
-    drawn = Counter(int(i) for batch in _take(uniform, 40) for i in batch["pair_index"])
+    drawn = Counter(int(i) for batch, _ in _take(uniform, 40) for i in batch["pair_index"])
     assert all(abs(drawn[k] / 320 - 0.5) < 0.1 for k in range(2))
 
 
@@ -146,8 +147,8 @@ def test_stream_resumes_exactly_from_a_batch_position(small_dataset):
     batches = _take(stream, 12)
     info, cfg = stream.info, stream.cfg
     resumed = TrainStream(corpus, cfg, stream.masking, info, seed=7, rank=0,
-                          positions={0: batches[6]["stream"]["position"]}, first_batch=7)
-    for expected, got in zip(batches[7:], _take(resumed, 5)):
+                          positions={0: batches[6][1].resume}, first_batch=7)
+    for (expected, _), (got, _) in zip(batches[7:], _take(resumed, 5)):
         for key in ("src_input_ids", "tgt_input_ids", "src_labels", "links", "pair_index"):
             assert torch.equal(expected[key], got[key]), key
 
@@ -167,15 +168,15 @@ def test_corrupt_and_missing_shards_are_skipped_and_counted(small_dataset, tmp_p
     with pytest.raises(NoData, match=r"every train shard of ja-en \(\d+ shards\) is bad"):
         _take(stream, 200)  # every ja-en shard is bad: the stream says so rather than spinning
     stream, _ = _stream(copy, 0, pairs=["fr-en"])
-    assert kept and _take(stream, 5)[-1]["stream"]["position"]["bad_shards"] == []
+    assert kept and _take(stream, 5)[-1][1].resume["bad_shards"] == []
     # With a good ja-en shard back, the bad ones are remembered and the stream goes on.
     shutil.copy(dataset / train_shards[1]["path"], copy / train_shards[1]["path"])
     stream, corpus = _stream(copy, 0)
     batches = _take(stream, 60)
-    bad = set(batches[-1]["stream"]["position"]["bad_shards"])
+    bad = set(batches[-1][1].resume["bad_shards"])
     assert bad and bad <= {str(copy / s["path"]) for s in train_shards[:1] + train_shards[2:]}
     ja = corpus.pairs.index("ja-en")
-    assert sum(int((b["pair_index"] == ja).sum()) for b in batches) > 0
+    assert sum(int((b["pair_index"] == ja).sum()) for b, _ in batches) > 0
 
 
 # --- configuration -------------------------------------------------------------------------------------
@@ -302,10 +303,10 @@ def test_bf16_zero3_with_prior_attention_trains_and_exports(small_dataset, tmp_p
 
 def test_positions_keep_pairs_not_drawn_since_the_resume(small_dataset):
     dataset, _, _ = small_dataset
-    stream, corpus = _stream(dataset, 0, pairs=["fr-en"])
+    stream, corpus = _stream(dataset, 0, pairs=["fr-en"], bucket_pool=1)
     resumed = TrainStream(corpus, stream.cfg, stream.masking, stream.info, seed=7, rank=0,
                           positions={0: {"drawn": 0, "pairs": {"fr-en": [0, 3], "ja-en": [2, 7]}}})
-    position = _take(resumed, 1)[0]["stream"]["position"]
+    position = _take(resumed, 1)[0][1].resume["pool"]
     assert position["pairs"]["ja-en"] == [2, 7]
     assert position["pairs"]["fr-en"] == [0, 3 + 8]
 
