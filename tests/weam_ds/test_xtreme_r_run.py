@@ -68,8 +68,8 @@ def test_classification_and_tagging_end_to_end(setup):
     assert agg["std"]["fr"] == pytest.approx(abs(seeds[0]["fr"] - seeds[1]["fr"]) / 2)
     gap = sum(s["en"] - (s["de"] + s["fr"]) / 2 for s in seeds) / 2
     assert agg["transfer_gap"] == pytest.approx(gap)
-    assert "tagging" not in results  # udpos was not run, so no tagging category
-    assert results["tasks_mean"] == pytest.approx((agg["avg_metric"] + results["panx"]["avg_metric"]) / 2)
+    assert "official_aggregates" not in results  # udpos was not run, so no tagging category
+    assert results["mean_of_scored_tasks"] == pytest.approx((agg["avg_metric"] + results["panx"]["avg_metric"]) / 2)
     assert json.loads((out / "results.json").read_text())["panx"]["split"] == "dev"
 
     # Finished task/seed pairs are not redone.
@@ -102,8 +102,8 @@ def _siqa_recipes(folder):
     """A recipe folder whose xcopa.yaml trains in the official two stages (SIQA, then COPA), with gradient
     accumulation as the official recipe has."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "xcopa.yaml").write_text("learning_rate: 1.0e-3\nepochs: 2\nbatch_size: 4\n"
-                                       "gradient_accumulation_steps: 2\nmax_length: 32\nfirst_stage: siqa\n")
+    (folder / "xcopa.yaml").write_text("learning_rate: 1.0e-3\nepochs: 2\nbatch_size: 8\n"
+                                       "device_batch: 4\nmax_length: 32\nfirst_stage: siqa\n")
     return folder
 
 
@@ -126,7 +126,8 @@ def test_xcopa_siqa_then_copa_end_to_end(setup):
     results = run(model, data, ["xcopa"], out, seeds=[1], recipes=_siqa_recipes(tmp / "recipes-siqa"),
                   languages=["it", "id"])
     result = json.loads((out / "xcopa" / "seed1" / "result.json").read_text())
-    assert result["recipe"]["first_stage"] == "siqa" and result["recipe"]["gradient_accumulation_steps"] == 2
+    assert result["recipe"]["first_stage"] == "siqa"
+    assert result["protocol"]["batch"] == {"effective": 8, "devices": 1, "device_batch": 4, "accumulation": 2}
     siqa, copa = result["stages"]
     assert {k: siqa[k] for k in ("stage", "from", "train", "dev", "train_examples", "dev_examples")} == {
         "stage": "siqa", "from": "model", "train": "siqa/train.jsonl", "dev": "siqa/dev.jsonl",
@@ -134,8 +135,9 @@ def test_xcopa_siqa_then_copa_end_to_end(setup):
     assert {k: copa[k] for k in ("stage", "from", "train", "dev", "train_examples", "dev_examples")} == {
         "stage": "copa", "from": "siqa", "train": "xcopa/train-en.jsonl", "dev": "xcopa/val-en.jsonl",
         "train_examples": 9, "dev_examples": 9}
-    for stage in (siqa, copa):
-        assert stage["selected_epoch"] in (1, 2) and 0 <= stage["dev_accuracy"] <= 100
+    for stage in (siqa, copa):  # the official rule: the last weights of each stage
+        assert stage["selection"]["rule"] == "last weights" and not stage["selection"]["evaluated"]
+        assert stage["selection"]["kept_step"] == stage["selection"]["final_step"] > 0
     _xcopa_scored(out, result, ["it", "id"])
     assert results["xcopa"]["metric"] == "accuracy"
     assert not (out / "xcopa" / "seed1" / "checkpoints").exists()  # the SIQA-tuned weights went with them
@@ -270,7 +272,10 @@ def test_question_answering_end_to_end(setup):
             expected = metric(gold, answers, lang) if task == "mlqa" else metric(gold, answers)
             assert result["scores"]["f1"][lang] == pytest.approx(expected["f1"])
             assert result["scores"]["exact_match"][lang] == pytest.approx(expected["exact_match"])
-        assert results[task]["metric"] == "f1"
+        assert results[task]["metric"] == "f1" and results[task]["avg_metric_is"] == "(exact_match + f1) / 2"
+        scores = result["scores"]  # avg_metric is the official (EM + F1) / 2, named so
+        assert scores["avg_metric"] == pytest.approx((scores["avg_exact_match"] + scores["avg_f1"]) / 2)
+        assert results[task]["avg_metric"] == pytest.approx(scores["avg_metric"])
 
 
 def test_qa_with_the_answers_stripped(setup):
@@ -292,7 +297,8 @@ def test_qa_with_the_answers_stripped(setup):
     results = run(model, data, ["xquad", "mlqa", "tydiqa"], out, seeds=[1], recipes=recipes,
                   languages=["en", "de", "id"])
     mlqa = json.loads((out / "mlqa" / "seed1" / "result.json").read_text())
-    assert mlqa["split"] == "dev" and mlqa["selection"] == "best English dev F1"
+    assert mlqa["split"] == "dev" and mlqa["selection"]["rule"] == "last weights"
+    assert mlqa["english_model"] == str(out / "squad" / "seed1" / "model")  # shared with XQuAD
     for lang in ("en", "de"):
         gold = json.loads((out / "labels" / "dev" / "mlqa" / f"test-{lang}.json").read_text())["data"]
         assert gold == read_squad(data / "mlqa" / "MLQA_V1" / "dev" / f"dev-context-{lang}-question-{lang}.json")[1]
@@ -310,13 +316,13 @@ def test_qa_with_the_answers_stripped(setup):
             contexts = {e.id: e.context for e in questions}
             assert set(answers) == set(contexts) and all(a in contexts[q] for q, a in answers.items())
         assert not (out / "labels" / split / task).exists()  # stripped answers are no labels
-        assert results[task] == {"split": split, "seeds": [1], "metric": "f1", "scored": False,
-                                 "reason": result["reason"]}
+        assert results[task] == {"split": split, "seeds": [1], "metric": "f1", "avg_metric_is": "(exact_match + f1) / 2",
+                                 "scored": False, "reason": result["reason"]}
     tydiqa = json.loads((out / "tydiqa" / "seed1" / "result.json").read_text())
-    assert tydiqa["selection"] == "last epoch: English dev answers withheld" and "selected_epoch" not in tydiqa
+    assert tydiqa["selection"]["rule"] == "last weights" and "english_model" not in tydiqa
     assert results["mlqa"]["scored"] is True
-    assert results["tasks_mean"] == pytest.approx(results["mlqa"]["avg_metric"])  # the unscored tasks left out
-    assert "qa" not in results  # all three QA tasks ran, two unscored: no category score
+    assert results["mean_of_scored_tasks"] == pytest.approx(results["mlqa"]["avg_metric"])  # unscored tasks left out
+    assert "official_aggregates" not in results  # all three QA tasks ran, two unscored: no category score
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
 
 
@@ -342,8 +348,8 @@ def test_tatoeba_with_the_english_side_sorted(setup):
         assert read_lines(out / "tatoeba" / "seed2" / "predictions" / "tatoeba" / f"test-{lang}.tsv") == \
             read_lines(out / "tatoeba" / "seed1" / "predictions" / "tatoeba" / f"test-{lang}.tsv")
     assert not (out / "labels").exists()
-    assert results == {"tatoeba": {"split": "test", "seeds": [1, 2], "metric": "accuracy", "scored": False,
-                                   "reason": result["reason"]}}  # no scored task: no tasks_mean
+    assert results == {"tatoeba": {"split": "test", "seeds": [1, 2], "metric": "accuracy", "avg_metric_is": "accuracy",
+                                   "scored": False, "reason": result["reason"]}}  # no scored task: no means
     assert json.loads((out / "results.json").read_text()) == results
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from data_prep.typed_config import ConfigError
 from weam_ds.xtreme_r.metrics import MetricError
 from weam_ds.xtreme_r.score import ScoreError, score, write_scores
-from weam_ds.xtreme_r.tasks import LANGUAGES
+from weam_ds.xtreme_r.tasks import LANGUAGES, TASKS
 
 
 def _score(args) -> int:
@@ -17,7 +17,8 @@ def _score(args) -> int:
     write_scores(scores, args.output)
     for key, value in scores.items():
         if isinstance(value, dict):
-            print(f"{key:<10} avg_metric {value['avg_metric']:.2f}  ({len(next(iter(value.values())))} languages)")
+            print(f"{key:<10} avg_metric {value['avg_metric']:.2f} = avg {TASKS[key].avg_metric_is}  "
+                  f"({len(next(iter(value.values())))} languages)")
         else:
             print(f"{key:<10} {value:.2f}")
     print(f"scores: {args.output}")
@@ -32,19 +33,27 @@ def _tatoeba(args) -> int:
 
 
 def _run(args) -> int:
-    from weam_ds.xtreme_r.run import RECIPES, run
+    from weam_ds.xtreme_r.recipe import RECIPES
+    from weam_ds.xtreme_r.run import run
 
     results = run(args.model, args.data, args.tasks.split(","), args.out, [int(s) for s in args.seeds.split(",")],
-                  args.recipes or RECIPES, args.languages.split(",") if args.languages else None, args.deepspeed)
+                  args.recipes or RECIPES, args.languages.split(",") if args.languages else None, args.deepspeed,
+                  args.tatoeba_encoder)
     for task, value in results.items():
-        if isinstance(value, dict) and not value["scored"]:
+        if task not in TASKS:
+            continue
+        if not value["scored"]:
             print(f"{task:<8} {value['split']} not scored: {value['reason']}")
-        elif isinstance(value, dict):
-            print(f"{task:<8} {value['split']} {value['metric']}: avg {value['avg_metric']:.2f} "
-                  f"± {value['avg_metric_std']:.2f} over seeds {value['seeds']}"
-                  + (f", transfer gap {value['transfer_gap']:.2f}" if "transfer_gap" in value else ""))
-        else:
-            print(f"{task:<8} {value:.2f}")
+            continue
+        print(f"{task:<8} {value['split']} {value['avg_metric_is']}: avg {value['avg_metric']:.2f} "
+              f"± {value['avg_metric_std']:.2f} over seeds {value['seeds']}"
+              + (f", transfer gap in {value['metric']} {value['transfer_gap']:.2f}" if "transfer_gap" in value else ""))
+    if "mean_of_scored_tasks" in results:
+        print(f"mean of the scored tasks' avg_metric (not an official aggregate): {results['mean_of_scored_tasks']:.2f}")
+    for version, found in results.get("official_aggregates", {}).items():
+        caveats = found.get("caveats", [])
+        print(f"{version} official aggregates: " + ", ".join(f"{k} {v:.2f}" for k, v in found.items() if k != "caveats")
+              + (f" (not comparable: {'; '.join(caveats)})" if caveats else ""))
     print(f"results: {args.out / 'results.json'}")
     return 0
 
@@ -60,13 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     r = commands.add_parser("run", help="zero-shot fine-tune on English, predict every language, score")
     r.add_argument("--model", type=Path, required=True, help="a Hugging Face encoder directory")
     r.add_argument("--data", type=Path, required=True, help="the official download folder (one subfolder per task)")
-    r.add_argument("--tasks", required=True, help="comma-separated, of: xnli pawsx xcopa udpos panx xquad mlqa "
-                   "tydiqa tatoeba mewslix lareqa")
+    r.add_argument("--tasks", required=True, help="comma-separated, of: "
+                   + " ".join(name for name, task in TASKS.items() if task.runnable))
     r.add_argument("--out", type=Path, required=True, help="run directory")
     r.add_argument("--seeds", default="1,2,3", help="comma-separated fine-tuning seeds (default 1,2,3)")
     r.add_argument("--recipes", type=Path, help="folder of <task>.yaml recipes (default: the shipped ones)")
     r.add_argument("--languages", help="comma-separated subset of each task's languages")
     r.add_argument("--deepspeed", help="a DeepSpeed config for fine-tuning large encoders (ds_configs/...)")
+    r.add_argument("--tatoeba-encoder", choices=("squad", "raw"), default="squad",
+                   help="Tatoeba embeds with the English-SQuAD fine-tuned model (XTREME-R's protocol; the raw model "
+                   "when the download has no SQuAD) or, asked for, with the raw pre-trained model")
     t = commands.add_parser("tatoeba", help="Tatoeba-style retrieval on a data_prep dataset's test pairs")
     t.add_argument("--model", type=Path, required=True, help="a Hugging Face encoder directory")
     t.add_argument("--dataset", type=Path, required=True, help="a data_prep dataset directory")

@@ -17,14 +17,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weam_ds.xtreme_r.score import ScoreError, read_json
+from weam_ds.xtreme_r.score import ScoreError, read_json, read_lines
+from weam_ds.xtreme_r.tasks import TASKS, Task
 
-CLASSIFICATION = ("xnli", "pawsx")
-TAGGING = ("udpos", "panx")
-MULTIPLE_CHOICE = ("xcopa",)
-RETRIEVAL = ("tatoeba",)
-DUAL_ENCODER = ("mewslix", "lareqa")
-"""Retrieval with a fine-tuned dual encoder: queries and candidates embedded by one shared encoder."""
+
+def task_file(data: Path, task: Task, role: str, lang: str = "en") -> Path:
+    """The file a task's description names for ``role`` (``train``, ``dev``, ``test`` ...) and ``lang``: the
+    first of its places that exists, else the first (for the error message)."""
+    places = [data / t.format(lang=lang) for t in task.files[role].split("|")]
+    return next((p for p in places if p.is_file()), places[0])
 
 
 @dataclass
@@ -38,10 +39,6 @@ class PairExample:
 class TagExample:
     words: list[str]
     tags: list[str] | None
-
-
-def split_file(data: Path, task: str, split: str, lang: str) -> Path:
-    return data / task / f"{split}-{lang}.tsv"
 
 
 def read_pairs(path: Path) -> list[PairExample]:
@@ -76,9 +73,12 @@ def read_tagged(path: Path) -> list[TagExample]:
     return sentences
 
 
-def read_split(data: Path, task: str, split: str, lang: str) -> list:
-    path = split_file(data, task, split, lang)
-    return read_pairs(path) if task in CLASSIFICATION else read_tagged(path)
+SPLIT_READERS = {"classification": read_pairs, "tagging": read_tagged}
+"""The example reader of each family in the one-file-per-split layout."""
+
+
+def read_split(data: Path, task: Task, split: str, lang: str) -> list:
+    return SPLIT_READERS[task.family](task_file(data, task, split, lang))
 
 
 def labelled(examples: list) -> bool:
@@ -91,27 +91,36 @@ def choices_labelled(records: list[dict]) -> bool:
     return bool(records) and all("label" in r for r in records) and any(r["label"] for r in records)
 
 
-def check_layout(data: Path, task: str, languages: list[str], first_stage: str | None = None) -> None:
+def _split_needs(data: Path, task: Task, languages: list[str], first_stage: str | None) -> list[Path]:
+    """Classification, tagging, QA, XCOPA: English train and dev, and every language's test file; XCOPA's
+    first stage (SIQA) adds its files."""
+    needed = [f for split in SIQA_SPLITS for f in siqa_files(data, split)] if first_stage == "siqa" else []
+    needed += [task_file(data, task, "train"), task_file(data, task, "dev")]
+    return needed + [task_file(data, task, "test", lang) for lang in languages]
+
+
+def _tatoeba_needs(data: Path, task: Task, languages: list[str], first_stage: str | None) -> list[Path]:
+    return [task_file(data, task, role, lang) for lang in languages for role in ("source", "english")]
+
+
+def _dual_encoder_needs(data: Path, task: Task, languages: list[str], first_stage: str | None) -> list[Path]:
+    """Mewsli-X: the candidate set, the English pairs and the WikiNews mentions (either download layout);
+    LAReQA: English SQuAD and every language's XQuAD-R file."""
+    if "candidates" in task.files:
+        return list(mewslix_files(data, languages).values())
+    return [task_file(data, task, "train"), task_file(data, task, "dev")] + \
+        [task_file(data, task, "test", lang) for lang in languages]
+
+
+NEEDS = {"classification": _split_needs, "tagging": _split_needs, "qa": _split_needs,
+         "multiple_choice": _split_needs, "retrieval": _tatoeba_needs, "dual_encoder": _dual_encoder_needs}
+"""Per family: the files a run of a task needs."""
+
+
+def check_layout(data: Path, task: Task, languages: list[str], first_stage: str | None = None) -> None:
     """One message listing every file the task needs that the folder lacks; ``first_stage`` is the recipe's
     (XCOPA's ``siqa`` adds the SIQA files)."""
-    if task in QA:
-        needed = list(qa_files(data, task, None).values())
-        needed += [f for lang in languages for f in qa_files(data, task, lang).values()]
-    elif task in RETRIEVAL:
-        needed = [f for lang in languages for f in tatoeba_files(data, lang)]
-    elif task == "mewslix":
-        needed = list(mewslix_files(data, languages).values())
-    elif task == "lareqa":
-        needed = list(squad_files(data).values())
-        needed += [xquad_r_file(data, lang) for lang in languages]
-    elif task in MULTIPLE_CHOICE:
-        needed = [f for split in SIQA_SPLITS for f in siqa_files(data, split)] if first_stage == "siqa" else []
-        needed += [choice_file(data, "train", "en"), choice_file(data, "val", "en")]
-        needed += [choice_file(data, "test", lang) for lang in languages]
-    else:
-        needed = [split_file(data, task, "train", "en"), split_file(data, task, "dev", "en")]
-        needed += [split_file(data, task, "test", lang) for lang in languages]
-    missing = [p for p in needed if not p.is_file()]
+    missing = [p for p in NEEDS[task.family](data, task, languages, first_stage) if not p.is_file()]
     if missing:
         hint = ""
         if any(p.parent == data / "siqa" for p in missing):
@@ -119,12 +128,14 @@ def check_layout(data: Path, task: str, languages: list[str], first_stage: str |
                     f"socialIQa_v1.4.tgz into {data / 'siqa'}; AllenAI's layout is read there too (the four files "
                     "of socialiqa-train-dev.zip: train.jsonl, train-labels.lst, dev.jsonl, dev-labels.lst); or "
                     "train on COPA alone with --recipes pointing at a folder whose xcopa.yaml sets first_stage: null")
-        raise ScoreError(f"{data}: {task} needs {', '.join(map(str, missing))}{hint}")
+        raise ScoreError(f"{data}: {task.name} needs {', '.join(map(str, missing))}{hint}")
 
 
 # --- extractive QA (SQuAD format) ----------------------------------------------------------------------
-
-QA = ("xquad", "mlqa", "tydiqa")
+# Where each QA task's files sit is in its description (tasks.py): English training and dev data (SQuAD v1.1
+# for XQuAD and MLQA, TyDiQA-GoldP's English sets for TyDiQA), a test file per language (TyDiQA-GoldP
+# publishes no test set: its dev sets are its test sets), and MLQA's labelled dev sets. The download strips the
+# answers of every test file, and of TyDiQA's English dev (``answered`` tells); MLQA's dev sets keep theirs.
 
 
 @dataclass
@@ -134,42 +145,6 @@ class QAExample:
     context: str
     answers: list[dict]
     """SQuAD answers: {"text", "answer_start"}; the first is the training target."""
-
-
-def qa_files(data: Path, task: str, lang: str | None) -> dict[str, Path]:
-    """The files of a QA task in the official download: ``train``/``dev`` (English) when ``lang`` is None,
-    else ``test`` for that language. TyDiQA-GoldP publishes no test set: its dev sets are the test sets.
-    The download strips the answers of every file listed here under ``test``, and of TyDiQA's English dev
-    (``answered`` tells); MLQA's dev sets (``mlqa_dev_file``) keep theirs."""
-    if lang is None:
-        if task == "tydiqa":
-            return {"train": data / "tydiqa" / "tydiqa-goldp-v1.1-train" / "tydiqa.goldp.en.train.json",
-                    "dev": _tydiqa_dev(data, "en")}
-        return squad_files(data)
-    if task == "xquad":
-        return {"test": data / "xquad" / f"xquad.{lang}.json"}
-    if task == "mlqa":
-        return {"test": data / "mlqa" / "MLQA_V1" / "test" / f"test-context-{lang}-question-{lang}.json"}
-    return {"test": _tydiqa_dev(data, lang)}
-
-
-def squad_files(data: Path) -> dict[str, Path]:
-    """English SQuAD v1.1, the training and dev data of XQuAD, MLQA and LAReQA."""
-    return {"train": data / "squad" / "train-v1.1.json", "dev": data / "squad" / "dev-v1.1.json"}
-
-
-def _tydiqa_dev(data: Path, lang: str) -> Path:
-    """The download leaves the per-language dev files beside the train file or in the unpacked dev folder;
-    the first that exists (else the first place, for the error message)."""
-    name = f"tydiqa.goldp.{lang}.dev.json"
-    places = [data / "tydiqa" / "tydiqa-goldp-v1.1-dev" / name, data / "tydiqa" / "tydiqa-goldp-v1.1-train" / name,
-              data / "tydiqa" / name]
-    return next((p for p in places if p.is_file()), places[0])
-
-
-def mlqa_dev_file(data: Path, lang: str) -> Path:
-    """MLQA's dev set of one language (context and question in it), which the download leaves labelled."""
-    return data / "mlqa" / "MLQA_V1" / "dev" / f"dev-context-{lang}-question-{lang}.json"
 
 
 def answered(examples: list[QAExample]) -> bool:
@@ -188,10 +163,6 @@ def read_squad(path: Path) -> tuple[list[QAExample], list[dict]]:
 
 
 # --- XCOPA (COPA-style multiple choice, JSON lines) -----------------------------------------------------
-
-def choice_file(data: Path, split: str, lang: str) -> Path:
-    return data / "xcopa" / f"{split}-{lang}.jsonl"
-
 
 def read_choices(path: Path) -> list[dict]:
     """COPA records: premise, choice1, choice2, question (cause or effect), and label where it is kept."""
@@ -272,7 +243,8 @@ def tatoeba_files(data: Path, lang: str) -> tuple[Path, Path]:
     """The download's Tatoeba pair: ``<lang>-en.<lang>`` and ``<lang>-en.en``. XTREME's download copies the
     first as LASER ships it and writes the second sorted (``tatoeba_shuffled``); files aligned by line (the
     gold: sentence i translates English sentence i) are read as well."""
-    return data / "tatoeba" / f"{lang}-en.{lang}", data / "tatoeba" / f"{lang}-en.en"
+    tatoeba = TASKS["tatoeba"]
+    return task_file(data, tatoeba, "source", lang), task_file(data, tatoeba, "english", lang)
 
 
 def tatoeba_shuffled(english: list[str]) -> bool:
@@ -282,9 +254,8 @@ def tatoeba_shuffled(english: list[str]) -> bool:
     return len(english) > 2 and all(a <= b for a, b in zip(english, english[1:]))
 
 
-def read_sentences(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+read_sentences = read_lines
+"""One sentence per line (the scorer's line reader: UTF-8 checked, whitespace stripped)."""
 
 
 # --- dual-encoder retrieval: Mewsli-X and LAReQA (XQuAD-R) ------------------------------------------------
@@ -342,8 +313,7 @@ def _one_line(text: str) -> str:
 
 def mewslix_files(data: Path, languages: list[str]) -> dict[str, Path]:
     folder = data / "mewslix"
-    files = {"candidates": folder / "candidate_set_entities.jsonl", "train": folder / "wikipedia_pairs-train.jsonl",
-             "dev": folder / "wikipedia_pairs-dev.jsonl"}
+    files = {role: task_file(data, TASKS["mewslix"], role) for role in ("candidates", "train", "dev")}
     combined = {f"wikinews-{split}": folder / f"wikinews_mentions-{split}.jsonl" for split in ("dev", "test")}
     per_language = {f"wikinews-{split}-{lang}": folder / "wikinews_mentions" / f"{split}-{lang}.jsonl"
                     for split in ("dev", "test") for lang in languages}
@@ -450,10 +420,6 @@ def sentence_breaks(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def xquad_r_file(data: Path, lang: str) -> Path:
-    return data / "lareqa" / "xquad-r" / f"{lang}.json"
-
-
 def read_squad_sentences(path: Path, lang: str) -> RetrievalSet:
     """Questions (ids ``<question id>_<lang>``) of a SQuAD-format file and every sentence of its paragraphs
     as candidates (ids ``<lang>_<paragraph number>_<sentence number>``, numbered from 1 and 0). A candidate's
@@ -489,7 +455,7 @@ def read_squad_sentences(path: Path, lang: str) -> RetrievalSet:
 def read_xquad_r(data: Path, languages: list[str]) -> tuple[dict[str, RetrievalSet], list[str], list[str]]:
     """Per language its questions, each relevant to the answer sentences of its translations in every
     language of ``languages``; and the multilingual pool (ids and texts) they all rank."""
-    sets = {lang: read_squad_sentences(xquad_r_file(data, lang), lang) for lang in languages}
+    sets = {lang: read_squad_sentences(task_file(data, TASKS["lareqa"], "test", lang), lang) for lang in languages}
     answers: dict[str, list[str]] = {}
     for lang, found in sets.items():
         for uid in found.query_ids:

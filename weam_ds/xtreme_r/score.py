@@ -15,12 +15,14 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from statistics import fmean
 
+from weam_ds.run_dir import write_atomically
 from weam_ds.xtreme_r import metrics
-from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, QA_TASKS, suffix
+from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, TASKS
 
 
 class ScoreError(ValueError):
@@ -149,24 +151,29 @@ def read_ids(path: Path, nonempty: bool = False) -> dict[str, list[str]]:
 _Reader = Callable[[Path], object]
 
 
-def _scorer(task: str) -> tuple[_Reader, _Reader, Callable[[object, object, str], dict], bool]:
-    """(prediction reader, label reader, metric(labels, predictions, lang), whether both files are aligned
-    example by example: one per line, or per sentence for tags)."""
-    if task in ("panx", "udpos"):
-        return read_tags, read_tags, lambda g, p, _: metrics.tagging(g, p), True
-    if task == "bucc2018":
-        return read_lines, read_lines, lambda g, p, _: metrics.bucc_f1(g, p), False
-    if task == "mlqa":
-        return read_answers, read_squad_labels, metrics.mlqa, False
-    if task in QA_TASKS:
-        return read_answers, read_squad_labels, lambda g, p, _: metrics.squad(g, p), False
-    if task == "mewslix":  # the gold entity is the first (only) id of each label
-        return read_ids, partial(read_ids, nonempty=True), lambda g, p, _: metrics.mewslix_map20(g, p), False
-    if task == "lareqa":
-        return read_ids, read_ids, lambda g, p, _: metrics.lareqa_map20(g, p), False
-    if task == "xcopa":
-        return read_jsonl_labels, read_jsonl_labels, lambda g, p, _: metrics.accuracy(g, p), True
-    return read_lines, read_lines, lambda g, p, _: metrics.accuracy(g, p), True
+@dataclass(frozen=True)
+class Scorer:
+    """How one kind of task file is read and scored: prediction and label readers, the metric (labels,
+    predictions, language) → {name: value}, and whether both files are aligned example by example (one per
+    line, or per sentence for tags)."""
+    predictions: _Reader
+    labels: _Reader
+    metric: Callable[[object, object, str], dict]
+    aligned: bool = False
+
+
+SCORERS: dict[str, Scorer] = {
+    "accuracy": Scorer(read_lines, read_lines, lambda g, p, _: metrics.accuracy(g, p), True),
+    "xcopa": Scorer(read_jsonl_labels, read_jsonl_labels, lambda g, p, _: metrics.accuracy(g, p), True),
+    "tags": Scorer(read_tags, read_tags, lambda g, p, _: metrics.tagging(g, p), True),
+    "bucc": Scorer(read_lines, read_lines, lambda g, p, _: metrics.bucc_f1(g, p)),
+    "squad": Scorer(read_answers, read_squad_labels, lambda g, p, _: metrics.squad(g, p)),
+    "mlqa": Scorer(read_answers, read_squad_labels, metrics.mlqa),
+    # the gold entity is the first (only) id of each label
+    "mewslix": Scorer(read_ids, partial(read_ids, nonempty=True), lambda g, p, _: metrics.mewslix_map20(g, p)),
+    "lareqa": Scorer(read_ids, read_ids, lambda g, p, _: metrics.lareqa_map20(g, p)),
+}
+"""Keyed by ``Task.scorer``."""
 
 
 def _check_aligned(pred_file: Path, pred: list, gold_file: Path, gold: list) -> None:
@@ -178,28 +185,27 @@ def _check_aligned(pred_file: Path, pred: list, gold_file: Path, gold: list) -> 
                              f"has {len(g)}")
 
 
-def score_task(task: str, languages: list[str], predictions: Path, labels: Path) -> dict:
-    missing = [str(d / task / f"test-{lang}.{suffix(task)}") for lang in languages for d in (predictions, labels)
-               if not (d / task / f"test-{lang}.{suffix(task)}").is_file()]
+def score_task(name: str, languages: list[str], predictions: Path, labels: Path) -> dict:
+    task = TASKS[name]
+    files = {lang: [d / name / f"test-{lang}.{task.suffix}" for d in (predictions, labels)] for lang in languages}
+    missing = [str(f) for pair in files.values() for f in pair if not f.is_file()]
     if missing:
-        raise ScoreError(f"{task}: missing {', '.join(missing)}")
-    read_predictions, read_labels, metric, aligned = _scorer(task)
+        raise ScoreError(f"{name}: missing {', '.join(missing)}")
+    scorer = SCORERS[task.scorer]
     result: dict = {}
     for lang in languages:
-        pred_file, gold_file = (d / task / f"test-{lang}.{suffix(task)}" for d in (predictions, labels))
-        pred, gold = read_predictions(pred_file), read_labels(gold_file)
-        if aligned:
+        pred_file, gold_file = files[lang]
+        pred, gold = scorer.predictions(pred_file), scorer.labels(gold_file)
+        if scorer.aligned:
             _check_aligned(pred_file, pred, gold_file, gold)
         if not gold:
             raise ScoreError(f"{gold_file}: no examples")
-        for name, value in metric(gold, pred, lang).items():
-            result.setdefault(name, {})[lang] = value
-    for name in list(result):
-        result[f"avg_{name}"] = fmean(result[name].values())
-    if task in QA_TASKS:
-        result["avg_metric"] = (result["avg_exact_match"] + result["avg_f1"]) / 2
-    else:
-        result["avg_metric"] = next(result[k] for k in ("avg_f1", "avg_accuracy", "avg_map@20") if k in result)
+        for metric, value in scorer.metric(gold, pred, lang).items():
+            result.setdefault(metric, {})[lang] = value
+    for metric in list(result):
+        result[f"avg_{metric}"] = fmean(result[metric].values())
+    # the official rule: QA's is the mean of EM and F1; otherwise F1, else accuracy, else mAP@20
+    result["avg_metric"] = fmean(result[f"avg_{metric}"] for metric in task.metrics)
     return result
 
 
@@ -219,17 +225,21 @@ def score(predictions: Path, labels: Path, version: str = "xtreme-r", languages:
             tasks[task] = score_task(task, task_languages, predictions, labels)
     if not tasks:
         raise ScoreError(f"no task of {version} has a folder in both {predictions} and {labels}")
+    return {**official_aggregates(version, {name: t["avg_metric"] for name, t in tasks.items()}), **tasks}
+
+
+def official_aggregates(version: str, avg_metric: dict[str, float]) -> dict[str, float]:
+    """The official scorer's aggregates from the tasks' ``avg_metric``: ``all_task`` when every task of the
+    version is there (for xtreme-r that includes LAReQA), and each category whose tasks all are."""
     overall = {}
-    if set(tasks) == set(LANGUAGES[version]):
-        overall["all_task"] = fmean(t["avg_metric"] for t in tasks.values())
+    if set(avg_metric) >= set(LANGUAGES[version]):
+        overall["all_task"] = fmean(avg_metric[t] for t in LANGUAGES[version])
     for category, members in CATEGORIES[version].items():
-        if all(m in tasks for m in members):
-            overall[category] = fmean(tasks[m]["avg_metric"] for m in members)
-    return {**overall, **tasks}
+        if all(m in avg_metric for m in members):
+            overall[category] = fmean(avg_metric[m] for m in members)
+    return overall
 
 
 def write_scores(scores: dict, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(output)
+    write_atomically(output, json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
