@@ -204,3 +204,27 @@ def test_load_encoder_takes_the_encoder_of_qa_and_masked_lm_checkpoints(stand_in
     (broken / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
     with pytest.raises(ValueError, match=r"broken: the checkpoint lacks \d+ encoder weights \(.*layer\.2\."):
         load_encoder(broken)
+
+
+@pytest.mark.parametrize("task", ["mewslix", "lareqa"])
+def test_dual_encoders_state_their_pooling_as_a_protocol_difference(stand_ins, task):
+    from weam_ds.xtreme_r.dual_encoder import POOLINGS, DualEncoder, RetrievalTuner
+    from weam_ds.xtreme_r.recipe import RECIPES, load_recipe
+
+    recipe = load_recipe(TASKS[task], RECIPES)
+    tokenizer = AutoTokenizer.from_pretrained(str(stand_ins["raw"]))
+    assert RetrievalTuner(stand_ins["raw"], tokenizer, recipe).differences == [POOLINGS[recipe.pooling].difference]
+    assert "pooler output" in POOLINGS[recipe.pooling].difference
+    # Each pooling named in the registry is the one the model embeds with.
+    enc = tokenizer(["the dog sleeps", "birds sing"], padding=True, return_tensors="pt")
+    encoder = load_encoder(stand_ins["raw"])
+    with torch.no_grad():
+        states = encoder(**enc).last_hidden_state
+        for name, pooling in POOLINGS.items():
+            embedded = DualEncoder(encoder, name).embed(enc["input_ids"], enc["attention_mask"])
+            expected = torch.nn.functional.normalize(pooling.pool(states, enc["attention_mask"]), dim=-1)
+            assert torch.allclose(embedded, expected)
+    assert not torch.allclose(POOLINGS["cls"].pool(states, enc["attention_mask"]),
+                              POOLINGS["mean"].pool(states, enc["attention_mask"]))
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        DualEncoder(encoder, "max")

@@ -1,17 +1,21 @@
 """Retrieval with a fine-tuned dual encoder, for Mewsli-X and LAReQA.
 
-One shared encoder embeds queries and candidates: the final hidden state of the first token (``<s>``/[CLS];
-the official baselines take BERT's pooler output over it, which a masked-LM checkpoint does not train) or
-the mean of the final states (``pooling: mean``), scaled to unit length. Fine-tuning uses in-batch negatives:
+One shared encoder embeds queries and candidates: the final hidden state of the first token (``<s>``/[CLS])
+or the mean of the final states (``pooling: mean``), scaled to unit length. The official baselines take BERT's
+pooler output over the first token; a masked-LM checkpoint has no trained pooler, so weam-ds keeps the state
+itself, and each pooling in ``POOLINGS`` carries the sentence that result.json lists as a protocol difference. Fine-tuning uses in-batch negatives:
 each query's candidate is the right answer among all candidates of its batch, under a softmax over cosine
 similarities times a learned scale (initialised to 100, as the official baselines do); a batch's candidates
 that are the same item (one entity mentioned twice, one sentence answering two questions) are not counted as
-each other's negatives. Training goes through the Hugging Face Trainer, so a DeepSpeed config applies as for
-the other tasks; after every epoch the English dev set is scored by retrieval (mAP@20 of its queries against
-its own candidates) and the best epoch is kept. Prediction ranks a whole pool by cosine similarity.
+each other's negatives. Training goes through the Hugging Face Trainer with the arguments every tuner gets (``tuners``), so a DeepSpeed
+config applies as for the other tasks; where the recipe selects on English dev (``selection: {every_steps: N}``)
+the dev set is scored by retrieval (mAP@20 of its queries against its own candidates) at that cadence and the
+best checkpoint is kept, otherwise the last weights. Prediction ranks a whole pool by cosine similarity.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,29 +23,49 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.encoders import load_encoder, mean_pool
 from weam_ds.xtreme_r.readers import RetrievalSet
+from weam_ds.xtreme_r.tasks import EverySteps
+from weam_ds.xtreme_r.tuners import batch_split, device_count, training_arguments
 
 TOP_K = 20
 """Predictions kept per query: the metric reads the first 20."""
 
 
+def first_token(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, H]: the final state of ``<s>``/[CLS]."""
+    return states[:, 0]
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How final states become one vector, and how that departs from the official baselines (their pooler
+    output), in words for result.json."""
+    pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    difference: str
+
+
+POOLINGS = {
+    "cls": Pooling(first_token, "pooling: the final state of the first token (<s>/[CLS]), not the official "
+                                "baselines' pooler output over it, which a masked-LM checkpoint never trained"),
+    "mean": Pooling(mean_pool, "pooling: the mean of the final states over the attention mask (the recipe's "
+                               "choice), not the official baselines' pooler output"),
+}
+"""The recipe's ``pooling`` choices."""
+
+
 class DualEncoder(torch.nn.Module):
     def __init__(self, encoder, pooling: str = "cls", scale: float = 100.0):
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling {pooling!r}: expected cls or mean")
-        self.encoder, self.pooling = encoder, pooling
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r}: expected {' or '.join(POOLINGS)}")
+        self.encoder, self.pool = encoder, POOLINGS[pooling].pool
         self.config = encoder.config  # DeepSpeed's "auto" bucket sizes read hidden_size from it
         self.logit_scale = torch.nn.Parameter(torch.tensor([scale]))
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "cls":
-            pooled = states[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(1) / mask.sum(1)
-        return F.normalize(pooled, dim=-1)
+        return F.normalize(self.pool(states, attention_mask), dim=-1)
 
     def forward(self, q_input_ids, q_attention_mask, a_input_ids, a_attention_mask, a_key=None) -> dict:
         queries, answers = self.embed(q_input_ids, q_attention_mask), self.embed(a_input_ids, a_attention_mask)
@@ -51,16 +75,6 @@ class DualEncoder(torch.nn.Module):
             same &= ~torch.eye(len(a_key), dtype=torch.bool, device=same.device)
             logits = logits.masked_fill(same, float("-inf"))
         return {"loss": F.cross_entropy(logits, torch.arange(len(queries), device=logits.device))}
-
-
-def load_encoder(model_dir: Path):
-    """The bare encoder of a checkpoint, without a masked-LM head or an untrained pooler."""
-    from transformers import AutoModel
-
-    try:
-        return AutoModel.from_pretrained(str(model_dir), add_pooling_layer=False)
-    except TypeError:  # an encoder class without a pooler option
-        return AutoModel.from_pretrained(str(model_dir))
 
 
 class _Pairs:
@@ -81,7 +95,8 @@ class _Pairs:
 
 
 class _DevRetrievalTrainer(Trainer):
-    """Evaluation is retrieval on the English dev set, not a loss."""
+    """Evaluation is retrieval on the English dev set, not a loss (``training_arguments`` keeps the best
+    ``score``)."""
 
     tuner: RetrievalTuner
 
@@ -95,23 +110,24 @@ class RetrievalTuner:
     def __init__(self, model_dir: Path, tokenizer, recipe):
         self.model_dir, self.tokenizer, self.recipe = model_dir, tokenizer, recipe
         self.query_length = recipe.query_length or recipe.max_length
+        self.split = batch_split(recipe, device_count())
+        self.differences = [POOLINGS[recipe.pooling].difference]
+        """Where this tuner departs from the official protocol, for result.json."""
 
     def fit(self, train: RetrievalSet, dev: RetrievalSet, checkpoints: Path, seed: int, deepspeed: str | None) -> None:
-        from transformers import TrainingArguments, set_seed
+        """Trains; with ``selection: {every_steps: N}`` scores ``dev`` every N steps and keeps the best
+        checkpoint, else keeps the last weights."""
+        from transformers import set_seed
 
         set_seed(seed)
-        r = self.recipe
-        args = TrainingArguments(
-            output_dir=str(checkpoints), learning_rate=r.learning_rate, num_train_epochs=r.epochs,
-            per_device_train_batch_size=r.batch_size, gradient_accumulation_steps=r.gradient_accumulation_steps,
-            warmup_steps=r.warmup_steps, weight_decay=r.weight_decay, eval_strategy="epoch", save_strategy="epoch",
-            load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=True, save_total_limit=1,
-            seed=seed, report_to=[], logging_strategy="epoch", deepspeed=deepspeed, remove_unused_columns=False,
-            use_cpu=not torch.cuda.is_available())
+        select = isinstance(self.recipe.selection, EverySteps)
+        args = training_arguments(self.recipe, self.split, checkpoints, seed, deepspeed, select,
+                                  remove_unused_columns=False)
         self.dev = dev
-        self.trainer = _DevRetrievalTrainer(model=DualEncoder(load_encoder(self.model_dir), r.pooling), args=args,
-                                            train_dataset=self.encode(train.training_pairs()), eval_dataset=[{}],
-                                            data_collator=_Pairs(self.tokenizer.pad_token_id))
+        self.trainer = _DevRetrievalTrainer(
+            model=DualEncoder(load_encoder(self.model_dir), self.recipe.pooling), args=args,
+            train_dataset=self.encode(train.training_pairs()), eval_dataset=[{}] if select else None,
+            data_collator=_Pairs(self.tokenizer.pad_token_id))
         self.trainer.tuner = self
         self.trainer.train()
 
