@@ -59,35 +59,48 @@ def _truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
     return np.concatenate([ids[:max_length - 1], ids[-1:]])
 
 
+def _pad(rows: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of token ids → ([B, L] int64 ids padded with ``pad_id``, [B, L] bool real-token mask), L the longest
+    row. One scatter of the concatenated rows: the mask's True cells, in row-major order, are their tokens."""
+    real = np.arange(max(map(len, rows), default=0)) < np.fromiter(map(len, rows), np.int64, len(rows))[:, None]
+    ids = np.full(real.shape, pad_id, dtype=np.int64)
+    ids[real] = np.concatenate(rows) if rows else []
+    return ids, real
+
+
+def _pad_links(links: list[np.ndarray], src_last: np.ndarray, tgt_last: np.ndarray) -> np.ndarray:
+    """[B, K, 2] int64 links padded with -1 (K >= 1), keeping each row's links before its ``src_last`` and
+    ``tgt_last`` positions (the closing tokens; past them the tokens were truncated away)."""
+    counts = np.fromiter(map(len, links), np.int64, len(links))
+    slots = np.arange(max(1, counts.max(initial=0))) < counts[:, None]
+    padded = np.full(slots.shape + (2,), -1, dtype=np.int64)
+    if counts.any():
+        padded[slots] = np.concatenate(links)
+    keep = ~slots | ((padded[..., 0] < src_last[:, None]) & (padded[..., 1] < tgt_last[:, None]))
+    if keep.all():
+        return padded
+    # Truncation cut some links' tokens (rare at usual lengths): drop those links and pad again.
+    return _pad_links([a[k[:len(a)]] for a, k in zip(links, keep)], src_last, tgt_last)
+
+
 def collate(samples: list[dict], info: TokenInfo, max_length: int) -> dict[str, torch.Tensor]:
     """Decoded samples (``src_ids``, ``tgt_ids``, ``align`` arrays; ``tgt_ids`` empty or None for
     monolingual text) → a padded batch. Links into truncated-away tokens are dropped."""
     if max_length < 3:
         raise ValueError(f"max_length must be at least 3, got {max_length}")
     empty_target = np.array([info.bos_id, info.eos_id])  # a two-token placeholder keeps attention well-defined
-    src, tgt, links, parallel = [], [], [], []
-    for s in samples:
-        has_tgt = s.get("tgt_ids") is not None and len(s["tgt_ids"]) > 0
-        src.append(_truncate(s["src_ids"], max_length))
-        tgt.append(_truncate(s["tgt_ids"], max_length) if has_tgt else empty_target)
-        a = s.get("align")
-        a = np.zeros((0, 2), np.int64) if a is None or not has_tgt else a
-        # Positions at or past the last kept ordinary token were cut (the closing token never links).
-        keep = (a[:, 0] < len(src[-1]) - 1) & (a[:, 1] < len(tgt[-1]) - 1) if len(a) else np.zeros(0, bool)
-        links.append(a[keep])
-        parallel.append(has_tgt)
-    batch = {}
-    for side, rows in (("src", src), ("tgt", tgt)):
-        ids = np.full((len(rows), max(map(len, rows))), info.pad_id, dtype=np.int64)
-        for k, r in enumerate(rows):
-            ids[k, :len(r)] = r
+    no_links = np.zeros((0, 2), np.int64)
+    parallel = [s.get("tgt_ids") is not None and len(s["tgt_ids"]) > 0 for s in samples]
+    sides = {"src": [s["src_ids"] for s in samples],
+             "tgt": [s["tgt_ids"] if p else empty_target for s, p in zip(samples, parallel)]}
+    batch, kept = {}, {}
+    for side, rows in sides.items():
+        ids, real = _pad([_truncate(r, max_length) for r in rows], info.pad_id)
         batch[f"{side}_ids"] = torch.from_numpy(ids)
-        batch[f"{side}_attention_mask"] = torch.from_numpy((np.arange(ids.shape[1]) < np.array(
-            [len(r) for r in rows])[:, None]).astype(np.int64))
-    padded = np.full((len(links), max(1, max(map(len, links))), 2), -1, dtype=np.int64)
-    for k, a in enumerate(links):
-        padded[k, :len(a)] = a
-    batch["links"] = torch.from_numpy(padded)
+        batch[f"{side}_attention_mask"] = torch.from_numpy(real.astype(np.int64))
+        kept[side] = real.sum(axis=1)
+    links = [s["align"] if p and s.get("align") is not None else no_links for s, p in zip(samples, parallel)]
+    batch["links"] = torch.from_numpy(_pad_links(links, kept["src"] - 1, kept["tgt"] - 1))
     batch["parallel"] = torch.tensor(parallel)
     return batch
 
