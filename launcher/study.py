@@ -225,13 +225,13 @@ def score_records(study: StudyConfig, plan: CellPlan) -> Iterator[dict]:
 def _tatoeba(cfg, plan: CellPlan) -> Iterator[dict]:
     """Every language of every dataset, seen in pre-training or not; per-example hits for the report's
     paired bootstrap."""
-    from weam_ds.xtreme_r.tatoeba import evaluate_dataset
+    from weam_ds.xtreme_r.tatoeba import OFFICIAL_DIRECTION, evaluate_dataset
 
     for dataset in plan.run["data"]["datasets"]:
         out = plan.eval_dir / "tatoeba" / Path(dataset).name
         results = evaluate_dataset(plan.export_dir, Path(dataset), out, layer=cfg.layer, batch_size=cfg.batch_size)
-        folder = out / "tatoeba-xx2en"  # the benchmark's direction
-        for lang, value in results["xx2en"]["tatoeba"]["accuracy"].items():
+        folder = out / f"tatoeba-{OFFICIAL_DIRECTION}"  # the benchmark's: English sentences search the others
+        for lang, value in results[OFFICIAL_DIRECTION]["tatoeba"]["accuracy"].items():
             found, gold = ((folder / kind / "tatoeba" / f"test-{lang}.tsv").read_text().split()
                            for kind in ("predictions", "labels"))
             yield {"task": "tatoeba", "language": lang, "eval_seed": TATOEBA_SEED, "split": "test",

@@ -75,7 +75,7 @@ class BudgetConfig:
 @dataclass
 class TatoebaConfig:
     layer: int | None = None
-    """Hidden layer to mean-pool (default: the middle one, as weam_ds.xtreme_r tatoeba)."""
+    """Hidden layer to mean-pool (default: the one XTREME-R pools for the model type, ``tatoeba.official_layer``)."""
     batch_size: int = 64
 
 

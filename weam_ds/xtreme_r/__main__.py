@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     t = commands.add_parser("tatoeba", help="Tatoeba-style retrieval on a data_prep dataset's test pairs")
     t.add_argument("--model", type=Path, required=True, help="a Hugging Face encoder directory")
     t.add_argument("--dataset", type=Path, required=True, help="a data_prep dataset directory")
-    t.add_argument("--out", type=Path, required=True, help="run directory: predictions/, labels/, scores.json")
-    t.add_argument("--layer", type=int, help="hidden layer to mean-pool (default: the middle one)")
+    t.add_argument("--out", type=Path, required=True, help="run directory: tatoeba-en2xx/ (the official "
+                   "direction) and tatoeba-xx2en/, each with predictions/, labels/, scores.json")
+    t.add_argument("--layer", type=int, help="hidden layer to mean-pool (default: the one XTREME-R pools for "
+                   "the model type, at the same relative depth)")
     t.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
