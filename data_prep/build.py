@@ -1,13 +1,14 @@
 """Building a dataset directory, stage by stage; each stage skips what an earlier run finished.
 
-1. clean:     read every pair (in parallel across pairs), normalise, filter, de-duplicate, and spool the
-              clean pairs into chunk files under ``.work/``;
-2. split:     draw the held-out dev/test pairs of each language pair;
-3. align:     per chunk (in parallel across chunks and pairs): word-split, align with eflomal in both
-              directions, symmetrise; needing no subwords, this runs while
-4. tokenizer: one is trained on the train pairs, or the configured one is copied;
-5. encode:    per aligned chunk: tokenize, project links onto subwords, write shards; the manifest
-              lists a chunk's shards once they are all complete.
+1. clean:     read every source (in parallel across sources), normalise, filter, de-duplicate, and spool
+              the clean pairs (or monolingual sentences) into chunk files under ``.work/``;
+2. split:     draw the held-out dev/test samples of each source;
+3. align:     per chunk of pairs (in parallel across chunks and pairs): word-split, align with eflomal
+              in both directions, symmetrise; needing no subwords, this runs while
+4. tokenizer: one is trained on the train samples, or the configured one is copied;
+5. encode:    per aligned chunk (and per monolingual chunk, which has nothing to align): tokenize,
+              project links onto subwords, write shards; the manifest lists a chunk's shards once they
+              are all complete.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from data_prep import PrepError, __version__
 from data_prep.chunks import ChunkTask, align_chunk, encode_chunk, read_spool
 from data_prep.cleaning import Cleaner
-from data_prep.config import PairConfig, PrepConfig
+from data_prep.config import MonolingualConfig, PairConfig, PrepConfig
 from data_prep.manifest import (FORMAT, FORMAT_VERSION, SPLITS, ManifestError, read_manifest, split_totals,
                                 write_manifest)
 from data_prep.readers import read_pairs
@@ -84,20 +85,21 @@ def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Exec
     out = Path(cfg.output_dir)
     work = out / ".work"
     clock = time.perf_counter()
-    pending = {pool.submit(_clean_pair, p, cfg, work): i for i, p in enumerate(cfg.pairs)}
-    by_index = dict(tqdm(_as_completed(pending), total=len(cfg.pairs), desc="clean", unit="pair", disable=None))
-    cleaned = [by_index[i] for i in range(len(cfg.pairs))]
-    for pair, result in zip(cfg.pairs, cleaned):
+    sources = cfg.sources
+    pending = {pool.submit(_clean_pair, p, cfg, work): i for i, p in enumerate(sources)}
+    by_index = dict(tqdm(_as_completed(pending), total=len(sources), desc="clean", unit="source", disable=None))
+    cleaned = [by_index[i] for i in range(len(sources))]
+    for pair, result in zip(sources, cleaned):
         entry = manifest["pairs"].setdefault(pair.key, {"shards": [], "chunks_done": []})
         entry.update(src_lang=pair.src_lang, tgt_lang=pair.tgt_lang, input_records=result["input_records"],
                      clean_pairs=result["clean_pairs"], dropped=result["dropped"], chunks=len(result["chunks"]))
     write_manifest(out, manifest)
     report.wall["clean"] = time.perf_counter() - clock
 
-    heldout = {p.key: _choose_heldout(p.key, c["clean_pairs"], cfg) for p, c in zip(cfg.pairs, cleaned)}
-    cleaned_sizes = {p.key: c["clean_pairs"] for p, c in zip(cfg.pairs, cleaned)}
+    heldout = {p.key: _choose_heldout(p.key, c["clean_pairs"], cfg) for p, c in zip(sources, cleaned)}
+    cleaned_sizes = {p.key: c["clean_pairs"] for p, c in zip(sources, cleaned)}
     tasks = []
-    for pair, result in zip(cfg.pairs, cleaned):
+    for pair, result in zip(sources, cleaned):
         done = set(manifest["pairs"][pair.key]["chunks_done"])
         dev, test = heldout[pair.key]
         tasks += [ChunkTask(pair.key, pair.src_lang, pair.tgt_lang, i, chunk["path"], chunk["first"], dev, test,
@@ -110,17 +112,18 @@ def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Exec
 
     # Alignment works on words, not subwords: the workers align while this process makes the tokenizer.
     clock = time.perf_counter()
-    aligned_before, to_align = [], []  # aligned by an interrupted run, or not yet
+    ready, to_align = [], []  # to encode (monolingual, or aligned by an interrupted run), or to align first
     for t in tasks:
-        (aligned_before if t.aligned.exists() else to_align).append(t)
-    if aligned_before:
-        log.info("%d chunks were aligned by an earlier run", len(aligned_before))
+        (to_align if t.parallel and not t.aligned.exists() else ready).append(t)
+    if any(t.parallel for t in ready):
+        log.info("%d chunks were aligned by an earlier run", sum(t.parallel for t in ready))
     pending = {pool.submit(align_chunk, t): ("align", t) for t in to_align}
     _prepare_tokenizer(cfg, manifest, cleaned, heldout, out)
     write_manifest(out, manifest)
     report.wall["tokenizer"] = time.perf_counter() - clock
-    pending.update({pool.submit(encode_chunk, t): ("encode", t) for t in aligned_before})
-    with tqdm(total=2 * len(tasks), initial=len(tasks) - len(pending), desc="align+encode", unit="step",
+    pending.update({pool.submit(encode_chunk, t): ("encode", t) for t in ready})
+    steps = len(tasks) + sum(t.parallel for t in tasks)  # an align step per chunk of pairs, an encode step each
+    with tqdm(total=steps, initial=steps - len(to_align) - len(pending), desc="align+encode", unit="step",
               disable=None) as bar:
         for (step, task), result in _as_completed(pending):
             bar.update()
@@ -160,7 +163,7 @@ def _open_manifest(out: Path, cfg: PrepConfig) -> dict:
         # A failed build must not lock its config: the fixed config starts afresh.
         log.warning("%s: the unfinished build there came from another config or other input files; "
                     "removing what it wrote and starting afresh", out)
-        _remove_unfinished(out, [*manifest["pairs"], *(p.key for p in cfg.pairs)])
+        _remove_unfinished(out, [*manifest["pairs"], *(p.key for p in cfg.sources)])
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "data_prep_version": __version__,
         "complete": False, "config_sha256": fingerprint,
@@ -184,8 +187,8 @@ def _remove_unfinished(out: Path, pair_keys: list[str]) -> None:
             d.rmdir()  # only if empty
 
 
-def _clean_pair(pair: PairConfig, cfg: PrepConfig, work: Path) -> dict:
-    """Stage 1 for one language pair; its ``clean.json`` marks the spool complete."""
+def _clean_pair(pair: PairConfig | MonolingualConfig, cfg: PrepConfig, work: Path) -> dict:
+    """Stage 1 for one source (a language pair or a language); its ``clean.json`` marks the spool complete."""
     spool = work / pair.key
     marker = spool / "clean.json"
     if marker.exists():
@@ -202,25 +205,26 @@ def _clean_pair(pair: PairConfig, cfg: PrepConfig, work: Path) -> dict:
 
     chunks, f = [], None
     n = 0
-    for src, tgt in cleaner.clean(counted(read_pairs(pair))):
+    for record in cleaner.clean(counted(read_pairs(pair))):
         if n % cfg.chunk_size == 0:
             if f:
                 f.close()
             chunks.append({"path": str(spool / f"clean-{len(chunks):05d}.tsv"), "first": n})
             f = open(chunks[-1]["path"], "w", encoding="utf-8")
-        f.write(f"{src}\t{tgt}\n")
+        f.write("\t".join(record) + "\n")  # cleaning turned tabs into spaces
         n += 1
     if f:
         f.close()
     if n == 0:
         drops = ", ".join(f"{k}={v}" for k, v in sorted(cleaner.dropped.items())) or "no input records"
-        raise PrepError(f"{pair.key}: no sentence pairs left after cleaning ({drops}) in {', '.join(pair.files)}")
+        what = "sentences" if pair.tgt_lang is None else "sentence pairs"
+        raise PrepError(f"{pair.key}: no {what} left after cleaning ({drops}) in {', '.join(pair.files)}")
     result = {"input_records": n_records, "clean_pairs": n, "dropped": dict(sorted(cleaner.dropped.items())),
               "chunks": chunks}
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, marker)
-    log.info("%s: %d records read, %d clean pairs, dropped %s", pair.key, n_records, n, result["dropped"])
+    log.info("%s: %d records read, %d clean, dropped %s", pair.key, n_records, n, result["dropped"])
     return result
 
 
@@ -260,18 +264,19 @@ def _prepare_tokenizer(cfg: PrepConfig, manifest: dict, cleaned: list[dict],
 
 
 def _tokenizer_texts(cfg: PrepConfig, cleaned: list[dict], heldout) -> Iterator[list[str]]:
-    """Both sides of a seeded sample of each pair's train pairs (held-out pairs never), in batches."""
+    """Every side of a seeded sample of each source's train samples (held-out ones never), in batches:
+    both sides of pairs, and monolingual sentences."""
     cap = cfg.tokenizer.train.max_sentences_per_pair
-    for pair, result in zip(cfg.pairs, cleaned):
+    for pair, result in zip(cfg.sources, cleaned):
         n = result["clean_pairs"]
         train = np.setdiff1d(np.arange(n), np.concatenate(heldout[pair.key]), assume_unique=True)
         if len(train) > cap:
             rng = np.random.default_rng([cfg.splits.seed, zlib.crc32(pair.key.encode()), 1])
             train = np.sort(rng.choice(train, cap, replace=False))
         for chunk in result["chunks"]:
-            src, tgt = read_spool(chunk["path"])
-            picked = train[(train >= chunk["first"]) & (train < chunk["first"] + len(src))] - chunk["first"]
-            yield [src[k] for k in picked] + [tgt[k] for k in picked]
+            columns = read_spool(chunk["path"])
+            picked = train[(train >= chunk["first"]) & (train < chunk["first"] + len(columns[0]))] - chunk["first"]
+            yield [column[k] for column in columns for k in picked]
 
 
 def _init_worker(threads: int, log_level: int) -> None:

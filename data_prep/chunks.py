@@ -2,7 +2,8 @@
 
 ``align_chunk`` splits words and aligns them; it needs no tokenizer, so chunks are aligned while the
 tokenizer trains. It leaves the word spans and symmetrised word links next to the chunk's spool.
-``encode_chunk`` then tokenizes, projects the links onto subwords and writes the shards. Everything a
+``encode_chunk`` then tokenizes, projects the links onto subwords and writes the shards. A chunk of
+monolingual text is only encoded: its samples have no target side and no links. Everything a
 unit needs travels in the ChunkTask; what it made comes back as shard records (for the manifest) and
 per-step seconds (for the benchmark's breakdown).
 """
@@ -29,11 +30,13 @@ from data_prep.words import chunk_words
 @dataclass
 class ChunkTask:
     pair: str
+    """The source's key: a language pair, or a language for monolingual text."""
     src_lang: str
-    tgt_lang: str
+    tgt_lang: str | None
+    """None for monolingual text."""
     chunk: int
     spool: str
-    """TSV file of the chunk's clean pairs."""
+    """TSV file of the chunk's clean records (pairs, or one sentence per line)."""
     first: int
     """Index of the chunk's first pair within its language pair (sample keys and splits use it)."""
     dev: np.ndarray
@@ -43,6 +46,11 @@ class ChunkTask:
     tokenizer_dir: str
     aligner: AlignerConfig
     shards: ShardConfig
+
+    @property
+    def parallel(self) -> bool:
+        """The chunk holds sentence pairs (to align), not monolingual text."""
+        return self.tgt_lang is not None
 
     @property
     def aligned(self) -> Path:
@@ -67,14 +75,10 @@ def _tokenizer(path: str):
     return _TOKENIZERS[path]
 
 
-def read_spool(path: str) -> tuple[list[str], list[str]]:
-    src, tgt = [], []
+def read_spool(path: str) -> tuple[list[str], ...]:
+    """The spool's columns: (src, tgt) texts of a pair's chunk, (sentences,) of a monolingual one."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            s, t = line.rstrip("\n").split("\t")
-            src.append(s)
-            tgt.append(t)
-    return src, tgt
+        return tuple(map(list, zip(*(line.rstrip("\n").split("\t") for line in f), strict=True)))
 
 
 def _splits(task: ChunkTask, n: int) -> np.ndarray:
@@ -99,6 +103,8 @@ class _Laps:
         self._clock = now
 
 
+_NO_IDS = np.zeros(0, dtype=np.int32)
+_NO_LINKS = np.zeros((0, 2), dtype=np.int32)
 _ALIGNED_FIELDS = ("src_words", "src_counts", "tgt_words", "tgt_counts", "links", "link_counts")
 
 
@@ -130,15 +136,21 @@ def _load_aligned(path: Path) -> tuple[Ragged, Ragged, Ragged]:
 
 def encode_chunk(task: ChunkTask) -> ChunkResult:
     lap = _Laps()
-    src_text, tgt_text = read_spool(task.spool)
-    src_spans, tgt_spans, word_links = _load_aligned(task.aligned)
     tok = _tokenizer(task.tokenizer_dir)
-    src_enc, tgt_enc = tok.encode_batch(src_text), tok.encode_batch(tgt_text)
-    lap("tokenize")
-
-    links = project_links(word_links, src_spans, Ragged.of(e.offsets for e in src_enc),
-                          tgt_spans, Ragged.of(e.offsets for e in tgt_enc))
-    lap("project")
+    if task.parallel:
+        src_text, tgt_text = read_spool(task.spool)
+        src_spans, tgt_spans, word_links = _load_aligned(task.aligned)
+        src_enc, tgt_enc = tok.encode_batch(src_text), tok.encode_batch(tgt_text)
+        lap("tokenize")
+        links = project_links(word_links, src_spans, Ragged.of(e.offsets for e in src_enc),
+                              tgt_spans, Ragged.of(e.offsets for e in tgt_enc))
+        lap("project")
+        tgt_ids = [np.asarray(e.ids) for e in tgt_enc]
+    else:  # monolingual text: no target side, no links
+        (src_text,) = read_spool(task.spool)
+        src_enc = tok.encode_batch(src_text)
+        lap("tokenize")
+        tgt_text, tgt_ids, links = [""] * len(src_text), [_NO_IDS] * len(src_text), [_NO_LINKS] * len(src_text)
 
     out = Path(task.out_dir)
     split = _splits(task, len(src_text))
@@ -149,13 +161,14 @@ def encode_chunk(task: ChunkTask) -> ChunkResult:
         for stale in out.glob(f"{prefix}-*.tar*"):
             stale.unlink()
         writers[name] = ShardWriter(out, prefix, task.shards.max_samples, task.shards.max_bytes)
+    tgt_lang = task.tgt_lang or ""  # meta.json holds strings: a monolingual sample's target language is ""
     for k, code in enumerate(split):
-        src_ids, tgt_ids = np.asarray(src_enc[k].ids), np.asarray(tgt_enc[k].ids)
+        src_ids = np.asarray(src_enc[k].ids)
         files = encode_sample(
-            src_ids, tgt_ids, links[k],
-            {"src_lang": task.src_lang, "tgt_lang": task.tgt_lang, "src_text": src_text[k], "tgt_text": tgt_text[k]})
+            src_ids, tgt_ids[k], links[k],
+            {"src_lang": task.src_lang, "tgt_lang": tgt_lang, "src_text": src_text[k], "tgt_text": tgt_text[k]})
         writers[SPLITS[code]].write(f"{task.pair}-{task.first + k:09d}", files,
-                                    {"src_tokens": len(src_ids), "tgt_tokens": len(tgt_ids), "links": len(links[k])})
+                                    {"src_tokens": len(src_ids), "tgt_tokens": len(tgt_ids[k]), "links": len(links[k])})
     records = [{**r, "split": name, "chunk": task.chunk} for name, w in writers.items() for r in w.close()]
     lap("write")
     return ChunkResult(task.pair, task.chunk, records, lap.seconds)

@@ -1,4 +1,5 @@
-"""Cleaning of raw pairs: normalise, filter, de-duplicate, and count every drop by its reason."""
+"""Cleaning of raw pairs (and monolingual sentences): normalise, filter, de-duplicate, and count every drop
+by its reason."""
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,7 @@ _SPACE = regex.compile(r"\s+")
 
 
 class Cleaner:
-    """Turns a stream of reader records into clean (src, tgt) pairs; ``dropped`` counts the rest."""
+    """Turns a stream of reader records into clean records (same arity); ``dropped`` counts the rest."""
 
     def __init__(self, cfg: CleaningConfig):
         self.cfg = cfg
@@ -28,33 +29,35 @@ class Cleaner:
         # Tabs and newlines become spaces, so a clean text is always one TSV field.
         return _SPACE.sub(" ", _CONTROL.sub("", text)).strip()
 
-    def drop_reason(self, src: str, tgt: str) -> str | None:
-        if not src or not tgt:
+    def drop_reason(self, *sides: str) -> str | None:
+        """Why a record (a pair's two sides, or one monolingual sentence) is dropped, or None."""
+        if not all(sides):
             return "empty"
-        if self.cfg.drop_identical and src == tgt:
+        if self.cfg.drop_identical and len(sides) == 2 and sides[0] == sides[1]:
             return "identical"
-        n_src, n_tgt = len(split_words(src)), len(split_words(tgt))
-        if min(n_src, n_tgt) < self.cfg.min_words:
+        words = [len(split_words(side)) for side in sides]
+        if min(words) < self.cfg.min_words:
             return "too_short"
-        if max(n_src, n_tgt) > self.cfg.max_words:
+        if max(words) > self.cfg.max_words:
             return "too_long"
-        if max(n_src, n_tgt) > self.cfg.max_length_ratio * min(n_src, n_tgt):
+        if max(words) > self.cfg.max_length_ratio * min(words):
             return "length_ratio"
         if self.cfg.dedup:
-            digest = int.from_bytes(hashlib.blake2b(f"{src}\t{tgt}".encode(), digest_size=8).digest(), "little")
+            digest = int.from_bytes(hashlib.blake2b("\t".join(sides).encode(), digest_size=8).digest(), "little")
             if digest in self.seen:
                 return "duplicate"
             self.seen.add(digest)
         return None
 
-    def clean(self, records: Iterable[tuple[str, str] | str]) -> Iterator[tuple[str, str]]:
+    def clean(self, records: Iterable[tuple[str, ...] | str]) -> Iterator[tuple[str, ...]]:
+        """Clean records of a reader: (src, tgt) pairs, or (sentence,) tuples of monolingual text."""
         for record in records:
             if isinstance(record, str):
                 self.dropped[record] += 1
                 continue
-            src, tgt = self.normalize(record[0]), self.normalize(record[1])
-            reason = self.drop_reason(src, tgt)
+            sides = tuple(map(self.normalize, record))
+            reason = self.drop_reason(*sides)
             if reason:
                 self.dropped[reason] += 1
             else:
-                yield src, tgt
+                yield sides

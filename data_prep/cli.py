@@ -6,21 +6,23 @@ import logging
 import sys
 
 from data_prep import PrepError, __version__
-from data_prep.manifest import ManifestError
+from data_prep.manifest import ManifestError, is_monolingual
 from data_prep.typed_config import ConfigError
 
 
 def summarize(manifest: dict) -> str:
-    """A table of the manifest: one row per language pair."""
+    """A table of the manifest: one row per language pair, and per monolingual language (no target: "-")."""
     head = ("pair", "records", "clean", "dropped", "train", "dev", "test", "src tok", "tgt tok", "links/pair", "shards")
     rows = []
     for key, p in manifest["pairs"].items():
         splits = p["splits"]
         samples = sum(s["samples"] for s in splits.values())
+        links = sum(s["links"] for s in splits.values())
+        target = ("-", "-") if is_monolingual(p) else (sum(s["tgt_tokens"] for s in splits.values()),
+                                                        f"{links / max(samples, 1):.1f}")
         rows.append((key, p["input_records"], p["clean_pairs"], sum(p["dropped"].values()),
                      splits["train"]["samples"], splits["dev"]["samples"], splits["test"]["samples"],
-                     sum(s["src_tokens"] for s in splits.values()), sum(s["tgt_tokens"] for s in splits.values()),
-                     f"{sum(s['links'] for s in splits.values()) / max(samples, 1):.1f}", len(p["shards"])))
+                     sum(s["src_tokens"] for s in splits.values()), *target, len(p["shards"])))
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
     tok = manifest["tokenizer"]

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.readers import READERS, TEXT_FORMATS, encoding_problem
+from data_prep.readers import MONOLINGUAL_FORMATS, READERS, TEXT_FORMATS, encoding_problem
 from data_prep.symmetrize import SYMMETRIZERS
 from data_prep.typed_config import ConfigError, from_dict, load_yaml, to_dict
 
@@ -124,13 +124,10 @@ class PairConfig:
 
     def __post_init__(self):
         for key in ("src_lang", "tgt_lang"):
-            lang = getattr(self, key)
-            if not lang or not lang.replace("_", "").replace("-", "").isalnum():
-                raise ConfigError(f"{key}: not a language code: {lang!r}")
+            _check_language(key, getattr(self, key))
         if self.src_lang == self.tgt_lang:
             raise ConfigError("tgt_lang: must differ from src_lang")
-        if self.format not in READERS:
-            raise ConfigError(f"format: unknown input format {self.format!r} (known: {', '.join(READERS)})")
+        _check_format(self.format, monolingual=False)
         if self.msgid_side not in ("src", "tgt"):
             raise ConfigError("msgid_side: must be 'src' or 'tgt'")
         if self.format == "moses":
@@ -146,11 +143,7 @@ class PairConfig:
                 raise ConfigError("path: the list of files is empty")
             files = {"path": self.path}
         for key, paths in files.items():
-            for p in paths:
-                if not Path(p).is_file():
-                    raise ConfigError(f"{key}: file not found: {p}")
-                if self.format in TEXT_FORMATS and (problem := encoding_problem(p)):
-                    raise ConfigError(f"{key}: {p}: {problem}")
+            _check_files(key, paths, self.format)
 
     @property
     def key(self) -> str:
@@ -162,10 +155,76 @@ class PairConfig:
 
 
 @dataclass
+class MonolingualConfig:
+    """One language's text: MLM-only samples (source side only, no target, no links) in the same dataset."""
+    lang: str
+    format: str
+    """A monolingual input format of data_prep.readers: text."""
+    path: str | list[str]
+    """One file or a list of files."""
+    documents: bool = False
+    """text: false, one sentence per line; true, documents separated by blank lines, split into sentences
+    (data_prep.sentences)."""
+
+    def __post_init__(self):
+        _check_language("lang", self.lang)
+        _check_format(self.format, monolingual=True)
+        self.path = [self.path] if isinstance(self.path, str) else self.path
+        if not self.path:
+            raise ConfigError("path: the list of files is empty")
+        _check_files("path", self.path, self.format)
+
+    @property
+    def key(self) -> str:
+        """The language: the dataset's entry, shard directory and data.pairs name of this text."""
+        return self.lang
+
+    @property
+    def src_lang(self) -> str:
+        """Monolingual text is written as the source side of its samples."""
+        return self.lang
+
+    @property
+    def tgt_lang(self) -> None:
+        return None
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.path)
+
+
+def _check_language(key: str, lang: str) -> None:
+    if not lang or not lang.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"{key}: not a language code: {lang!r}")
+
+
+def _check_format(name: str, monolingual: bool) -> None:
+    """``name`` must be a reader of the source's kind; one of the other kind says where it belongs."""
+    known = [f for f in READERS if (f in MONOLINGUAL_FORMATS) == monolingual]
+    if name in READERS and name not in known:
+        kind, section = ("parallel", "pairs") if monolingual else ("monolingual", "monolingual")
+        raise ConfigError(f"format: {name!r} is a {kind} format: list this source under {section} "
+                          f"(formats here: {', '.join(known)})")
+    if name not in READERS:
+        raise ConfigError(f"format: unknown input format {name!r} (known: {', '.join(known)})")
+
+
+def _check_files(key: str, paths: list[str], fmt: str) -> None:
+    for p in paths:
+        if not Path(p).is_file():
+            raise ConfigError(f"{key}: file not found: {p}")
+        if fmt in TEXT_FORMATS and (problem := encoding_problem(p)):
+            raise ConfigError(f"{key}: {p}: {problem}")
+
+
+@dataclass
 class PrepConfig:
     output_dir: str
-    pairs: list[PairConfig]
     tokenizer: TokenizerConfig
+    pairs: list[PairConfig] = field(default_factory=list)
+    """Parallel sources, one per language pair."""
+    monolingual: list[MonolingualConfig] = field(default_factory=list)
+    """Monolingual sources, one per language (trained with MLM only)."""
     aligner: AlignerConfig = field(default_factory=AlignerConfig)
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)
@@ -182,12 +241,15 @@ class PrepConfig:
         if not existing.is_dir():
             raise ConfigError(f"output_dir: {out} is not a directory" if existing == out
                               else f"output_dir: cannot create {out}: {existing} is not a directory")
-        if not self.pairs:
-            raise ConfigError("pairs: at least one language pair is needed")
-        keys = [p.key for p in self.pairs]
+        if not self.pairs and not self.monolingual:
+            raise ConfigError("pairs: at least one language pair (or a monolingual source) is needed")
+        keys = [p.key for p in self.sources]
+        names = [*(f"pairs[{i}]" for i in range(len(self.pairs))),
+                 *(f"monolingual[{i}]" for i in range(len(self.monolingual)))]
         for i, k in enumerate(keys):
             if k in keys[:i]:
-                raise ConfigError(f"pairs[{i}]: language pair {k} is listed twice")
+                raise ConfigError(f"{names[i]}: {'language pair' if '-' in k else 'language'} {k} is listed twice "
+                                  f"(also as {names[keys.index(k)]})")
         if not 1 <= self.chunk_size <= 1 << 22:
             # Link projection packs (sentence, src token, tgt token) into one int64 key per link.
             raise ConfigError("chunk_size: must be between 1 and 4194304")
@@ -198,12 +260,19 @@ class PrepConfig:
     def n_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
 
+    @property
+    def sources(self) -> list[PairConfig | MonolingualConfig]:
+        """Every source, pairs first; each is one manifest entry (its ``key``)."""
+        return [*self.pairs, *self.monolingual]
+
     def fingerprint(self) -> str:
         """Hash of everything that decides the output; ``workers`` only decides speed."""
         content = to_dict(self)
         content.pop("workers")
+        if not self.monolingual:
+            content.pop("monolingual")  # datasets built before monolingual sources existed keep their hash
         # Input files are identified by path, size and modification time, so an edited corpus rebuilds.
-        content["inputs"] = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for p in self.pairs for f in p.files]
+        content["inputs"] = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for p in self.sources for f in p.files]
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,6 +1,6 @@
 """The dataset directory's ``manifest.json``: what was built, from what, and where every shard is.
 
-Layout (one key per language pair, ``<src>-<tgt>``)::
+Layout (one key per language pair, ``<src>-<tgt>``, and one per monolingual language, ``<lang>``)::
 
     {"format": "weam-ds-dataset", "format_version": 1, "data_prep_version": "...",
      "complete": true, "config_sha256": "...",
@@ -11,8 +11,11 @@ Layout (one key per language pair, ``<src>-<tgt>``)::
                          "splits": {"train": {"samples", "src_tokens", "tgt_tokens", "links"}, "dev": ..., "test": ...},
                          "shards": [{"path", "split", "chunk", "samples", "bytes", "sha256",
                                      "src_tokens", "tgt_tokens", "links"}],
-                         "chunks": N, "chunks_done": [0, 1, ...]}}}
+                         "chunks": N, "chunks_done": [0, 1, ...]},
+               "sw": {"src_lang": "sw", "tgt_lang": null, ...the same fields...}}}
 
+An entry whose ``tgt_lang`` is null is monolingual text (``is_monolingual``): its samples have the
+source side only, so its ``clean_pairs`` counts sentences and its ``tgt_tokens`` and ``links`` are 0.
 A shard is listed only after its file is complete, and ``complete`` is true only when every chunk of
 every pair is done. The file is replaced atomically, so a reader never sees half of it.
 """
@@ -72,6 +75,10 @@ def read_manifest(dataset_dir: str | Path, require_complete: bool = True) -> dic
         if not isinstance(manifest.get(key), dict):
             raise ManifestError(f"{path}: missing '{key}'")
     for pair, entry in manifest["pairs"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("src_lang"), str) \
+                or not isinstance(entry.get("tgt_lang", 0), str | None):
+            raise ManifestError(f"{path}: pairs.{pair}: needs src_lang (a language) and tgt_lang (a language, "
+                                "or null for monolingual text)")
         for i, shard in enumerate(entry.get("shards", [])):
             missing = [f for f in SHARD_FIELDS if f not in shard]
             if missing:
@@ -80,7 +87,14 @@ def read_manifest(dataset_dir: str | Path, require_complete: bool = True) -> dic
                 raise ManifestError(f"{path}: pairs.{pair}.shards[{i}].path must be relative and inside the directory")
             if shard["split"] not in SPLITS:
                 raise ManifestError(f"{path}: pairs.{pair}.shards[{i}].split: unknown split {shard['split']!r}")
+            if is_monolingual(entry) and (shard["tgt_tokens"] or shard["links"]):
+                raise ManifestError(f"{path}: pairs.{pair}.shards[{i}]: target tokens or links in monolingual text")
     return manifest
+
+
+def is_monolingual(entry: dict) -> bool:
+    """The manifest entry is one language's text (MLM only), not a language pair."""
+    return entry["tgt_lang"] is None
 
 
 def shard_paths(manifest: dict, dataset_dir: str | Path, pair: str, split: str) -> list[Path]:

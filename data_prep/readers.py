@@ -1,8 +1,9 @@
-"""Input formats: each reader streams one language pair's raw (src, tgt) text.
+"""Input formats: each reader streams one source's raw text: a language pair's, or one language's.
 
-A reader yields ``(src, tgt)`` tuples, or a string naming why an input record was dropped (for example
-``"malformed"``) so that cleaning can count it. Readers stream: memory does not grow with the file,
-except for gettext catalogs, which polib reads whole (catalogs are small).
+A parallel reader yields ``(src, tgt)`` tuples, a monolingual one ``(sentence,)`` tuples (its formats are
+in ``MONOLINGUAL_FORMATS``); either may yield a string naming why an input record was dropped (for
+example ``"malformed"``) so that cleaning can count it. Readers stream: memory does not grow with the
+file, except for gettext catalogs, which polib reads whole (catalogs are small).
 """
 from __future__ import annotations
 
@@ -16,29 +17,35 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, iterparse
 
 from data_prep import PrepError
+from data_prep.sentences import split_sentences
 
 if TYPE_CHECKING:
-    from data_prep.config import PairConfig
+    from data_prep.config import MonolingualConfig, PairConfig
 
 log = logging.getLogger(__name__)
 
-Record = tuple[str, str] | str
-Reader = Callable[["PairConfig"], Iterator[Record]]
+Record = tuple[str, ...] | str
+Reader = Callable[["PairConfig | MonolingualConfig"], Iterator[Record]]
 READERS: dict[str, Reader] = {}
+MONOLINGUAL_FORMATS: set[str] = set()
+"""The formats of READERS that read one language's text (configured under ``monolingual:``)."""
 # Formats read as bytes with an ASCII-compatible encoding (UTF-8 lines; a .po's charset): a UTF-16 or
 # UTF-32 file would come out as noise, so the config refuses it (see encoding_problem).
-TEXT_FORMATS = ("moses", "tsv", "po")
+TEXT_FORMATS = ("moses", "tsv", "po", "text")
 
 
-def reader(name: str):
+def reader(name: str, monolingual: bool = False):
     def register(fn: Reader) -> Reader:
         READERS[name] = fn
+        if monolingual:
+            MONOLINGUAL_FORMATS.add(name)
         return fn
     return register
 
 
-def read_pairs(pair: PairConfig) -> Iterator[Record]:
-    return READERS[pair.format](pair)
+def read_pairs(source: PairConfig | MonolingualConfig) -> Iterator[Record]:
+    """The records of one configured source: (src, tgt) pairs, or (sentence,) for monolingual text."""
+    return READERS[source.format](source)
 
 
 # Longest first: the UTF-32 little-endian mark begins with the UTF-16 one.
@@ -205,3 +212,36 @@ def read_po(pair: PairConfig) -> Iterator[Record]:
 def read_mo(pair: PairConfig) -> Iterator[Record]:
     """Compiled gettext catalogs (the same pairs as the .po they were built from)."""
     return _catalog_pairs(pair, polib.mofile)
+
+
+# A document without blank lines or sentence ends would otherwise be held whole; past this many
+# characters its pending text is let go as one record (cleaning drops it as too long).
+_MAX_PENDING_CHARS = 1 << 16
+
+
+@reader("text", monolingual=True)
+def read_text(source: MonolingualConfig) -> Iterator[Record]:
+    """One language's plain UTF-8 text: one sentence per line, or (``documents``) documents separated
+    by blank lines, whose lines are joined and split into sentences (data_prep.sentences). A line that
+    is not UTF-8 is dropped as malformed; a document goes on after it."""
+    for path in source.path:
+        if not source.documents:
+            for line in _lines(path):
+                yield "malformed" if line is None else (line,)
+            continue
+        pending = ""  # the document's text after its last complete sentence
+        for line in _lines(path):
+            if line is None:
+                yield "malformed"
+                continue
+            if not line.strip():  # a document ends
+                yield from ((s,) for s in split_sentences(pending))
+                pending = ""
+                continue
+            # Sentences may run over line ends: only those followed by more text are known to be complete.
+            *complete, pending = split_sentences(f"{pending} {line}") or [""]
+            yield from ((s,) for s in complete)
+            if len(pending) > _MAX_PENDING_CHARS:
+                yield (pending,)
+                pending = ""
+        yield from ((s,) for s in split_sentences(pending))
