@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 from conftest import free_port
 from xtreme_fixtures import (ENTITIES, SIQA, SIQA_DEV, strip_answers, write_lareqa, write_mewslix, write_qa, write_siqa,
                              write_tatoeba, write_tydiqa, write_xcopa, write_xtreme)
@@ -18,6 +18,7 @@ from weam_ds.xtreme_r import metrics
 from weam_ds.xtreme_r.readers import read_siqa, read_squad, siqa_files
 from weam_ds.xtreme_r.run import run
 from weam_ds.xtreme_r.score import ScoreError, read_lines, read_tags
+from weam_ds.xtreme_r.tatoeba import official_layer
 
 RECIPE = "learning_rate: 1.0e-3\nepochs: 2\nbatch_size: 8\nmax_length: 32\n"
 
@@ -330,21 +331,23 @@ def test_tatoeba_with_the_english_side_sorted(setup):
     """XTREME's download sorts each English side, hiding the gold: the predictions (indices into the sorted
     file) are written, the same sentences an aligned run retrieves, and not scored."""
     tmp, model, _ = setup
+    tiny_layer = official_layer(AutoConfig.from_pretrained(str(model)))
     aligned, shuffled = write_tatoeba(tmp / "tatoeba-aligned"), write_tatoeba(tmp / "tatoeba-sorted", sort_english=True)
     run(model, aligned, ["tatoeba"], tmp / "tatoeba-aligned-run", seeds=[1], languages=["de", "fr"])
     out = tmp / "tatoeba-sorted-run"
     results = run(model, shuffled, ["tatoeba"], out, seeds=[1, 2], languages=["de", "fr"])
     for seed in (1, 2):
         result = json.loads((out / "tatoeba" / f"seed{seed}" / "result.json").read_text())
-        assert result["scores"] is None and "sorted" in result["reason"] and result["layer"] == 2
+        assert result["scores"] is None and "sorted" in result["reason"] and result["layer"] == tiny_layer
     for lang in ("de", "fr"):
+        # Official direction: line j holds the non-English sentence English line j retrieves, in either layout.
         english = read_lines(shuffled / "tatoeba" / f"{lang}-en.en")
-        found = [english[int(i)] for i in read_lines(out / "tatoeba" / "seed1" / "predictions" / "tatoeba" /
-                                                      f"test-{lang}.tsv")]
+        found = dict(zip(english, read_lines(out / "tatoeba" / "seed1" / "predictions" / "tatoeba" /
+                                             f"test-{lang}.tsv")))
         reference = read_lines(aligned / "tatoeba" / f"{lang}-en.en")
-        expected = [reference[int(i)] for i in read_lines(tmp / "tatoeba-aligned-run" / "tatoeba" / "seed1" /
-                                                          "predictions" / "tatoeba" / f"test-{lang}.tsv")]
-        assert found == expected and len(found) == 27
+        expected = dict(zip(reference, read_lines(tmp / "tatoeba-aligned-run" / "tatoeba" / "seed1" /
+                                                  "predictions" / "tatoeba" / f"test-{lang}.tsv")))
+        assert found == expected and len(english) == 27
         assert read_lines(out / "tatoeba" / "seed2" / "predictions" / "tatoeba" / f"test-{lang}.tsv") == \
             read_lines(out / "tatoeba" / "seed1" / "predictions" / "tatoeba" / f"test-{lang}.tsv")
     assert not (out / "labels").exists()
@@ -384,7 +387,8 @@ def test_tatoeba_from_the_official_layout(setup):
     out = tmp / "tatoeba-run"
     results = run(model, data, ["tatoeba"], out, seeds=[1, 2], languages=["de", "fr"])
     one, two = (json.loads((out / "tatoeba" / f"seed{s}" / "result.json").read_text()) for s in (1, 2))
-    assert one["scores"] == two["scores"] and one["layer"] == 2  # no training: the seed changes nothing
+    # no training: the seed changes nothing
+    assert one["scores"] == two["scores"] and one["layer"] == official_layer(AutoConfig.from_pretrained(str(model)))
     predicted = read_lines(out / "tatoeba" / "seed1" / "predictions" / "tatoeba" / "test-de.tsv")
     assert len(predicted) == 27 and all(0 <= int(i) < 27 for i in predicted)
     hits = sum(int(i) == k for k, i in enumerate(predicted))
