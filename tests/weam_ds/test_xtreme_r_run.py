@@ -328,8 +328,8 @@ def test_qa_with_the_answers_stripped(setup):
 
 
 def test_tatoeba_with_the_english_side_sorted(setup):
-    """XTREME's download sorts each English side, hiding the gold: the predictions (indices into the sorted
-    file) are written, the same sentences an aligned run retrieves, and not scored."""
+    """XTREME's download sorts each English side, hiding the gold: the predictions (per line of the sorted
+    English file, a non-English index) are written, the same sentences an aligned run retrieves, and not scored."""
     tmp, model, _ = setup
     tiny_layer = official_layer(AutoConfig.from_pretrained(str(model)))
     aligned, shuffled = write_tatoeba(tmp / "tatoeba-aligned"), write_tatoeba(tmp / "tatoeba-sorted", sort_english=True)
