@@ -49,7 +49,7 @@ def _caveats(version: str, names: list[str], tasks: dict) -> list[str]:
         if t["split"] != TASKS[name].test_split:
             found.append(f"{name}: the {t['split']} split scored (test labels withheld)")
         if set(t["mean"]) != set(official):
-            found.append(f"{name}: {len(t['mean'])} of its {len(official)} languages")
+            found.append(f"{name}: scored on {len(t['mean'])} languages, {version} lists {len(official)}")
     return found
 
 
