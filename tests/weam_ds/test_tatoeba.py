@@ -2,8 +2,8 @@
 encoder of the checkpoints retrieval embeds with.
 
 The stand-in encoder is a real tiny XLM-R model whose tokenizer gives a German word and its English translation
-the same id (and no word the unknown id): a sentence and its word-for-word translation are the same input, so they embed identically and any
-retrieval error comes from the code under test, never from the model.
+the same id (and no word the unknown id): a sentence and its word-for-word translation are the same input, so
+they embed identically and any retrieval error comes from the code under test, never from the model.
 """
 from __future__ import annotations
 

@@ -1,16 +1,17 @@
 """Retrieval with a fine-tuned dual encoder, for Mewsli-X and LAReQA.
 
-One shared encoder embeds queries and candidates: the final hidden state of the first token (``<s>``/[CLS])
-or the mean of the final states (``pooling: mean``), scaled to unit length. The official baselines take BERT's
+One shared encoder embeds queries and candidates: the final hidden state of the first token (``<s>``/[CLS]) or
+the mean of the final states (``pooling: mean``), scaled to unit length. The official baselines take BERT's
 pooler output over the first token; a masked-LM checkpoint has no trained pooler, so weam-ds keeps the state
-itself, and each pooling in ``POOLINGS`` carries the sentence that result.json lists as a protocol difference. Fine-tuning uses in-batch negatives:
-each query's candidate is the right answer among all candidates of its batch, under a softmax over cosine
-similarities times a learned scale (initialised to 100, as the official baselines do); a batch's candidates
-that are the same item (one entity mentioned twice, one sentence answering two questions) are not counted as
-each other's negatives. Training goes through the Hugging Face Trainer with the arguments every tuner gets (``tuners``), so a DeepSpeed
-config applies as for the other tasks; where the recipe selects on English dev (``selection: {every_steps: N}``)
-the dev set is scored by retrieval (mAP@20 of its queries against its own candidates) at that cadence and the
-best checkpoint is kept, otherwise the last weights. Prediction ranks a whole pool by cosine similarity.
+itself, and each pooling in ``POOLINGS`` carries the sentence that result.json lists as a protocol difference.
+Fine-tuning uses in-batch negatives: each query's candidate is the right answer among all candidates of its
+batch, under a softmax over cosine similarities times a learned scale (initialised to 100, as the official
+baselines do); a batch's candidates that are the same item (one entity mentioned twice, one sentence answering
+two questions) are not counted as each other's negatives. Training goes through the Hugging Face Trainer with
+the arguments every tuner gets (``tuners``), so a DeepSpeed config applies as for the other tasks; where the
+recipe selects on English dev (``selection: {every_steps: N}``) the dev set is scored by retrieval (mAP@20 of
+its queries against its own candidates) at that cadence and the best checkpoint is kept, otherwise the last
+weights. Prediction ranks a whole pool by cosine similarity.
 """
 from __future__ import annotations
 
