@@ -137,24 +137,32 @@ def read_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes]]:
     Ends quietly where tar readers do (the end-of-archive block, or the end of the file at a member
     boundary), so a shard cut short reads as fewer samples than its manifest lists; raises ShardReadError
     where tarfile raises (a damaged header, a member cut inside its data) and for a field repeated in one
-    sample, and OSError when the file cannot be read.
+    sample, after the sample being read, and OSError when the file cannot be read.
     """
     sample: dict[str, bytes] = {}
-    for name, data in _members(path):
-        slash = name.rfind("/")
-        dot = name.find(".", slash + 1)
-        if dot < 0:
-            continue  # no field: not part of a sample (webdataset skips it too)
-        key, field = name[:dot], name[dot + 1:]
-        if sample and sample["__key__"] != key:
-            yield sample
-            sample = {}
-        if field in sample:
-            raise ShardReadError(f"{path}: sample {key} has two {field} members")
-        sample["__key__"] = key
-        sample[field] = data
+    error = None
+    try:
+        for name, data in _members(path):
+            slash = name.rfind("/")
+            dot = name.find(".", slash + 1)
+            if dot < 0:
+                continue  # no field: not part of a sample (webdataset skips it too)
+            key, field = name[:dot], name[dot + 1:]
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            if field in sample:
+                raise ShardReadError(f"{path}: sample {key} has two {field} members")
+            sample["__key__"] = key
+            sample[field] = data
+    except ShardReadError as exc:
+        error = exc
+    # What was read of the last sample comes out also before an error (it is whole if the damage starts at its
+    # end), as webdataset gives it; one whose files are missing is then the shard format's to report.
     if sample:
         yield sample
+    if error is not None:
+        raise error
 
 
 def _members(path) -> Iterator[tuple[str, bytes]]:

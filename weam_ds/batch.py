@@ -1,15 +1,25 @@
 """From shard samples to model batches: truncation, padding, alignment links, and MLM masking.
 
-A batch is a dict of tensors, one row per sentence pair (a monolingual sample has an empty target):
+A batch is a dict of tensors, one row per sentence pair (a monolingual sample has an empty target). Every key
+it carries:
 
-- ``src_ids``, ``tgt_ids``: [B, L] token ids, padded; ``src_attention_mask``, ``tgt_attention_mask``;
-- ``links``: [B, K, 2] (src position, tgt position), padded with -1;
+- ``src_ids``, ``tgt_ids``: [B, L] int64 token ids, padded with the tokenizer's pad id; a sentence longer than
+  max_length keeps its first max_length - 1 tokens and its closing token; an empty target is the two-token
+  placeholder <s> </s>;
+- ``src_attention_mask``, ``tgt_attention_mask``: [B, L] int64, 1 at real tokens;
+- ``links``: [B, K, 2] int64 (src position, tgt position), padded with -1; links into truncated-away tokens
+  are dropped;
 - ``parallel``: [B] bool, the sample has a target side;
-- after masking: ``src_input_ids``/``tgt_input_ids`` (the corrupted ids the encoder sees) and
-  ``src_labels``/``tgt_labels`` (the original id at selected positions, -100 elsewhere).
+- after masking (``mask_batch``): ``src_input_ids``, ``tgt_input_ids`` ([B, L] int64, the corrupted ids the
+  encoder sees) and ``src_labels``, ``tgt_labels`` ([B, L] int64, the original id at selected positions,
+  ``IGNORE`` elsewhere);
+- from the training stream (``weam_ds.data``): ``pair_index``, [B] int64, each row's language pair as an index
+  into ``Corpus.pairs``. Where the batch came from travels beside it (the stream yields (batch, position)),
+  not in it.
 
-Masking is vectorised over the whole batch (no loop over samples), so it can run in the training step
-or in dataloader workers alike.
+Collation and masking work on the whole batch at once (numpy gathers and torch ops, no loop over samples
+but for listing their arrays): in a DataLoader worker they are part of what one process must deliver per
+second to keep a GPU busy (``bench/bench_stream.py``).
 """
 from __future__ import annotations
 
