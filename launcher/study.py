@@ -246,7 +246,8 @@ def _xtreme_r(cfg, plan: CellPlan) -> Iterator[dict]:
 
     out = plan.eval_dir / "xtreme_r"
     recipes = Path(cfg.recipes) if cfg.recipes else RECIPES
-    run_xtreme(plan.export_dir, Path(cfg.data), cfg.tasks, out, cfg.seeds, recipes, cfg.languages, cfg.deepspeed)
+    run_xtreme(plan.export_dir, Path(cfg.data), cfg.tasks, out, cfg.seeds, recipes, cfg.languages, cfg.deepspeed,
+               tatoeba_encoder="raw")  # the study measures the pre-trained alignment directly
     for task in cfg.tasks:
         for seed in cfg.seeds:
             result = json.loads((out / task / f"seed{seed}" / "result.json").read_text(encoding="utf-8"))
@@ -266,13 +267,12 @@ def _hits(out: Path, task: str, seed: int, split: str, lang: str) -> dict | None
     """Per-example accuracy (0 or 100) of the tasks scored by accuracy over aligned lines (classification,
     XCOPA), for the report's paired bootstrap; None for the others (span F1, QA, retrieval), whose score
     is not a mean over examples."""
-    from weam_ds.xtreme_r.readers import CLASSIFICATION, MULTIPLE_CHOICE
     from weam_ds.xtreme_r.score import read_jsonl_labels, read_lines
-    from weam_ds.xtreme_r.tasks import suffix
+    from weam_ds.xtreme_r.tasks import TASKS, suffix
 
-    if task not in CLASSIFICATION + MULTIPLE_CHOICE:
+    if TASKS[task].family not in ("classification", "multiple_choice"):
         return None
-    read = read_jsonl_labels if task in MULTIPLE_CHOICE else read_lines
+    read = read_jsonl_labels if TASKS[task].family == "multiple_choice" else read_lines
     name = f"test-{lang}.{suffix(task)}"
     found = read(out / task / f"seed{seed}" / "predictions" / task / name)
     gold = read(out / "labels" / split / task / name)

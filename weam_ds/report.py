@@ -47,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 from weam_ds.registry import REGISTRY_FILE, Cell, Registry, RegistryError
-from weam_ds.xtreme_r.readers import DUAL_ENCODER, QA, TAGGING
+from weam_ds.xtreme_r.tasks import TASKS
 
 MIN_SEEDS_FOR_STD = 3
 RESAMPLES = 1000
@@ -66,7 +66,7 @@ PLOTS = ("gain_vs_languages.png", "score_vs_parameters.png", "score_vs_flops.png
 def headline_metric(task: str) -> str:
     """The metric weam_ds.xtreme_r averages for ``task``: span F1 (tagging, QA), mAP@20 (dual-encoder
     retrieval), accuracy otherwise (Tatoeba, classification, XCOPA)."""
-    return "f1" if task in TAGGING + QA else "map@20" if task in DUAL_ENCODER else "accuracy"
+    return TASKS[task].main_metric
 
 
 class RowKey(NamedTuple):

@@ -14,13 +14,9 @@ import logging
 from weam_ds.xtreme_r.pipeline import Outcome, Seed, write_json
 from weam_ds.xtreme_r.readers import (mewslix_files, read_entities, read_mention_pairs, read_squad_sentences,
                                       read_wikinews, read_xquad_r, task_file)
-from weam_ds.xtreme_r.tuners import batch_split, device_count, selection_record
+from weam_ds.xtreme_r.tuners import selection_record
 
 log = logging.getLogger(__name__)
-
-POOLING_DIFFERENCE = ("pooling: the final state of the first token (<s>/[CLS]), not the official baselines' "
-                      "pooler output, which a masked-LM checkpoint never trained")
-
 
 def _mewslix(seed: Seed):
     files = mewslix_files(seed.data, seed.langs)
@@ -56,8 +52,5 @@ def run_seed(seed: Seed, tokenizer) -> Outcome:
     for lang, queries in tests.items():
         write_json(seed.prediction(lang), tuner.retrieve(queries, embedded, pool_ids))
         write_json(seed.label(split, lang), queries.gold)
-    differences = [POOLING_DIFFERENCE] if recipe.pooling == "cls" else [
-        "pooling: the mean of the final states (the recipe's choice), not the official pooler output"]
     details = {"candidates": len(pool_ids), "selection": selection_record(tuner.trainer, recipe, True)}
-    return Outcome(split, list(tests), details, differences=differences,
-                   batch=batch_split(recipe, device_count()))
+    return Outcome(split, list(tests), details, differences=tuner.differences, batch=tuner.split)
