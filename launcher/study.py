@@ -241,7 +241,7 @@ def _tatoeba(cfg, plan: CellPlan) -> Iterator[dict]:
 
 def _xtreme_r(cfg, plan: CellPlan) -> Iterator[dict]:
     """Zero-shot fine-tuning with weam_ds.xtreme_r run; every scored seed's languages."""
-    from weam_ds.xtreme_r.run import RECIPES
+    from weam_ds.xtreme_r.recipe import RECIPES
     from weam_ds.xtreme_r.run import run as run_xtreme
 
     out = plan.eval_dir / "xtreme_r"

@@ -13,6 +13,7 @@ from conftest import free_port
 from xtreme_fixtures import (ENTITIES, SIQA, SIQA_DEV, strip_answers, write_lareqa, write_mewslix, write_qa, write_siqa,
                              write_tatoeba, write_tydiqa, write_xcopa, write_xtreme)
 
+from data_prep.typed_config import ConfigError
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
 from weam_ds.xtreme_r.readers import read_siqa, read_squad, siqa_files
@@ -179,9 +180,9 @@ def test_xcopa_shipped_recipe_needs_siqa(setup, tmp_path):
     recipes.mkdir()
     (recipes / "xcopa.yaml").write_text(RECIPE + "first_stage: swag\n")
     (recipes / "xnli.yaml").write_text(RECIPE + "first_stage: siqa\n")
-    with pytest.raises(ScoreError, match=r"xcopa\.yaml: first_stage 'swag' \(expected siqa or null\)"):
+    with pytest.raises(ConfigError, match=r"xcopa\.yaml: first_stage 'swag' \(expected siqa or null\)"):
         run(model, data, ["xcopa"], out, seeds=[1], recipes=recipes, languages=["it"])
-    with pytest.raises(ScoreError, match=r"xnli\.yaml: first_stage 'siqa' \(expected null\)"):
+    with pytest.raises(ConfigError, match=r"xnli\.yaml: first_stage 'siqa' \(expected null\)"):
         run(model, write_xtreme(tmp_path / "data"), ["xnli"], out, seeds=[1], recipes=recipes, languages=["en"])
 
 

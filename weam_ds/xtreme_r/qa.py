@@ -126,7 +126,7 @@ def train_squad(model_dir: Path, data: Path, recipe: Recipe, seed: int, out: Pat
     record = tuner.fit(dev, folder / "checkpoints", seed, deepspeed)
     tuner.save_selected(folder / "model")
     tuner.release()
-    write_json(folder / "selection.json", {"selection": record, "recipe_batch": recipe.batch_size})
+    write_json(folder / "selection.json", {"selection": record})
     return folder / "model"
 
 
