@@ -60,9 +60,15 @@ class DataConfig:
     datasets: list[str]
     """Dataset directories written by data_prep (each with its manifest.json)."""
     pairs: list[str] | None = None
-    """Language pairs to train on (``de-en`` ...); default all. The number of languages is a study variable."""
+    """Sources to train on: language pairs (``de-en`` ...) and monolingual languages (``sw``); default all.
+    The number of languages is a study variable."""
     temperature: float = 0.3
-    """α of the pair mixture: a pair is drawn with probability ∝ n^α (n: its train samples)."""
+    """α of the mixture (weam_ds.mixture): a source is drawn with probability ∝ n^α (n: its train samples)."""
+    monolingual_weight: float | None = None
+    """Share of monolingual samples, the language pairs sharing the rest (each kind ∝ n^α within itself);
+    null: one mixture of every source ∝ n^α."""
+    monolingual_temperature: float | None = None
+    """β, the temperature within the monolingual languages when ``monolingual_weight`` is set; null: α."""
     max_length: int = 128
     """Tokens per sentence, special tokens included; longer ones are truncated."""
     batch_size: int | None = 32
@@ -94,6 +100,13 @@ class DataConfig:
             raise ConfigError(f"batch_tokens: must be at least max_length ({self.max_length}), got {self.batch_tokens}")
         if not 0 <= self.temperature <= 1:
             raise ConfigError("temperature: must be between 0 and 1")
+        if self.monolingual_weight is not None and not 0 < self.monolingual_weight < 1:
+            raise ConfigError("monolingual_weight: must be between 0 and 1, both excluded (leave a kind out of "
+                              "data.pairs instead)")
+        if self.monolingual_temperature is not None and (
+                self.monolingual_weight is None or not 0 <= self.monolingual_temperature <= 1):
+            raise ConfigError("monolingual_temperature: must be between 0 and 1, and needs monolingual_weight "
+                              "(without it every source is drawn ∝ n^temperature)")
         if self.max_length < 8:
             raise ConfigError("max_length: must be at least 8")
         if self.bucket_pool < 1:
@@ -179,12 +192,21 @@ class RunConfig:
     data: DataConfig
     model: str = "base"
     """An encoder preset (tiny, mini, base, large, xl, xxl) or a local Hugging Face checkpoint directory."""
+    model_vocab: str = "match"
+    """A checkpoint's vocabulary (weam_ds.vocab_check): ``match``, the dataset must have been built with the
+    checkpoint's tokenizer (refused otherwise); ``resize``, its embeddings are resized to the dataset's."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def __post_init__(self):
+        from weam_ds.vocab_check import MODEL_VOCAB
+
+        if self.model_vocab not in MODEL_VOCAB:
+            raise ConfigError(f"model_vocab: {self.model_vocab!r} is not one of {', '.join(MODEL_VOCAB)}")
 
 
 def load_run_config(path: str | Path) -> RunConfig:
@@ -194,6 +216,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     _check_output_dir(cfg.output_dir, str(path))
     _check_pairs(cfg.data, str(path))
     _check_model(cfg.model, str(path))
+    _check_model_vocabulary(cfg, str(path))
     deepspeed_config(cfg, where=str(path))  # validates the DeepSpeed section early
     return cfg
 
@@ -229,6 +252,16 @@ def _check_model(model: str, where: str) -> None:
     if model not in PRESETS and not (Path(model) / "config.json").is_file():
         raise ConfigError(f"{where}: model: {model!r} is neither a preset ({', '.join(PRESETS)}) nor a Hugging "
                           "Face checkpoint directory (with a config.json)")
+
+
+def _check_model_vocabulary(cfg: RunConfig, where: str) -> None:
+    """A checkpoint and the dataset's tokenizer (the first dataset's: datasets share one) must agree."""
+    from data_prep.manifest import read_manifest
+    from weam_ds.vocab_check import check_model_vocabulary
+
+    dataset = Path(cfg.data.datasets[0])
+    tokenizer_dir = dataset / read_manifest(dataset)["tokenizer"]["path"]
+    check_model_vocabulary(cfg.model, tokenizer_dir, cfg.model_vocab, where)
 
 
 DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"

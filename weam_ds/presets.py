@@ -60,12 +60,15 @@ def model_config(name: str, vocab_size: int, pad_token_id: int = 1, bos: int = 0
 
 
 def build_model(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int = 1, bos: int = 0, eos: int = 2,
-                meta: bool = False, dtype: torch.dtype | None = None) -> PreTrainedModel:
+                meta: bool = False, dtype: torch.dtype | None = None, resize_vocab: bool = False) -> PreTrainedModel:
     """A masked-LM encoder from a preset name or a local Hugging Face checkpoint directory (continued pre-training).
 
-    A checkpoint keeps its own special-token ids (they belong to its tokenizer); its embeddings are resized when
-    ``vocab_size`` differs. ``meta=True`` builds on the meta device: shapes only, no memory, no weights read.
-    ``dtype`` defaults to torch's default dtype, also for checkpoints stored in another precision.
+    A checkpoint keeps its own special-token ids and embeddings (they belong to its tokenizer, which the dataset
+    must share: weam_ds.vocab_check). Its embedding table may be longer than ``vocab_size`` (tables padded past
+    the tokenizer); a shorter one is an error, unless ``resize_vocab`` (``model_vocab: resize``), which resizes the
+    table and the MLM head to ``vocab_size`` either way. ``meta=True`` builds on the meta device: shapes only, no
+    memory, no weights read. ``dtype`` defaults to torch's default dtype, also for checkpoints stored in another
+    precision.
     """
     dtype = dtype or torch.get_default_dtype()
     if str(name_or_path) in PRESETS:
@@ -81,10 +84,14 @@ def build_model(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int 
         model_class = MODEL_FOR_MASKED_LM_MAPPING[type(config)]
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{path}: not a loadable Hugging Face masked-LM checkpoint ({_first_line(exc)})") from None
+    if vocab_size > config.vocab_size and not resize_vocab:
+        raise ConfigError(f"{path}: its embedding table has {config.vocab_size} rows, fewer than the {vocab_size} "
+                          "tokens of the dataset's tokenizer (set model_vocab: resize to grow it)")
     # Fused SDPA where the architecture has it; a few older encoders (e.g. DeBERTa) only run eager attention.
     attn = "sdpa" if model_class._supports_sdpa else "eager"
     if meta:
-        config.vocab_size = vocab_size
+        if resize_vocab:
+            config.vocab_size = vocab_size
         with _device(meta):
             return AutoModelForMaskedLM.from_config(config, attn_implementation=attn, dtype=dtype)
     try:
@@ -92,9 +99,34 @@ def build_model(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int 
                                                      dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot load checkpoint weights ({_first_line(exc)})") from None
-    if vocab_size != model.config.vocab_size:
+    if resize_vocab and vocab_size != model.config.vocab_size:
         model.resize_token_embeddings(vocab_size)
+        _fit_head_bias(model, vocab_size)
     return model
+
+
+def _fit_head_bias(model: PreTrainedModel, vocab_size: int) -> None:
+    """Give the MLM head's output bias ``vocab_size`` entries, as ``resize_token_embeddings`` does, also under
+    ZeRO-3: transformers pads that bias (shared by the head and its decoder) to the decoder weight's row count,
+    which a partitioned weight hides, so the bias kept its old size and the first forward failed with a raw
+    "expanded size of the tensor" error. Its old entries are kept, new ones are 0; every module that shares it
+    gets the new one. DeepSpeed partitions the new parameter with the rest when the engine is built."""
+    old = getattr(model.get_output_embeddings(), "bias", None)
+    if old is None or getattr(old, "ds_shape", old.shape)[0] == vocab_size:
+        return
+    if hasattr(old, "ds_id"):  # a ZeRO-3 partition: gather the whole bias to read it
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters([old])
+    else:
+        gathered = contextlib.nullcontext()
+    with gathered:
+        kept = old.data[:vocab_size].detach().clone()
+    bias = torch.nn.Parameter(torch.cat([kept, kept.new_zeros(vocab_size - len(kept))]))
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param is old:
+                setattr(module, name, bias)
 
 
 def _first_line(exc: Exception) -> str:

@@ -233,7 +233,7 @@ class Trainer:
             self._hf_ds = HfDeepSpeedConfig(self.ds)
         info = self.info
         self.model = build_model(cfg.model, info.vocab_size, pad_token_id=info.pad_id, bos=info.bos_id,
-                                 eos=info.eos_id)
+                                 eos=info.eos_id, resize_vocab=cfg.model_vocab == "resize")
         if cfg.train.activation_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # The objective's own parameters (prior_attention) are created partitioned and in the training dtype,

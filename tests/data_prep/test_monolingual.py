@@ -69,7 +69,8 @@ def test_monolingual_config_mistakes_are_one_line_errors_naming_the_key(tmp_path
         ({"monolingual": [{"lang": "sw", "format": "text", "path": str(text)},
                           {"lang": "sw", "format": "text", "path": str(text)}]},
          "monolingual[1]: language sw is listed twice (also as monolingual[0])"),
-        ({"monolingual": [{"lang": "s w", "format": "text", "path": str(text)}]}, "monolingual[0].lang: not a language"),
+        ({"monolingual": [{"lang": "s w", "format": "text", "path": str(text)}]},
+         "monolingual[0].lang: not a language"),
         ({}, "pairs: at least one language pair (or a monolingual source) is needed"),
     ]
     for extra, message in cases:
