@@ -8,7 +8,7 @@ second (``weam_ds.presets.train_flops_per_token`` at the stream's max length); t
 over one process's. The project's goal: one process delivers >= 350,000 real tokens/s, i.e. at most 2 workers per
 H100 for ``base`` at 50% MFU.
 
-    python bench/bench_stream.py [--dataset out/demo/dataset] [--seconds 10] [--profile]
+    python bench/bench_stream.py [--dataset out/demo/dataset] [--seconds 10] [--data batch_size=64] [--profile]
 """
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoTokenizer
 
-from data_prep.typed_config import from_dict
+from data_prep.typed_config import ConfigError, from_dict
 from weam_ds.batch import TokenInfo
 from weam_ds.config import DataConfig, MaskingConfig
 from weam_ds.data import Corpus, TrainStream
@@ -85,13 +86,24 @@ def main() -> None:
                         help="model vocabulary for the FLOPs per token (default: XLM-R's)")
     parser.add_argument("--gpu", default="H100", choices=sorted(PEAK_TFLOPS))
     parser.add_argument("--mfu", type=float, default=0.5)
+    parser.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                        help="a data config setting other than its default, e.g. batch_size=64 (repeatable)")
     parser.add_argument("--profile", action="store_true", help="also print where the stream's time goes (cProfile)")
     parser.add_argument("--top", type=int, default=25, help="profile entries printed")
     parser.add_argument("--sort", default="tottime", choices=("tottime", "cumulative"), help="profile order")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker process
 
-    data = from_dict(DataConfig, {"datasets": [str(demo_dataset(args.dataset))], "workers": 0})
+    overrides = {}
+    for setting in args.data:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            parser.error(f"--data {setting}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    try:
+        data = from_dict(DataConfig, {"datasets": [str(demo_dataset(args.dataset))], "workers": 0, **overrides})
+    except ConfigError as exc:
+        parser.error(f"--data: {exc}")
     masking = MaskingConfig()
     corpus = Corpus.open(data)
     info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(corpus.tokenizer_dir)))
