@@ -42,12 +42,12 @@ def check_model_vocabulary(model: str, tokenizer_dir: Path, policy: str, where: 
 
 def vocabulary_difference(checkpoint, dataset) -> str | None:
     """How two Hugging Face tokenizers' vocabularies differ (the checkpoint's first), or None if they are one."""
-    ours, theirs = checkpoint.get_vocab(), dataset.get_vocab()
-    if len(ours) != len(theirs):
-        return f"{len(ours)} and {len(theirs)} tokens"
-    moved = sum(theirs.get(token) != i for token, i in ours.items())
+    checkpoint_vocab, dataset_vocab = checkpoint.get_vocab(), dataset.get_vocab()
+    if len(checkpoint_vocab) != len(dataset_vocab):
+        return f"{len(checkpoint_vocab)} and {len(dataset_vocab)} tokens"
+    moved = sum(dataset_vocab.get(token) != i for token, i in checkpoint_vocab.items())
     if moved:
-        return f"{moved} of their {len(ours)} tokens have other ids"
+        return f"{moved} of {len(checkpoint_vocab)} tokens have other ids"
     for name in _SPECIAL:
         if getattr(checkpoint, name, None) != getattr(dataset, name, None):
             return f"{name} {getattr(checkpoint, name, None)!r} and {getattr(dataset, name, None)!r}"
