@@ -29,6 +29,7 @@ demo: venv
 bench: venv
 	$(PY) bench/bench_data_prep.py
 	$(PY) bench/bench_stream.py
+	$(PY) bench/bench_padding.py
 	$(PY) bench/bench_train_step.py
 	$(PY) bench/bench_zero.py
 	$(PY) bench/bench_gpu.py

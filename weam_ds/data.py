@@ -10,13 +10,13 @@ therefore (samples drawn, {pair: (visit, samples taken from it)}).
 
 Batches are length-bucketed, so that little of what the encoder processes is padding: a slot draws a
 pool of ``bucket_pool`` batches' worth of samples (in the order above, so the mixture is unchanged),
-sorts it by width as the objective encodes a batch (``LAYOUTS``; ties in an order seeded by (seed,
-rank, slot, pool's first draw)), cuts it into batches of ``batch_size`` pairs or of at most
-``batch_tokens`` encoded positions, and yields them in a seeded order. Each batch comes with its
-``Position``: the draws' state where its pool began and how many of the pool's batches are out (after
-a pool's last batch: where the next pool begins). The trainer stores the latest in the checkpoint; a
-resumed slot draws the pool again (replaying at most the partly read shard of each pair) and skips
-the batches already out. Masking is seeded by (seed, rank, slot, batch index), so resumed batches are
+sorts it by length (longer side, then shorter side; ties in an order seeded by (seed, rank, slot,
+pool's first draw)), cuts it into batches of ``batch_size`` pairs or of at most ``batch_tokens``
+positions as the objective encodes them (``LAYOUTS``), and yields them in a seeded order. Each batch
+comes with its ``Position``: the draws' state where its pool began and how many of the pool's batches
+are out (after a pool's last batch: where the next pool begins). The trainer stores the latest in the
+checkpoint; a resumed slot draws the pool again (replaying at most the partly read shard of each
+pair) and skips the batches already out. Masking is seeded by (seed, rank, slot, batch index), so resumed batches are
 identical.
 
 A shard that is missing, does not match its manifest sha256 (checked the first time a process opens
@@ -205,18 +205,13 @@ class Layout:
     sides into 2B rows of max(Ls, Lt); TLM concatenates them into B rows of Ls + Lt."""
 
     encoded: Callable[[int, int, int], int]
-    keys: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]
-    """Sort keys of pairs, the first one first (from source and target lengths), that put pairs of one batch
-    width next to each other."""
     monolingual_target: bool
     """A monolingual sample's placeholder target is encoded as real tokens (TLM masks it out)."""
 
 
-_STACKED = Layout(lambda b, ls, lt: 2 * b * max(ls, lt), lambda src, tgt: (np.maximum(src, tgt),),
-                  monolingual_target=True)
+_STACKED = Layout(lambda b, ls, lt: 2 * b * max(ls, lt), monolingual_target=True)
 LAYOUTS = {"weam": _STACKED, "mlm": _STACKED,
-           # Both widths count: by source length, then by target length.
-           "tlm": Layout(lambda b, ls, lt: b * (ls + lt), lambda src, tgt: (src, tgt), monolingual_target=False)}
+           "tlm": Layout(lambda b, ls, lt: b * (ls + lt), monolingual_target=False)}
 
 
 def padding_counts(batch: dict, objective: str) -> tuple[int, int]:
@@ -360,14 +355,17 @@ class TrainStream(IterableDataset):
         return pool
 
     def _buckets(self, pool: list[tuple[int, dict]], seed: int) -> list[list[int]]:
-        """The pool cut into batches of near one width: sorted by the layout's key (ties in a seeded random
-        order), cut every ``batch_size`` samples or where the next sample would take the batch past
-        ``batch_tokens`` encoded positions (a lone sample wider than that makes a batch of its own); the batches
-        in a seeded random order, each listing its samples in draw order."""
+        """The pool cut into batches of near one width: sorted by length (ties in a seeded random order), cut
+        every ``batch_size`` samples or where the next sample would take the batch past ``batch_tokens`` encoded
+        positions (a lone sample wider than that makes a batch of its own); the batches in a seeded random
+        order, each listing its samples in draw order."""
         rng = np.random.default_rng(seed)
         src, tgt = np.array([_widths(s, self.cfg.max_length) for _, s in pool]).reshape(-1, 2).T
         order = rng.permutation(len(pool))
-        order = order[np.lexsort(self.layout.keys(src[order], tgt[order])[::-1])]  # lexsort: last key first
+        # By the longer side (the width of weam's and mlm's rows), then by the shorter one (tlm's rows hold
+        # both); this pads tlm less than sorting by source then target length unless pools are very large.
+        longer, shorter = np.maximum(src[order], tgt[order]), np.minimum(src[order], tgt[order])
+        order = order[np.lexsort((shorter, longer))]
         if self.cfg.batch_size is not None:
             batches = [order[k:k + self.cfg.batch_size] for k in range(0, len(order), self.cfg.batch_size)]
         else:

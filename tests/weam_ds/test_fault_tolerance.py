@@ -278,7 +278,8 @@ def test_shards_that_end_early_are_counted_once_across_ranks_and_resumes(small_d
         damaged.append(shard["path"])
     (copy / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "run"
-    cfg = run_config(copy, out, data={"verify_sha256": False, "shuffle_buffer": 1000})
+    # Length-bucketing pools of 2 batches: the stream draws at most 16 samples ahead of the run.
+    cfg = run_config(copy, out, data={"verify_sha256": False, "shuffle_buffer": 1000, "bucket_pool": 2})
     train(cfg, tmp_path, 2, "--stop-at", "8")
     train(cfg, tmp_path, 2)
     rows = metric_rows(out)
