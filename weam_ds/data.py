@@ -343,12 +343,9 @@ class TrainStream(IterableDataset):
     def _pool(self, mixture: _Mixture) -> list[tuple[int, dict]]:
         """The next ``bucket_pool`` batches' worth of (pair index, sample), in draw order: that many batches
         of ``batch_size`` samples, or samples whose encoded positions add up to that many ``batch_tokens``."""
-        pool = []
         if self.cfg.batch_size is not None:
-            for _ in range(self.cfg.bucket_pool * self.cfg.batch_size):
-                pool.append(mixture.next())
-            return pool
-        budget, filled = self.cfg.bucket_pool * self.cfg.batch_tokens, 0
+            return [mixture.next() for _ in range(self.cfg.bucket_pool * self.cfg.batch_size)]
+        pool, budget, filled = [], self.cfg.bucket_pool * self.cfg.batch_tokens, 0
         while filled < budget:
             pool.append(mixture.next())
             filled += self.layout.encoded(1, *_widths(pool[-1][1], self.cfg.max_length))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from data_prep.typed_config import from_dict
+from data_prep.typed_config import ConfigError, from_dict
 from weam_ds.batch import TokenInfo, collate
 from weam_ds.config import DataConfig, MaskingConfig, TrainConfig
 from weam_ds.data import LAYOUTS, Corpus, TrainStream, padding_counts
@@ -132,3 +132,8 @@ def test_training_logs_the_padding_of_the_batches_it_took(small_dataset, tmp_pat
     events.Reload()
     assert events.Scalars("data/padding")[0].value == pytest.approx(padded / positions)
     assert f"padding {100 * padded / positions:.0f}%" in run.stderr
+
+
+def test_a_pool_of_no_batches_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="bucket_pool: must be at least 1, got 0"):
+        from_dict(DataConfig, {"datasets": ["data"], "bucket_pool": 0})
