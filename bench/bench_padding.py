@@ -10,10 +10,10 @@ and mlm, B × (source + target) for tlm). Two datasets, both built by data_prep:
   news and web text), three made-up source languages translated word by word into a made-up target (a
   word gives one, two or no target words), so that each pair's lengths differ as translations do.
 
-For each: batches of 16, 32 (the default), 64 and 256 pairs and a ``batch_tokens`` budget, in draw order (``bucket_pool: 1``)
-and bucketed (the default pool). WEAM and MLM pad both sides of a pair to one width, so a pair whose sides
-differ in length is padded whatever the batching: the "floor" column is that share, the least any batching
-reaches on those samples. The project's goal: padding at most 10% at the default settings.
+For each: batches of 16, 32 (the default), 64 and 256 pairs and a ``batch_tokens`` budget, in draw order
+(``bucket_pool: 1``) and bucketed (the default pool). WEAM and MLM pad both sides of a pair to one width, so
+a pair whose sides differ in length is padded whatever the batching: the "floor" column is that share, the
+least any batching reaches on those samples. The project's goal: padding at most 10% at the default settings.
 
     python bench/bench_padding.py [--dataset out/demo/dataset] [--synthetic out/bench/synthetic] [--samples N]
 """
