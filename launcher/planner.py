@@ -113,7 +113,7 @@ class ModelShape:
 def model_shape(model: str, vocab_size: int, objective) -> ModelShape:
     """Counts of preset or checkpoint ``model`` with ``vocab_size`` pieces, wrapped in the objective."""
     with torch.device("meta"):
-        encoder = build_model(model, vocab_size, meta=True)
+        encoder = build_model(model, vocab_size, meta=True, resize_vocab=True)  # shapes at the dataset's vocabulary
         module = PretrainingObjective(encoder, objective)
     params = {id(p): p for p in module.parameters()}
     largest, name = 0, ""

@@ -76,7 +76,7 @@ def _parameters(plan: CellPlan) -> int:
     from weam_ds.presets import build_model, count_parameters
 
     vocab = read_manifest(plan.run["data"]["datasets"][0])["tokenizer"]["vocab_size"]
-    return count_parameters(build_model(plan.run["model"], vocab, meta=True))["total"]
+    return count_parameters(build_model(plan.run["model"], vocab, meta=True, resize_vocab=True))["total"]
 
 
 def changed_cells(path: Path, study: StudyConfig, plans: list[CellPlan], known: dict[str, Cell]) -> list[str]:

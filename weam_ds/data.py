@@ -35,15 +35,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data_prep.manifest import read_manifest
+from data_prep.manifest import is_monolingual, read_manifest
 from data_prep.shard_format import ShardFormatError, decode_sample
-from data_prep.shards import file_sha256
+from data_prep.shards import ShardReadError, file_sha256, read_samples
 from data_prep.typed_config import ConfigError
 from weam_ds.batch import TokenInfo, collate, mask_batch
 from weam_ds.config import DataConfig, MaskingConfig
+from weam_ds.mixture import source_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,21 @@ class Shard:
 
 @dataclass(frozen=True)
 class Corpus:
-    """The shards of one split of the selected language pairs, across datasets."""
+    """The shards of one split of the selected sources (language pairs and monolingual languages), across
+    datasets."""
 
     pairs: list[str]
+    """The sources' keys (``de-en``, or ``sw`` for monolingual text), sorted."""
     shards: dict[str, list[Shard]]
     probabilities: np.ndarray
-    """Pair sampling probabilities, ∝ train samples^α."""
+    """Source sampling probabilities (weam_ds.mixture: ∝ train samples^α, monolingual text weighed apart
+    when ``data.monolingual_weight`` is set)."""
     tokenizer_dir: Path
 
     @classmethod
     def open(cls, cfg: DataConfig, split: str = "train") -> Corpus:
         shards: dict[str, list[Shard]] = {}
+        monolingual: set[str] = set()
         tokenizer, tokenizer_sha = None, None
         for directory in map(Path, cfg.datasets):
             manifest = read_manifest(directory)
@@ -80,6 +84,8 @@ class Corpus:
             tokenizer, tokenizer_sha = directory / manifest["tokenizer"]["path"], sha
             for key, entry in manifest["pairs"].items():
                 if cfg.pairs is None or key in cfg.pairs:
+                    if is_monolingual(entry):
+                        monolingual.add(key)
                     shards.setdefault(key, []).extend(
                         Shard(str(directory / s["path"]), s["samples"], s["sha256"])
                         for s in entry["shards"] if s["split"] == split and s["samples"] > 0)
@@ -90,12 +96,9 @@ class Corpus:
         if not pairs:
             raise ConfigError(f"data: no {split} shards in {', '.join(cfg.datasets)}")
         sizes = np.array([sum(s.samples for s in shards[p]) for p in pairs], dtype=np.float64)
-        weights = sizes ** cfg.temperature
-        return cls(pairs, {p: shards[p] for p in pairs}, weights / weights.sum(), tokenizer)
-
-
-def _every(urls):
-    return urls
+        probabilities = source_probabilities(sizes, [p in monolingual for p in pairs], cfg.temperature,
+                                             cfg.monolingual_weight, cfg.monolingual_temperature)
+        return cls(pairs, {p: shards[p] for p in pairs}, probabilities, tokenizer)
 
 
 class _Shards:
@@ -125,25 +128,21 @@ class _Shards:
             if not ok:
                 return self._skip(shard, "sha256 differs from the manifest")
             self.checked.add(shard.path)
-        errors, read = [], 0
-
-        def handler(exc: Exception) -> bool:
-            errors.append(exc)
-            return False  # stop reading this shard
-
-        # This process reads exactly this shard: the stream, not webdataset, decides who reads what.
-        for raw in wds.WebDataset([shard.path], shardshuffle=False, empty_check=False, handler=handler,
-                                  nodesplitter=_every, workersplitter=_every):
-            read += 1
-            try:
-                yield decode_sample(raw)
-            except ShardFormatError as exc:
-                self.stats["bad_samples"] += 1
-                log.warning("skipping a sample: %s", exc)
-        if errors:
-            self._skip(shard, f"unreadable after {read} samples ({errors[0]})")
-        elif read < shard.samples:
-            self._skip(shard, f"ends after {read} of its {shard.samples} samples (truncated or damaged)")
+        read, error = 0, None
+        try:
+            for raw in read_samples(shard.path):
+                read += 1
+                try:
+                    sample = decode_sample(raw, meta=False)  # training reads only the arrays
+                except ShardFormatError as exc:
+                    self.stats["bad_samples"] += 1
+                    log.warning("skipping a sample of %s: %s", shard.path, exc)
+                    continue
+                yield sample
+        except (ShardReadError, OSError) as exc:
+            error = exc
+        if error is not None or read < shard.samples:
+            self._skip(shard, f"ends after {read} of its {shard.samples} samples ({error or 'truncated or damaged'})")
 
     def _skip(self, shard: Shard, why: str) -> None:
         if shard.path not in self.bad:

@@ -92,14 +92,14 @@ def test_build_from_checkpoint_dir_loads_weights_and_resizes_vocab(tiny, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(same(input_ids=_ids(1000)).logits, tiny(input_ids=_ids(1000)).logits)
 
-    grown = build_model(str(tmp_path), 1200).eval()
+    grown = build_model(str(tmp_path), 1200, resize_vocab=True).eval()
     assert grown.config.vocab_size == 1200
     assert grown.config._attn_implementation == "sdpa"
     torch.testing.assert_close(grown.get_input_embeddings().weight[:1000], tiny.get_input_embeddings().weight)
     with torch.no_grad():
         assert grown(input_ids=_ids(1200)).logits.shape == (2, 12, 1200)
 
-    shapes = build_model(tmp_path, 1200, meta=True)
+    shapes = build_model(tmp_path, 1200, meta=True, resize_vocab=True)
     assert {p.device.type for p in shapes.parameters()} == {"meta"}
     assert count_parameters(shapes) == count_parameters(grown)
 

@@ -35,9 +35,11 @@ def zero3_run(small_dataset, tmp_path_factory):
     from the very same weights)."""
     dataset, _, _ = small_dataset
     tmp = tmp_path_factory.mktemp("train")
-    info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(dataset / "tokenizer")))
+    tokenizer = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
+    info = TokenInfo.from_tokenizer(tokenizer)
     torch.manual_seed(0)
     build_model("tiny", info.vocab_size, pad_token_id=info.pad_id).save_pretrained(str(tmp / "init"))
+    tokenizer.save_pretrained(str(tmp / "init"))  # a checkpoint holds its tokenizer (weam_ds.vocab_check)
     cfg = run_config(dataset, tmp / "zero3", model=str(tmp / "init"))
     run = train(cfg, tmp)
     assert ("parallel setup: 2 ranks on 1 node (gloo), ZeRO-3, fp32, offload none, optimizer torch.optim.AdamW, "

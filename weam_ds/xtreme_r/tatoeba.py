@@ -26,7 +26,7 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
-from data_prep.manifest import read_manifest, shard_paths
+from data_prep.manifest import is_monolingual, read_manifest, shard_paths
 from data_prep.shard_format import decode_sample
 from weam_ds.xtreme_r.encoders import load_encoder, max_positions, mean_pool
 from weam_ds.xtreme_r.pipeline import Outcome, Seed, write_lines
@@ -229,6 +229,8 @@ def held_out_pairs(dataset: Path) -> dict[str, tuple[str, list[str], list[str]]]
     manifest = read_manifest(dataset)
     pairs = {}
     for key, entry in manifest["pairs"].items():
+        if is_monolingual(entry):  # monolingual text: nothing to retrieve
+            continue
         urls = [str(p) for p in shard_paths(manifest, dataset, key, "test")]
         samples = [decode_sample(s)["meta"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
         if entry["tgt_lang"] == "en":
