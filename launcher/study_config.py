@@ -263,8 +263,11 @@ def _apply_budget(budget: BudgetConfig, config: dict, cfg: RunConfig, pairs: lis
                 pair_tokens += train["src_tokens"] + train["tgt_tokens"]
                 samples += train["samples"]
     ranks = (launch.nnodes or 1) * launch.processes_per_node
-    per_step = (cfg.data.batch_size or max(1, cfg.data.batch_tokens // (2 * cfg.data.max_length))) \
-        * cfg.train.gradient_accumulation * ranks
+    if cfg.data.batch_size is not None:
+        tokens_per_batch = cfg.data.batch_size * pair_tokens / max(samples, 1)
+    else:  # a budget of encoded positions: bucketed batches are nearly all real tokens
+        tokens_per_batch = cfg.data.batch_tokens
     languages = len({side for p in pairs for side in p.split("-") if side != "en"}) or 1
-    steps = math.ceil(budget.tokens_per_language * languages / (per_step * pair_tokens / max(samples, 1)))
+    steps = math.ceil(budget.tokens_per_language * languages
+                      / (tokens_per_batch * cfg.train.gradient_accumulation * ranks))
     config.setdefault("train", {})["steps"] = max(1, steps)

@@ -194,6 +194,13 @@ def test_a_tokens_per_language_budget_gives_more_languages_more_steps(small_data
             train[p]["samples"] for p in pairs)
         assert steps[subset] == -(-20000 * len(pairs) // (8 * per_pair))  # 8 pairs per step, one rank
 
+    # A budget in encoded positions per batch counts that budget as the step's tokens.
+    path = study_file(tmp_path, dataset, "budget_tokens", budget={"rule": "tokens_per_language",
+                                                                  "tokens_per_language": 20000},
+                      **{"base/data/batch_size": None, "base/data/batch_tokens": 480})
+    steps = {plan.axes["languages"]: plan.run["train"]["steps"] for plan in expand(load_study(path), str(path))}
+    assert steps == {"langs_1": -(-20000 // 480), "langs_2": -(-40000 // 480)}
+
 
 @pytest.mark.parametrize("changes,message", [
     ({"axes/data.pairs": ["langs_1", "langs_9"]}, "axes.data.pairs: 'langs_9' is not a subset named under languages"),
