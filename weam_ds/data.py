@@ -12,8 +12,9 @@ Batches are length-bucketed, so that little of what the encoder processes is pad
 pool of ``bucket_pool`` batches' worth of samples (in the order above, so the mixture is unchanged),
 sorts it by length (longer side, then shorter side; ties in an order seeded by (seed, rank, slot,
 pool's first draw)), cuts it into batches of ``batch_size`` pairs or of at most ``batch_tokens``
-positions as the objective encodes them (``LAYOUTS``), and yields them in a seeded order. Each batch
-comes with its ``Position``: the draws' state where its pool began and how many of the pool's batches
+positions as the objective encodes them (``LAYOUTS``), and yields them in a seeded order. For weam and
+mlm a batch also carries the plan that packs its 2B sentences into rows (``data.pack_rows``,
+weam_ds.packing), so that a pair's shorter side is not padded to its longer one. Each batch comes with its ``Position``: the draws' state where its pool began and how many of the pool's batches
 are out (after a pool's last batch: where the next pool begins). The trainer stores the latest in the
 checkpoint; a resumed slot draws the pool again (replaying at most the partly read shard of each
 pair) and skips the batches already out. Masking is seeded by (seed, rank, slot, batch index), so resumed batches are
@@ -41,6 +42,7 @@ from data_prep.manifest import is_monolingual, read_manifest
 from data_prep.shard_format import ShardFormatError, decode_sample
 from data_prep.shards import ShardReadError, file_sha256, read_samples
 from data_prep.typed_config import ConfigError
+from weam_ds import packing
 from weam_ds.batch import TokenInfo, collate, mask_batch
 from weam_ds.config import DataConfig, MaskingConfig
 from weam_ds.mixture import source_probabilities
@@ -199,25 +201,42 @@ class _PairStream:
 
 @dataclass(frozen=True)
 class Layout:
-    """How an objective hands a batch of B pairs to the encoder (weam_ds.objective), in encoded positions:
-    ``encoded(B, Ls, Lt)`` for source and target sides padded to widths Ls and Lt. WEAM and MLM stack both
-    sides into 2B rows of max(Ls, Lt); TLM concatenates them into B rows of Ls + Lt."""
+    """How an objective hands a batch to the encoder (weam_ds.objective), in encoded positions: ``encoded(src,
+    tgt, max_length)`` for samples whose source and target sides are ``src`` and ``tgt`` tokens long (arrays, as
+    collate pads them). WEAM and MLM stack both sides into 2B rows of the widest sentence, or pack them into R
+    rows of W (weam_ds.packing); TLM concatenates them into B rows of the widest source + the widest target."""
 
-    encoded: Callable[[int, int, int], int]
+    encoded: Callable[[np.ndarray, np.ndarray, int], int]
     monolingual_target: bool
     """A monolingual sample's placeholder target is encoded as real tokens (TLM masks it out)."""
+    packed: Layout | None = None
+    """The layout with the batch's sentences packed into rows (``data.pack_rows``), where the objective has one."""
+    packs: bool = False
+    """Batches carry a packing plan (weam_ds.packing.KEYS)."""
 
 
-_STACKED = Layout(lambda b, ls, lt: 2 * b * max(ls, lt), monolingual_target=True)
+_PACKED = Layout(lambda src, tgt, capacity: packing.positions(np.concatenate([src, tgt]), capacity),
+                 monolingual_target=True, packs=True)
+_STACKED = Layout(lambda src, tgt, _: 2 * len(src) * int(max(src.max(), tgt.max())), monolingual_target=True,
+                  packed=_PACKED)
 LAYOUTS = {"weam": _STACKED, "mlm": _STACKED,
-           "tlm": Layout(lambda b, ls, lt: b * (ls + lt), monolingual_target=False)}
+           "tlm": Layout(lambda src, tgt, _: len(src) * int(src.max() + tgt.max()), monolingual_target=False)}
+
+
+def layout(objective: str, pack_rows: bool) -> Layout:
+    """The objective's layout, packed where it has a packed one and ``pack_rows`` asks for it."""
+    base = LAYOUTS[objective]
+    return base.packed if pack_rows and base.packed is not None else base
 
 
 def padding_counts(batch: dict, objective: str) -> tuple[int, int]:
     """(positions the objective encodes for this batch, how many of them are padding)."""
-    layout = LAYOUTS[objective]
+    if "pack_sentence" in batch:  # packed rows: padding positions hold negative sentence numbers
+        sentence = batch["pack_sentence"]
+        return sentence.numel(), int((sentence < 0).sum())
     src, tgt = batch["src_attention_mask"], batch["tgt_attention_mask"]
-    encoded = layout.encoded(len(src), src.shape[1], tgt.shape[1])
+    layout = LAYOUTS[objective]
+    encoded = layout.encoded(np.full(len(src), src.shape[1]), np.full(len(tgt), tgt.shape[1]), 0)
     if not layout.monolingual_target:
         tgt = tgt * batch["parallel"][:, None]
     return encoded, encoded - int(src.sum() + tgt.sum())
@@ -300,7 +319,7 @@ class TrainStream(IterableDataset):
         self.slots = max(1, cfg.workers)
         self.positions = positions or {}
         self.first_batch = first_batch
-        self.layout = LAYOUTS[objective]
+        self.layout = layout(objective, cfg.pack_rows)
 
     def __iter__(self) -> Iterator[tuple[dict, Position]]:
         worker = get_worker_info()
@@ -332,6 +351,8 @@ class TrainStream(IterableDataset):
                 generator = torch.Generator().manual_seed(_seed(self.seed, self.rank, slot, batch_index))
                 batch = _masked_batch([s for _, s in members], [i for i, _ in members], self.info,
                                       self.cfg.max_length, self.masking, generator)
+                if self.layout.packs:
+                    batch.update(packing.pack_batch(batch, self.cfg.max_length))
                 last = j + 1 == len(batches)
                 resume = {"pool": end if last else start, "emitted": 0 if last else j + 1,
                           "bad_shards": end["bad_shards"]}
@@ -347,7 +368,8 @@ class TrainStream(IterableDataset):
         pool, budget, filled = [], self.cfg.bucket_pool * self.cfg.batch_tokens, 0
         while filled < budget:
             pool.append(mixture.next())
-            filled += self.layout.encoded(1, *_widths(pool[-1][1], self.cfg.max_length))
+            src, tgt = _widths(pool[-1][1], self.cfg.max_length)
+            filled += self.layout.encoded(np.array([src]), np.array([tgt]), self.cfg.max_length)
         return pool
 
     def _buckets(self, pool: list[tuple[int, dict]], seed: int) -> list[list[int]]:
@@ -365,16 +387,29 @@ class TrainStream(IterableDataset):
         if self.cfg.batch_size is not None:
             batches = [order[k:k + self.cfg.batch_size] for k in range(0, len(order), self.cfg.batch_size)]
         else:
-            batches, current, widths = [], [], (0, 0)
-            for i in order:
-                grown = (max(widths[0], src[i]), max(widths[1], tgt[i]))
-                if current and self.layout.encoded(len(current) + 1, *grown) > self.cfg.batch_tokens:
-                    batches.append(current)
-                    current, grown = [], (src[i], tgt[i])
-                current.append(i)
-                widths = grown
-            batches.append(current)
+            batches = self._cut(order, src, tgt)
         return [sorted(int(i) for i in batches[k]) for k in rng.permutation(len(batches))]
+
+    def _cut(self, order: np.ndarray, src: np.ndarray, tgt: np.ndarray) -> list[np.ndarray]:
+        """The sorted pool cut into batches of at most ``batch_tokens`` encoded positions: from each batch's first
+        sample, the longest run that fits, found by doubling its length and then bisecting (a batch's encoded
+        positions grow with every sample it takes). A lone sample over the budget makes a batch of its own."""
+        def fits(start: int, end: int) -> bool:
+            batch = order[start:end]
+            return self.layout.encoded(src[batch], tgt[batch], self.cfg.max_length) <= self.cfg.batch_tokens
+
+        batches, start = [], 0
+        while start < len(order):
+            end, step = start + 1, 1
+            while end < len(order) and fits(start, min(end + step, len(order))):
+                end, step = min(end + step, len(order)), 2 * step
+            over = min(end + step, len(order))  # past end only when it does not fit
+            while over - end > 1:
+                middle = (end + over) // 2
+                end, over = (middle, over) if fits(start, middle) else (end, middle)
+            batches.append(order[start:end])
+            start = end
+        return batches
 
     def _no_data_message(self, opener: _Shards) -> str:
         """Which pairs have no readable train shard; the others' shards are checked now to say so."""

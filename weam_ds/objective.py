@@ -32,9 +32,11 @@ Baselines, on the same batches and masks: ``mlm`` is L = MLM(x) + MLM(y); ``tlm`
 LM) encodes the concatenation [x; y] (positions restart at y, as in XLM) and L = MLM over both halves.
 
 Implementation notes. Both sides go through the encoder in one call (one parameter gather under
-ZeRO-3). The MLM head runs only on the selected positions, never on whole sequences: with a 250k
-vocabulary, full-sequence logits would dominate time and memory. Masked positions are packed per row
-into [B, M] slots so that alignments, exchanges and heads are batched tensor operations.
+ZeRO-3): stacked as 2B rows, or, when the batch carries a packing plan (``data.pack_rows``,
+weam_ds.packing), packed into fewer rows of several sentences each and put back in the stacked layout.
+The MLM head runs only on the selected positions, never on whole sequences: with a 250k vocabulary,
+full-sequence logits would dominate time and memory. Masked positions are gathered per row into [B, M]
+slots so that alignments, exchanges and heads are batched tensor operations.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from transformers.utils import ModelOutput
 
 from weam_ds.batch import IGNORE
 from weam_ds.config import ObjectiveConfig
+from weam_ds.packing import ATTENTION_MASKS, packed_inputs, unpack
 
 
 @dataclass
@@ -157,8 +160,11 @@ class PretrainingObjective(nn.Module):
         _mlm_head(model)  # fail early on a model without one
         self.exchange = (PriorAttentionExchange(model.config.hidden_size, cfg.prior_epsilon)
                          if cfg.name == "weam" and cfg.exchange == "prior_attention" else None)
-        # RoBERTa-family position ids start after the padding index; BERT's start at 0.
-        self.position_offset = model.config.pad_token_id + 1 if "roberta" in model.config.model_type else 0
+        # RoBERTa-family position ids start after the padding index (their position embedding's padding_idx);
+        # BERT's start at 0.
+        positions = getattr(getattr(model.base_model, "embeddings", None), "position_embeddings", None)
+        padding_idx = getattr(positions, "padding_idx", None)
+        self.position_offset = 0 if padding_idx is None else padding_idx + 1
 
     @property
     def head(self) -> nn.Module:
@@ -170,6 +176,19 @@ class PretrainingObjective(nn.Module):
         return self.model.base_model(input_ids=ids, attention_mask=attention_mask,
                                      position_ids=position_ids).last_hidden_state
 
+    def _encode_packed(self, ids: torch.Tensor, mask: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The stacked sentences encoded in the packed rows the batch plans (weam_ds.packing), returned in the
+        stacked layout: each sentence attends to itself only and its positions restart, so its states are
+        those of the stacked call."""
+        attention = self.model.config._attn_implementation
+        if attention not in ATTENTION_MASKS:
+            raise ValueError(f"packed rows (data.pack_rows) need attn_implementation {' or '.join(ATTENTION_MASKS)}, "
+                             f"not {attention}: set data.pack_rows: false")
+        packed, within, same = packed_inputs(ids, batch, self.model.config.pad_token_id)
+        dtype = self.model.get_input_embeddings().weight.dtype
+        h = self.encode(packed, ATTENTION_MASKS[attention](same, dtype), within + self.position_offset)
+        return unpack(h, batch, mask)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         if self.cfg.name == "tlm":
             return self._tlm(batch)
@@ -180,9 +199,10 @@ class PretrainingObjective(nn.Module):
         lx, ly = x_ids.shape[1], y_ids.shape[1]
         # One encoder call for both sides: stack them along the batch, padded to a common length.
         width = max(lx, ly)
-        h = self.encode(torch.cat([F.pad(x_ids, (0, width - lx), value=self.model.config.pad_token_id),
-                                   F.pad(y_ids, (0, width - ly), value=self.model.config.pad_token_id)]),
-                        torch.cat([F.pad(x_mask, (0, width - lx)), F.pad(y_mask, (0, width - ly))]))
+        ids = torch.cat([F.pad(x_ids, (0, width - lx), value=self.model.config.pad_token_id),
+                         F.pad(y_ids, (0, width - ly), value=self.model.config.pad_token_id)])
+        mask = torch.cat([F.pad(x_mask, (0, width - lx)), F.pad(y_mask, (0, width - ly))])
+        h = self._encode_packed(ids, mask, batch) if "pack_sentence" in batch else self.encode(ids, mask)
         h_x, h_y = h[:len(x_ids), :lx], h[len(x_ids):, :ly]
 
         # Groups of predicted positions: MLM(x), MLM(y), then XPRED(x←y), XPRED(y←x) for weam.
