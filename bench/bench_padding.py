@@ -1,8 +1,9 @@
-"""Benchmark: the share of encoded positions that are padding, without and with length bucketing.
+"""Benchmark: the share of encoded positions that are padding, without and with length bucketing and row packing.
 
 The training stream (``weam_ds.data.TrainStream``) is iterated as training iterates it, and each batch is
 counted as its objective encodes it (``weam_ds.data.padding_counts``: 2B × max(source, target width) for weam
-and mlm, B × (source + target) for tlm). Two datasets, both built by data_prep:
+and mlm stacked, R rows × W positions packed, B × (source + target) for tlm). Two datasets, both built by
+data_prep:
 
 - the demo dataset (gettext catalogs: many short interface strings, a long tail of help texts), built as
   ``make demo`` builds it when missing;
@@ -11,9 +12,11 @@ and mlm, B × (source + target) for tlm). Two datasets, both built by data_prep:
   word gives one, two or no target words), so that each pair's lengths differ as translations do.
 
 For each: batches of 16, 32 (the default), 64 and 256 pairs and a ``batch_tokens`` budget, in draw order
-(``bucket_pool: 1``) and bucketed (the default pool). WEAM and MLM pad both sides of a pair to one width, so
-a pair whose sides differ in length is padded whatever the batching: the "floor" column is that share, the
-least any batching reaches on those samples. The project's goal: padding at most 10% at the default settings.
+(``bucket_pool: 1``) and bucketed (the default pool), both with the 2B sentences stacked (``pack_rows:
+false``); then bucketed and packed into rows (the default for weam and mlm, weam_ds.packing). Stacked, WEAM and
+MLM pad both sides of a pair to one width, so a pair whose sides differ in length is padded whatever the
+batching: the "floor" column is that share, the least any stacked batching reaches on those samples; packing
+goes below it. The project's goal: padding at most 10% at the default settings.
 
     python bench/bench_padding.py [--dataset out/demo/dataset] [--synthetic out/bench/synthetic] [--samples N]
 """
@@ -32,7 +35,7 @@ from transformers import AutoTokenizer
 from data_prep.typed_config import from_dict
 from weam_ds.batch import TokenInfo
 from weam_ds.config import DataConfig, MaskingConfig
-from weam_ds.data import Corpus, TrainStream, padding_counts
+from weam_ds.data import LAYOUTS, Corpus, TrainStream, padding_counts
 
 from bench_stream import demo_dataset  # bench/ is this script's directory
 
@@ -97,7 +100,8 @@ def synthetic_dataset(out: Path, per_pair: int) -> Path:
 
 
 def measure(dataset: Path, objective: str, samples: int, **data) -> tuple[float, float]:
-    """(padding fraction, the floor for weam/mlm) over the batches holding the stream's first ``samples`` pairs."""
+    """(padding fraction, the floor for weam/mlm stacked) over the batches holding the stream's first ``samples``
+    pairs."""
     cfg = from_dict(DataConfig, {"datasets": [str(dataset)], "workers": 0, "verify_sha256": False, **data})
     corpus = Corpus.open(cfg)
     info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(corpus.tokenizer_dir)))
@@ -130,17 +134,25 @@ def main() -> None:
     print(f"\npadding benchmark: share of encoded positions that are padding, max length {defaults.max_length}, "
           f"first {args.samples:,} pairs of the stream; bucketed: bucket_pool {defaults.bucket_pool} "
           f"(the default); goal <= {GOAL:.0%}")
-    print(f"  {'dataset':<10} {'objective':<9} {'batch':<20} {'draw order':>10} {'bucketed':>9} {'floor':>6}  s")
+    print(f"  {'dataset':<10} {'objective':<9} {'batch':<20} {'draw order':>10} {'bucketed':>9} {'floor':>6} "
+          f"{'packed':>7}  s")
     for name, dataset in datasets.items():
         for objective in ("weam", "tlm"):
+            stacked = LAYOUTS[objective].packed is not None
             for label, data in settings:
                 start = time.perf_counter()
-                before, _ = measure(dataset, objective, args.samples, bucket_pool=1, **data)
-                after, floor = measure(dataset, objective, args.samples, **data)
-                floor_text = f"{floor:6.1%}" if objective != "tlm" else f"{'-':>6}"
-                mark = "" if after <= GOAL else "  (above the goal)"
-                print(f"  {name:<10} {objective + ('/mlm' if objective == 'weam' else ''):<9} {label:<20} "
-                      f"{before:10.1%} {after:9.1%} {floor_text} {time.perf_counter() - start:3.0f}{mark}")
+                before, _ = measure(dataset, objective, args.samples, bucket_pool=1, pack_rows=False, **data)
+                after, floor = measure(dataset, objective, args.samples, pack_rows=False, **data)
+                packed = measure(dataset, objective, args.samples, **data)[0] if stacked else None
+                default = packed if stacked else after
+                mark = "" if default <= GOAL else "  (above the goal)"
+                print(f"  {name:<10} {objective + ('/mlm' if stacked else ''):<9} {label:<20} {before:10.1%} "
+                      f"{after:9.1%} {_share(floor if stacked else None):>6} {_share(packed):>7} "
+                      f"{time.perf_counter() - start:3.0f}{mark}")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 if __name__ == "__main__":

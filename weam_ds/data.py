@@ -14,11 +14,12 @@ sorts it by length (longer side, then shorter side; ties in an order seeded by (
 pool's first draw)), cuts it into batches of ``batch_size`` pairs or of at most ``batch_tokens``
 positions as the objective encodes them (``LAYOUTS``), and yields them in a seeded order. For weam and
 mlm a batch also carries the plan that packs its 2B sentences into rows (``data.pack_rows``,
-weam_ds.packing), so that a pair's shorter side is not padded to its longer one. Each batch comes with its ``Position``: the draws' state where its pool began and how many of the pool's batches
-are out (after a pool's last batch: where the next pool begins). The trainer stores the latest in the
+weam_ds.packing), so that a pair's shorter side is not padded to its longer one. Each batch comes with
+its ``Position``: the draws' state where its pool began and how many of the pool's batches are out
+(after a pool's last batch: where the next pool begins). The trainer stores the latest in the
 checkpoint; a resumed slot draws the pool again (replaying at most the partly read shard of each
-pair) and skips the batches already out. Masking is seeded by (seed, rank, slot, batch index), so resumed batches are
-identical.
+pair) and skips the batches already out. Masking is seeded by (seed, rank, slot, batch index), so
+resumed batches are identical.
 
 A shard that is missing, does not match its manifest sha256 (checked the first time a process opens
 it, when ``verify_sha256``), or is not a readable tar is logged, counted and skipped, as is a sample
