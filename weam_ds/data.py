@@ -224,7 +224,7 @@ LAYOUTS = {"weam": _STACKED, "mlm": _STACKED,
            "tlm": Layout(lambda src, tgt, _: len(src) * int(src.max() + tgt.max()), monolingual_target=False)}
 
 
-def layout(objective: str, pack_rows: bool) -> Layout:
+def layout_for(objective: str, pack_rows: bool) -> Layout:
     """The objective's layout, packed where it has a packed one and ``pack_rows`` asks for it."""
     base = LAYOUTS[objective]
     return base.packed if pack_rows and base.packed is not None else base
@@ -320,7 +320,7 @@ class TrainStream(IterableDataset):
         self.slots = max(1, cfg.workers)
         self.positions = positions or {}
         self.first_batch = first_batch
-        self.layout = layout(objective, cfg.pack_rows)
+        self.layout = layout_for(objective, cfg.pack_rows)
 
     def __iter__(self) -> Iterator[tuple[dict, Position]]:
         worker = get_worker_info()
