@@ -14,10 +14,10 @@ it carries:
   encoder sees) and ``src_labels``, ``tgt_labels`` ([B, L] int64, the original id at selected positions,
   ``IGNORE`` elsewhere);
 - from the training stream (``weam_ds.data``): ``pair_index``, [B] int64, each row's language pair as an index
-  into ``Corpus.pairs``; for weam and mlm with ``data.pack_rows``, the packing plan of the 2B stacked
-  sentences (weam_ds.packing): ``pack_row``, ``pack_offset`` ([2B] int64, where each sentence starts in the
-  packed rows) and ``pack_sentence`` ([R, W] int64, the sentence each packed position holds, negative at
-  padding). Where the batch came from travels beside it (the stream yields (batch, position)),
+  into ``Corpus.pairs``; with ``data.pack_rows``, the packing plan of the N stacked rows (weam_ds.packing;
+  weam and mlm: the 2B sentences, tlm: the B pairs [x; y]): ``pack_row``, ``pack_offset`` ([N] int64, where
+  each row's segment starts in the packed rows) and ``pack_sentence`` ([R, W] int64, the stacked row each
+  packed position holds, negative at padding). Where the batch came from travels beside it (the stream yields (batch, position)),
   not in it.
 
 Collation and masking work on the whole batch at once (numpy gathers and torch ops, no loop over samples

@@ -79,10 +79,11 @@ class DataConfig:
     target width) for weam and mlm, and B × (source + target) for tlm. A sample wider than the budget alone
     makes a batch of its own."""
     pack_rows: bool = True
-    """weam and mlm: pack the 2B sentences of a batch (both sides of every pair) into rows of at most
-    ``max_length`` positions, each sentence attending only to itself (weam_ds.packing), instead of padding
-    every sentence to the batch's widest one; the same losses and gradients with less padding. tlm's rows
-    already hold both sides of a pair: it is unaffected. Needs attn_implementation sdpa or eager."""
+    """Pack the rows a batch encodes into fewer rows, each segment attending only to itself (weam_ds.packing),
+    instead of padding every row to the batch's widest one; the same losses and gradients with less padding.
+    weam and mlm: the 2B sentences (both sides of every pair) into rows of at most ``max_length`` positions;
+    tlm: the B concatenations [x; y] into rows of at most 2 × ``max_length``. Needs attn_implementation sdpa
+    or eager."""
     bucket_pool: int = 64
     """Length bucketing: samples are drawn this many batches at a time, sorted by width and cut into batches,
     so that each batch is near one width and little of it is padding (1: batches in draw order). Larger

@@ -12,13 +12,14 @@ Batches are length-bucketed, so that little of what the encoder processes is pad
 pool of ``bucket_pool`` batches' worth of samples (in the order above, so the mixture is unchanged),
 sorts it by length (longer side, then shorter side; ties in an order seeded by (seed, rank, slot,
 pool's first draw)), cuts it into batches of ``batch_size`` pairs or of at most ``batch_tokens``
-positions as the objective encodes them (``LAYOUTS``), and yields them in a seeded order. For weam and
-mlm a batch also carries the plan that packs its 2B sentences into rows (``data.pack_rows``,
-weam_ds.packing), so that a pair's shorter side is not padded to its longer one. Each batch comes with
-its ``Position``: the draws' state where its pool began and how many of the pool's batches are out
-(after a pool's last batch: where the next pool begins). The trainer stores the latest in the
-checkpoint; a resumed slot draws the pool again (replaying at most the partly read shard of each
-pair) and skips the batches already out. Masking is seeded by (seed, rank, slot, batch index), so
+positions as the objective encodes them (``LAYOUTS``), and yields them in a seeded order. A batch also
+carries the plan that packs its rows' real tokens into fewer rows (``data.pack_rows``, weam_ds.packing):
+for weam and mlm its 2B sentences, so that a pair's shorter side is not padded to its longer one; for tlm
+its B [x; y] concatenations, so that no pair is padded to the widest source plus the widest target. Each
+batch comes with its ``Position``: the draws' state where its pool began and how many of the pool's batches
+are out (after a pool's last batch: where the next pool begins). The trainer stores the latest in the
+checkpoint; a resumed slot draws the pool again (replaying at most the partly read shard of each pair) and
+skips the batches already out. Masking is seeded by (seed, rank, slot, batch index), so
 resumed batches are identical.
 
 A shard that is missing, does not match its manifest sha256 (checked the first time a process opens
@@ -203,25 +204,36 @@ class _PairStream:
 @dataclass(frozen=True)
 class Layout:
     """How an objective hands a batch to the encoder (weam_ds.objective), in encoded positions: ``encoded(src,
-    tgt, max_length)`` for samples whose source and target sides are ``src`` and ``tgt`` tokens long (arrays, as
-    collate pads them). WEAM and MLM stack both sides into 2B rows of the widest sentence, or pack them into R
-    rows of W (weam_ds.packing); TLM concatenates them into B rows of the widest source + the widest target."""
+    tgt, max_length)`` for samples whose source and target sides are ``src`` and ``tgt`` tokens long (arrays of
+    ``_widths``). WEAM and MLM stack both sides into 2B rows of the widest sentence, TLM concatenates them into B
+    rows of the widest source + the widest target; packed, both put their rows' real tokens into R rows of W
+    (weam_ds.packing)."""
 
     encoded: Callable[[np.ndarray, np.ndarray, int], int]
     monolingual_target: bool
     """A monolingual sample's placeholder target is encoded as real tokens (TLM masks it out)."""
     packed: Layout | None = None
-    """The layout with the batch's sentences packed into rows (``data.pack_rows``), where the objective has one."""
-    packs: bool = False
-    """Batches carry a packing plan (weam_ds.packing.KEYS)."""
+    """The layout with the batch's rows packed (``data.pack_rows``), where the objective has one."""
+    segments: Callable[[dict], np.ndarray] | None = None
+    """Packed: the lengths of a collated batch's segments (weam_ds.packing); the stream plans them."""
+    capacity: int = 1
+    """Packed: rows hold at most ``capacity`` × ``max_length`` positions, the widest row the objective encodes
+    unpacked (a sentence for weam and mlm, a pair for tlm)."""
 
 
-_PACKED = Layout(lambda src, tgt, capacity: packing.positions(np.concatenate([src, tgt]), capacity),
-                 monolingual_target=True, packs=True)
+def _packed(widths: Callable[[np.ndarray, np.ndarray], np.ndarray], segments: Callable[[dict], np.ndarray],
+            capacity: int, monolingual_target: bool) -> Layout:
+    """A packed layout whose segments are ``widths(src, tgt)`` long, in rows of ``capacity`` × max_length."""
+    return Layout(lambda src, tgt, max_length: packing.positions(widths(src, tgt), capacity * max_length),
+                  monolingual_target, segments=segments, capacity=capacity)
+
+
 _STACKED = Layout(lambda src, tgt, _: 2 * len(src) * int(max(src.max(), tgt.max())), monolingual_target=True,
-                  packed=_PACKED)
-LAYOUTS = {"weam": _STACKED, "mlm": _STACKED,
-           "tlm": Layout(lambda src, tgt, _: len(src) * int(src.max() + tgt.max()), monolingual_target=False)}
+                  packed=_packed(lambda src, tgt: np.concatenate([src, tgt]), packing.sentence_lengths, 1, True))
+# collate pads the target side to at least a monolingual sample's two-token placeholder, which TLM leaves out.
+_CONCATENATED = Layout(lambda src, tgt, _: len(src) * int(src.max() + max(tgt.max(), 2)), monolingual_target=False,
+                       packed=_packed(np.add, packing.pair_lengths, 2, False))
+LAYOUTS = {"weam": _STACKED, "mlm": _STACKED, "tlm": _CONCATENATED}
 
 
 def layout_for(objective: str, pack_rows: bool) -> Layout:
@@ -243,11 +255,13 @@ def padding_counts(batch: dict, objective: str) -> tuple[int, int]:
     return encoded, encoded - int(src.sum() + tgt.sum())
 
 
-def _widths(sample: dict, max_length: int) -> tuple[int, int]:
-    """The sample's source and target lengths as collate pads them: truncated, and an empty target (monolingual
-    text) as collate's two-token placeholder."""
+def _widths(sample: dict, max_length: int, layout: Layout) -> tuple[int, int]:
+    """The sample's source and target lengths as the layout encodes them: truncated, and an empty target
+    (monolingual text) as collate's two-token placeholder where the layout encodes it, else 0."""
     tgt = sample.get("tgt_ids")
-    return min(max_length, len(sample["src_ids"])), (min(max_length, len(tgt)) if tgt is not None and len(tgt) else 2)
+    if tgt is not None and len(tgt):
+        return min(max_length, len(sample["src_ids"])), min(max_length, len(tgt))
+    return min(max_length, len(sample["src_ids"])), 2 * layout.monolingual_target
 
 
 @dataclass(frozen=True)
@@ -352,8 +366,9 @@ class TrainStream(IterableDataset):
                 generator = torch.Generator().manual_seed(_seed(self.seed, self.rank, slot, batch_index))
                 batch = _masked_batch([s for _, s in members], [i for i, _ in members], self.info,
                                       self.cfg.max_length, self.masking, generator)
-                if self.layout.packs:
-                    batch.update(packing.pack_batch(batch, self.cfg.max_length))
+                if self.layout.segments is not None:
+                    batch.update(packing.pack_batch(self.layout.segments(batch),
+                                                    self.layout.capacity * self.cfg.max_length))
                 last = j + 1 == len(batches)
                 resume = {"pool": end if last else start, "emitted": 0 if last else j + 1,
                           "bad_shards": end["bad_shards"]}
@@ -369,7 +384,7 @@ class TrainStream(IterableDataset):
         pool, budget, filled = [], self.cfg.bucket_pool * self.cfg.batch_tokens, 0
         while filled < budget:
             pool.append(mixture.next())
-            src, tgt = _widths(pool[-1][1], self.cfg.max_length)
+            src, tgt = _widths(pool[-1][1], self.cfg.max_length, self.layout)
             filled += self.layout.encoded(np.array([src]), np.array([tgt]), self.cfg.max_length)
         return pool
 
@@ -379,7 +394,7 @@ class TrainStream(IterableDataset):
         positions (a lone sample wider than that makes a batch of its own); the batches in a seeded random
         order, each listing its samples in draw order."""
         rng = np.random.default_rng(seed)
-        src, tgt = np.array([_widths(s, self.cfg.max_length) for _, s in pool]).reshape(-1, 2).T
+        src, tgt = np.array([_widths(s, self.cfg.max_length, self.layout) for _, s in pool]).reshape(-1, 2).T
         order = rng.permutation(len(pool))
         # By the longer side (the width of weam's and mlm's rows), then by the shorter one (tlm's rows hold
         # both); this pads tlm less than sorting by source then target length unless pools are very large.

@@ -33,7 +33,8 @@ LM) encodes the concatenation [x; y] (positions restart at y, as in XLM) and L =
 
 Implementation notes. Both sides go through the encoder in one call (one parameter gather under
 ZeRO-3): stacked as 2B rows, or, when the batch carries a packing plan (``data.pack_rows``,
-weam_ds.packing), packed into fewer rows of several sentences each and put back in the stacked layout.
+weam_ds.packing), packed into fewer rows of several sentences each and put back in the stacked layout;
+tlm's [x; y] rows are packed the same way, a pair's concatenation as one segment.
 The MLM head runs only on the selected positions, never on whole sequences: with a 250k vocabulary,
 full-sequence logits would dominate time and memory. Masked positions are gathered per row into [B, M]
 slots so that alignments, exchanges and heads are batched tensor operations.
@@ -176,17 +177,18 @@ class PretrainingObjective(nn.Module):
         return self.model.base_model(input_ids=ids, attention_mask=attention_mask,
                                      position_ids=position_ids).last_hidden_state
 
-    def _encode_packed(self, ids: torch.Tensor, mask: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The stacked sentences encoded in the packed rows the batch plans (weam_ds.packing), returned in the
-        stacked layout: each sentence attends to itself only and its positions restart, so its states are
-        those of the stacked call."""
+    def _encode_packed(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                       batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The stacked rows encoded in the packed rows the batch plans (weam_ds.packing), returned in the stacked
+        layout: each row's segment attends to itself only and keeps its position ids (``positions``, from 0), so
+        its states are those of the stacked call."""
         attention = self.model.config._attn_implementation
         if attention not in ATTENTION_MASKS:
             raise ValueError(f"packed rows (data.pack_rows) need attn_implementation {' or '.join(ATTENTION_MASKS)}, "
                              f"not {attention}: set data.pack_rows: false")
-        packed, within, same = packed_inputs(ids, batch, self.model.config.pad_token_id)
+        packed, packed_positions, same = packed_inputs(ids, positions, batch, self.model.config.pad_token_id)
         dtype = self.model.get_input_embeddings().weight.dtype
-        h = self.encode(packed, ATTENTION_MASKS[attention](same, dtype), within + self.position_offset)
+        h = self.encode(packed, ATTENTION_MASKS[attention](same, dtype), packed_positions + self.position_offset)
         return unpack(h, batch, mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
@@ -202,7 +204,10 @@ class PretrainingObjective(nn.Module):
         ids = torch.cat([F.pad(x_ids, (0, width - lx), value=self.model.config.pad_token_id),
                          F.pad(y_ids, (0, width - ly), value=self.model.config.pad_token_id)])
         mask = torch.cat([F.pad(x_mask, (0, width - lx)), F.pad(y_mask, (0, width - ly))])
-        h = self._encode_packed(ids, mask, batch) if "pack_sentence" in batch else self.encode(ids, mask)
+        if "pack_sentence" in batch:
+            h = self._encode_packed(ids, mask, torch.arange(width, device=ids.device).expand_as(ids), batch)
+        else:
+            h = self.encode(ids, mask)
         h_x, h_y = h[:len(x_ids), :lx], h[len(x_ids):, :ly]
 
         # Groups of predicted positions: MLM(x), MLM(y), then XPRED(x←y), XPRED(y←x) for weam.
@@ -253,7 +258,8 @@ class PretrainingObjective(nn.Module):
         return exchanged[takes_part], torch.gather(query_labels, 1, query.pos)[takes_part], rows[takes_part]
 
     def _tlm(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        """MLM over [x; y]: y is moved right after x's last real token, its positions restart at 0."""
+        """MLM over [x; y]: y is moved right after x's last real token, its positions restart at 0. Packed
+        (the batch carries a plan), each pair's [x; y] is a segment of a packed row."""
         x_ids, y_ids = batch["src_input_ids"], batch["tgt_input_ids"]
         x_mask, y_mask = batch["src_attention_mask"], batch["tgt_attention_mask"]
         y_mask = y_mask * batch["parallel"][:, None]
@@ -268,8 +274,11 @@ class PretrainingObjective(nn.Module):
         mask = joined(x_mask, y_mask, 0)
         labels = joined(batch["src_labels"], batch["tgt_labels"], IGNORE)
         positions = joined(torch.arange(lx, device=ids.device).expand_as(x_ids),
-                           torch.arange(ly, device=ids.device).expand_as(y_ids), 0) + self.position_offset
-        h = self.encode(ids, mask, positions)
+                           torch.arange(ly, device=ids.device).expand_as(y_ids), 0)
+        if "pack_sentence" in batch:
+            h = self._encode_packed(ids, mask, positions, batch)
+        else:
+            h = self.encode(ids, mask, positions + self.position_offset)
         selected = labels != IGNORE
         (loss,), out = self._predict([(h[selected], labels[selected], selected.nonzero()[:, 0])], len(ids))
         return ObjectiveOutput(loss, loss.detach(), torch.zeros_like(loss.detach()), *out)

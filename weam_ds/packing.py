@@ -1,26 +1,32 @@
-"""Row packing for the stacked objectives (weam, mlm): the 2B sentences of a batch share R rows of W positions.
+"""Row packing: the segments of a batch share R rows of W positions instead of one padded row each.
 
-WEAM and MLM encode both sides of every pair in one encoder call. Stacked as 2B rows, every sentence is padded to
-the batch's widest one, and length bucketing cannot help with a pair whose two sides differ in length. Packed,
-each sentence is a segment of a row: it attends only to itself (a block-diagonal attention mask) and its
-position ids restart at its first token, so the encoder computes for it what it computes in a row of its own.
+WEAM and MLM encode both sides of every pair in one encoder call, stacked as 2B rows: every sentence is padded to
+the batch's widest one, and length bucketing cannot help with a pair whose two sides differ in length. TLM
+encodes B rows [x; y], each padded to the widest source plus the widest target, which pads every pair whose
+sides are not both the widest. Packed, each stacked row's real tokens are a segment of a packed row: a sentence
+(weam, mlm: ``sentence_lengths``) or a pair's [x; y] (tlm: ``pair_lengths``; a monolingual sample's x only, as
+tlm encodes it). A segment attends only to itself (a block-diagonal attention mask) and keeps the position ids
+of its stacked row (restarting at its first token, and at y for tlm), so the encoder computes for it what it
+computes in a row of its own.
 
-The plan is made on the data side (``plan``, numpy, in the DataLoader workers) and travels in the batch:
+The plan is made on the data side (``pack_batch``, numpy, in the DataLoader workers) and travels in the batch:
 
-- ``pack_row``, ``pack_offset``: [2B] int64, where each stacked sentence starts (sources are sentences 0..B-1,
-  targets B..2B-1, a monolingual sample's two-token target placeholder included);
-- ``pack_sentence``: [R, W] int64, the stacked sentence each packed position holds; a padding position holds
-  -1 - (its index in the flattened rows), a segment of its own, so that it attends to itself only and no
+- ``pack_row``, ``pack_offset``: [N] int64, where each stacked row's segment starts (weam, mlm: N = 2B, sources
+  are sentences 0..B-1, targets B..2B-1, a monolingual sample's two-token target placeholder included; tlm:
+  N = B, pair b's [x; y]);
+- ``pack_sentence``: [R, W] int64, the stacked row whose segment each packed position holds; a padding position
+  holds -1 - (its index in the flattened rows), a segment of its own, so that it attends to itself only and no
   attention row is empty (an empty row's softmax is NaN, which would reach the gradients).
 
-The rule. Sentences longest first, each into the row holding the fewest tokens so far (longest-processing-time
-scheduling), over the fewest rows R, starting from max(⌈T / C⌉, the sentences longer than C / 2), for which no
-row holds more than C = ``data.max_length`` tokens; W is the fullest row. Balanced rows trimmed to the fullest
-one leave little padding. Where that plan has more positions than one sentence per row (2B rows of the longest
-sentence: a few sentences of similar lengths), the plan is one sentence per row. So a packed batch never has
-more positions than the stacked one, and since W ≤ max_length a step's memory is bounded as an unpacked
-batch's is (its R × W positions are what ``batch_tokens`` counts). Attention spans W positions instead of the
-widest sentence: about W / (6 × hidden size) more FLOPs per token, 3% for a base model at W = 128.
+The rule. Segments longest first, each into the row holding the fewest tokens so far (longest-processing-time
+scheduling), over the fewest rows R, starting from max(⌈T / C⌉, the segments longer than C / 2), for which no
+row holds more than C tokens; W is the fullest row. C is the widest row the objective encodes unpacked:
+``data.max_length`` for a sentence, twice that for tlm's pair. Balanced rows trimmed to the fullest one leave
+little padding. Where that plan has more positions than one segment per row (N rows of the longest segment: a
+few segments of similar lengths), the plan is one segment per row. So a packed batch never has more positions
+than the stacked one, and since W ≤ C a step's memory is bounded as an unpacked batch's is (its R × W positions
+are what ``batch_tokens`` counts). Attention spans W positions instead of the widest segment: about
+W / (6 × hidden size) more FLOPs per token, 3% for a base model at W = 128.
 
 The model side (``packed_inputs``, ``unpack``) is index operations only: no host synchronisation.
 """
@@ -37,11 +43,11 @@ KEYS = ("pack_row", "pack_offset", "pack_sentence")
 
 
 def plan(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(row [N], offset [N], rows R, width W) for sentences of these lengths, none longer than ``capacity``."""
+    """(row [N], offset [N], rows R, width W) for segments of these lengths, none longer than ``capacity``."""
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable").tolist()
     sizes, longest = lengths.tolist(), int(lengths.max())
-    # Two sentences longer than half a row never share one: there are at least that many rows.
+    # Two segments longer than half a row never share one: there are at least that many rows.
     rows = max(1, -(-int(lengths.sum()) // capacity), int((2 * lengths > capacity).sum()))
     while rows < len(sizes):
         row, offset, width = _longest_first(sizes, order, rows)
@@ -50,7 +56,7 @@ def plan(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, in
                 return row, offset, rows, width
             break
         rows += 1
-    # One sentence per row, as stacked: what few sentences of similar lengths pack no better than.
+    # One segment per row, as stacked: what few segments of similar lengths pack no better than.
     return np.arange(len(sizes)), np.zeros(len(sizes), np.int64), len(sizes), longest
 
 
@@ -66,14 +72,25 @@ def _longest_first(sizes: list[int], order: list[int], rows: int) -> tuple[np.nd
 
 
 def positions(lengths: np.ndarray, capacity: int) -> int:
-    """R × W: the positions the encoder processes for these sentences packed."""
+    """R × W: the positions the encoder processes for segments of these lengths packed."""
     _, _, rows, width = plan(lengths, capacity)
     return rows * width
 
 
-def pack_batch(batch: dict[str, torch.Tensor], capacity: int) -> dict[str, torch.Tensor]:
-    """The plan of a collated batch's 2B stacked sentences (``KEYS``), rows of at most ``capacity`` positions."""
-    lengths = torch.cat([batch["src_attention_mask"].sum(1), batch["tgt_attention_mask"].sum(1)]).numpy()
+def sentence_lengths(batch: dict[str, torch.Tensor]) -> np.ndarray:
+    """[2B] weam's and mlm's segments: the sources, then the targets (a monolingual placeholder included)."""
+    return torch.cat([batch["src_attention_mask"].sum(1), batch["tgt_attention_mask"].sum(1)]).numpy()
+
+
+def pair_lengths(batch: dict[str, torch.Tensor]) -> np.ndarray:
+    """[B] tlm's segments: each pair's [x; y], a monolingual sample's x alone (tlm leaves its placeholder out)."""
+    target = batch["tgt_attention_mask"].sum(1) * batch["parallel"]
+    return (batch["src_attention_mask"].sum(1) + target).numpy()
+
+
+def pack_batch(lengths: np.ndarray, capacity: int) -> dict[str, torch.Tensor]:
+    """The plan (``KEYS``) of a batch's stacked rows whose segments are this long, in rows of at most ``capacity``
+    positions."""
     row, offset, rows, width = plan(lengths, capacity)
     sentence = -1 - np.arange(rows * width, dtype=np.int64)
     starts = np.repeat(row * width + offset - np.cumsum(lengths) + lengths, lengths)
@@ -82,21 +99,21 @@ def pack_batch(batch: dict[str, torch.Tensor], capacity: int) -> dict[str, torch
             "pack_sentence": torch.from_numpy(sentence.reshape(rows, width))}
 
 
-def packed_inputs(ids: torch.Tensor, batch: dict[str, torch.Tensor],
+def packed_inputs(ids: torch.Tensor, positions: torch.Tensor, batch: dict[str, torch.Tensor],
                   pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The stacked [2B, L] ids as packed rows: ([R, W] ids, [R, W] positions within each sentence from 0,
-    [R, W, W] bool: the two positions belong to one sentence)."""
+    """The stacked [N, L] ids and position ids as packed rows: ([R, W] ids, [R, W] position ids, [R, W, W] bool:
+    the two positions belong to one segment). Each segment is its stacked row's first tokens."""
     sentence = batch["pack_sentence"]
     real = sentence >= 0
     k = sentence.clamp_min(0)
     within = torch.arange(sentence.shape[1], device=sentence.device)[None] - batch["pack_offset"][k]
     within = torch.where(real, within, 0)
     packed = torch.where(real, ids[k, within], pad_id)
-    return packed, within, sentence[:, :, None] == sentence[:, None, :]
+    return packed, torch.where(real, positions[k, within], 0), sentence[:, :, None] == sentence[:, None, :]
 
 
 def unpack(h: torch.Tensor, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """The packed encoder output [R, W, d] back in the stacked layout [2B, L, d] of ``mask`` (zeros at padding)."""
+    """The packed encoder output [R, W, d] back in the stacked layout [N, L, d] of ``mask`` (zeros at padding)."""
     rows, width, hidden = h.shape
     flat = (batch["pack_row"][:, None] * width + batch["pack_offset"][:, None]
             + torch.arange(mask.shape[1], device=mask.device)[None])

@@ -1,6 +1,6 @@
 """Length-bucketed batches: less padding, the same mixture, exact resume, and batch_tokens as a bound on
-the positions the objective encodes; weam's and mlm's sentences packed into rows (data.pack_rows) pad less
-still."""
+the positions the objective encodes; rows packed (data.pack_rows: weam's and mlm's sentences, tlm's pairs) pad
+less still."""
 from __future__ import annotations
 
 from collections import Counter
@@ -58,31 +58,39 @@ def test_bucketing_leaves_little_padding_beyond_what_the_objective_must_pad(smal
     assert padding < in_draw_order / 3, (padding, in_draw_order)
 
 
-def test_packed_rows_pad_less_than_any_stacked_batching_and_hold_each_sentence_once(small_dataset):
+@pytest.mark.parametrize("objective", ["weam", "tlm"])
+def test_packed_rows_pad_less_than_any_stacked_batching_and_hold_each_segment_once(small_dataset, objective):
+    """weam's 2B sentences, or tlm's B pairs [x; y], packed: under the goal, and below what stacking leaves
+    (for weam, below what no stacked batching avoids)."""
     dataset, _, _ = small_dataset
-    packed = _take(_stream(dataset), 2 * DataConfig(datasets=["-"]).bucket_pool)
-    padding, floor = _padding(packed, "weam")
-    assert padding < min(GOAL, floor), (padding, floor)
+    batches = 2 * DataConfig(datasets=["-"]).bucket_pool
+    packed = _take(_stream(dataset, objective), batches)
+    padding, floor = _padding(packed, objective)
+    stacked, _ = _padding(_take(_stream(dataset, objective, pack_rows=False), batches), objective)
+    bounds = [GOAL, stacked] + ([floor] if objective == "weam" else [])  # tlm's rows have no such floor
+    assert padding < min(bounds), (padding, stacked, floor)
+    layout = LAYOUTS[objective].packed
     for batch, _ in packed:
         sentence = batch["pack_sentence"]
-        lengths = torch.cat([batch["src_attention_mask"].sum(1), batch["tgt_attention_mask"].sum(1)])
-        assert sentence.shape[1] <= 48  # rows no wider than max_length
+        lengths = torch.from_numpy(layout.segments(batch))
+        assert sentence.shape[1] <= layout.capacity * 48  # rows no wider than the unpacked objective's widest
         assert torch.equal(torch.bincount(sentence[sentence >= 0], minlength=len(lengths)), lengths)
         starts = sentence[batch["pack_row"], batch["pack_offset"]]
         assert torch.equal(starts[lengths > 0], torch.arange(len(lengths))[lengths > 0])
 
 
+@pytest.mark.parametrize("objective", ["weam", "tlm"])
 @pytest.mark.parametrize("data", [{"bucket_pool": 4}, {"bucket_pool": 3, "batch_size": None, "batch_tokens": 400}])
-def test_bucketed_stream_resumes_exactly_inside_and_between_pools(small_dataset, data):
+def test_bucketed_stream_resumes_exactly_inside_and_between_pools(small_dataset, data, objective):
     dataset, _, _ = small_dataset
-    stream = _stream(dataset, **data)
+    stream = _stream(dataset, objective, **data)
     items = _take(stream, 16)
     inside = [k for k, (_, where) in enumerate(items) if where.resume["emitted"] > 0]
     between = [k for k, (_, where) in enumerate(items) if where.resume["emitted"] == 0]
     assert inside and between
     for k in [k for k in inside[:3] + between[:2] if k + 4 < len(items)]:
         resumed = TrainStream(stream.corpus, stream.cfg, stream.masking, stream.info, seed=7, rank=0,
-                              positions={0: items[k][1].resume}, first_batch=k + 1)
+                              positions={0: items[k][1].resume}, first_batch=k + 1, objective=objective)
         for (expected, position), (got, where) in zip(items[k + 1:k + 5], _take(resumed, 4)):
             for key in ("src_input_ids", "tgt_input_ids", "src_labels", "links", "pair_index", "pack_sentence"):
                 assert torch.equal(expected[key], got[key]), (k, key)
@@ -104,13 +112,13 @@ def test_realised_pair_mixture_matches_the_temperature_probabilities(small_datas
     assert p > 0.01, (observed, expected, chi2)
 
 
-@pytest.mark.parametrize("objective, pack_rows", [("weam", True), ("weam", False), ("tlm", True)])
+@pytest.mark.parametrize("objective, pack_rows", [("weam", True), ("weam", False), ("tlm", True), ("tlm", False)])
 def test_batch_tokens_bounds_the_positions_the_objective_encodes(small_dataset, objective, pack_rows):
     dataset, _, _ = small_dataset
     budget = 8 * 48
     items = _take(_stream(dataset, objective, batch_size=None, batch_tokens=budget, bucket_pool=4,
                           pack_rows=pack_rows), 24)
-    assert all(("pack_sentence" in batch) == (pack_rows and objective == "weam") for batch, _ in items)
+    assert all(("pack_sentence" in batch) == pack_rows for batch, _ in items)
     encoded = [padding_counts(batch, objective)[0] for batch, _ in items]
     assert max(encoded) <= budget
     # Counting positions twice over would leave every batch at most half full.

@@ -12,7 +12,7 @@ from conftest import shard_samples
 from weam_ds.batch import TokenInfo, collate, mask_batch
 from weam_ds.config import MaskingConfig, ObjectiveConfig
 from weam_ds.objective import PretrainingObjective
-from weam_ds.packing import KEYS, pack_batch, plan
+from weam_ds.packing import KEYS, pack_batch, pair_lengths, plan, sentence_lengths
 from weam_ds.presets import build_model
 
 
@@ -99,11 +99,14 @@ def test_packed_forward_gives_the_stacked_losses_and_gradients(real, encoder, at
     model = encoder(info)
     model.set_attn_implementation(attention)
     obj = PretrainingObjective(model, ObjectiveConfig(name=name, exchange=exchange)).eval()  # no dropout
-    packed = {**batch, **pack_batch(batch, 24)}
+    packed = {**batch, **pack_batch(sentence_lengths(batch), 24)}
     rows, width = packed["pack_sentence"].shape
     assert rows < 2 * len(batch["src_ids"]) and width <= 24  # several sentences share rows
-    stacked_out, stacked_grads = _loss_and_gradients(obj, batch)
-    packed_out, packed_grads = _loss_and_gradients(obj, packed)
+    _assert_same(_loss_and_gradients(obj, packed), _loss_and_gradients(obj, batch))
+
+
+def _assert_same(packed: tuple, stacked: tuple) -> None:
+    (packed_out, packed_grads), (stacked_out, stacked_grads) = packed, stacked
     for key in ("loss", "mlm", "xpred", "row_loss", "row_count"):
         torch.testing.assert_close(packed_out[key], stacked_out[key])
     assert packed_out.tokens == stacked_out.tokens and stacked_out.tokens["mlm"] > 0
@@ -112,11 +115,29 @@ def test_packed_forward_gives_the_stacked_losses_and_gradients(real, encoder, at
         torch.testing.assert_close(packed_grads[key], grad, msg=lambda m, key=key: f"{key}: {m}")
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("encoder", [_xlmr, _bert], ids=["xlmr", "bert"])
+def test_packed_tlm_gives_the_concatenated_losses_and_gradients(real, encoder, attention):
+    """Each pair's [x; y] is one segment (positions restarting at y); a monolingual row is its x alone."""
+    batch, info = real
+    model = encoder(info)
+    model.set_attn_implementation(attention)
+    obj = PretrainingObjective(model, ObjectiveConfig(name="tlm")).eval()
+    lengths = pair_lengths(batch)
+    assert not batch["parallel"].all() and lengths[~batch["parallel"].numpy()].tolist() == \
+        batch["src_attention_mask"].sum(1)[~batch["parallel"]].tolist()
+    packed = {**batch, **pack_batch(lengths, 48)}
+    rows, width = packed["pack_sentence"].shape
+    assert rows < len(batch["src_ids"]) and width <= 48  # several pairs share rows
+    assert rows * width < len(batch["src_ids"]) * (batch["src_ids"].shape[1] + batch["tgt_ids"].shape[1])
+    _assert_same(_loss_and_gradients(obj, packed), _loss_and_gradients(obj, batch))
+
+
 def test_positions_restart_in_every_packed_sentence(real):
     """Packing without restarting positions changes the loss: the equality above depends on them."""
     batch, info = real
     obj = PretrainingObjective(_xlmr(info), ObjectiveConfig(name="mlm")).eval()
-    packed = {**batch, **pack_batch(batch, 24)}
+    packed = {**batch, **pack_batch(sentence_lengths(batch), 24)}
     expected = obj(batch).loss
     obj.position_offset += 1  # every position id one off
     assert not torch.allclose(obj(packed).loss, expected)
@@ -129,5 +150,5 @@ def test_packing_needs_an_attention_that_takes_a_block_diagonal_mask(real):
     obj = PretrainingObjective(model, ObjectiveConfig(name="weam"))
     with pytest.raises(ValueError, match="need attn_implementation sdpa or eager, not flash_attention_2: set "
                                          "data.pack_rows: false"):
-        obj({**batch, **pack_batch(batch, 24)})
-    assert set(KEYS) <= set(pack_batch(batch, 24))
+        obj({**batch, **pack_batch(sentence_lengths(batch), 24)})
+    assert set(KEYS) <= set(pack_batch(sentence_lengths(batch), 24))
