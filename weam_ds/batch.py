@@ -17,8 +17,8 @@ it carries:
   into ``Corpus.pairs``; with ``data.pack_rows``, the packing plan of the N stacked rows (weam_ds.packing;
   weam and mlm: the 2B sentences, tlm: the B pairs [x; y]): ``pack_row``, ``pack_offset`` ([N] int64, where
   each row's segment starts in the packed rows) and ``pack_sentence`` ([R, W] int64, the stacked row each
-  packed position holds, negative at padding). Where the batch came from travels beside it (the stream yields (batch, position)),
-  not in it.
+  packed position holds, negative at padding). Where the batch came from travels beside it (the stream
+  yields (batch, position)), not in it.
 
 Collation and masking work on the whole batch at once (numpy gathers and torch ops, no loop over samples
 but for listing their arrays): in a DataLoader worker they are part of what one process must deliver per
