@@ -36,6 +36,7 @@ from data_prep import PrepError, __version__
 from data_prep.chunks import ChunkTask, align_chunk, encode_chunk, read_spool
 from data_prep.cleaning import Cleaner
 from data_prep.config import MonolingualConfig, PairConfig, PrepConfig
+from data_prep.files import write_atomically
 from data_prep.manifest import (FORMAT, FORMAT_VERSION, SPLITS, ManifestError, read_manifest, split_totals,
                                 write_manifest)
 from data_prep.readers import read_pairs
@@ -221,9 +222,7 @@ def _clean_pair(pair: PairConfig | MonolingualConfig, cfg: PrepConfig, work: Pat
         raise PrepError(f"{pair.key}: no {what} left after cleaning ({drops}) in {', '.join(pair.files)}")
     result = {"input_records": n_records, "clean_pairs": n, "dropped": dict(sorted(cleaner.dropped.items())),
               "chunks": chunks}
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, marker)
+    write_atomically(marker, json.dumps(result))
     log.info("%s: %d records read, %d clean, dropped %s", pair.key, n_records, n, result["dropped"])
     return result
 

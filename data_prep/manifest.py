@@ -22,8 +22,9 @@ every pair is done. The file is replaced atomically, so a reader never sees half
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from data_prep.files import write_atomically
 
 FORMAT = "weam-ds-dataset"
 FORMAT_VERSION = 1
@@ -41,10 +42,7 @@ def manifest_path(dataset_dir: str | Path) -> Path:
 
 
 def write_manifest(dataset_dir: str | Path, manifest: dict) -> None:
-    path = manifest_path(dataset_dir)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(manifest_path(dataset_dir), json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 
 def split_totals(shards: list[dict]) -> dict[str, dict[str, int]]:

@@ -548,7 +548,7 @@ def _micro_batches(cfg: RunConfig) -> list[RunConfig]:
     for k in range(1, 12):
         if d.batch_size is not None and d.batch_size >> k >= 1 and d.batch_size % (1 << k) == 0:
             data = dataclasses.replace(d, batch_size=d.batch_size >> k)
-        elif d.batch_tokens is not None and d.batch_tokens >> k >= d.max_length:
+        elif d.batch_tokens is not None and d.batch_tokens >> k >= 2 * d.max_length:
             data = dataclasses.replace(d, batch_tokens=d.batch_tokens >> k)
         else:
             break

@@ -59,7 +59,8 @@ from launcher.study import (CellFailed, StudyBusy, changed_cells, exclusive, exp
 from launcher.study_config import CellPlan, StudyConfig, load_study
 from weam_ds.config import load_run_config
 from weam_ds.registry import REGISTRY_FILE, Cell, Registry, RegistryError, config_sha256
-from weam_ds.run_dir import RunDir, write_atomically
+from data_prep.files import write_atomically
+from weam_ds.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from weam_ds.run_dir import COMMIT_FILE, PROBE_FILE, RunDir, checkpoint_problem, write_atomically
+from data_prep.files import write_atomically
+from weam_ds.run_dir import COMMIT_FILE, PROBE_FILE, RunDir, checkpoint_problem
 
 log = logging.getLogger(__name__)
 

@@ -76,8 +76,8 @@ class DataConfig:
     batch_tokens: int | None = None
     """A budget of encoded positions per rank and micro-step, padding included, counted as the objective
     encodes a batch of B pairs: R rows × W positions when packed (``pack_rows``), else 2B × max(source,
-    target width) for weam and mlm, and B × (source + target) for tlm. A sample wider than the budget alone
-    makes a batch of its own."""
+    target width) for weam and mlm, and B × (source + target) for tlm. At least 2 × ``max_length``, what one
+    pair of two full-length sentences encodes, so every batch keeps to the budget."""
     pack_rows: bool = True
     """Pack the rows a batch encodes into fewer rows, each segment attending only to itself (weam_ds.packing),
     instead of padding every row to the batch's widest one; the same losses and gradients with less padding.
@@ -103,8 +103,10 @@ class DataConfig:
             raise ConfigError("batch_size, batch_tokens: set exactly one of them")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
-        if self.batch_tokens is not None and self.batch_tokens < self.max_length:
-            raise ConfigError(f"batch_tokens: must be at least max_length ({self.max_length}), got {self.batch_tokens}")
+        if self.batch_tokens is not None and self.batch_tokens < 2 * self.max_length:
+            # One pair of two max_length sentences encodes 2 x max_length positions under every objective.
+            raise ConfigError(f"batch_tokens: must be at least 2 x max_length ({2 * self.max_length}), "
+                              f"got {self.batch_tokens}")
         if not 0 <= self.temperature <= 1:
             raise ConfigError("temperature: must be between 0 and 1")
         if self.monolingual_weight is not None and not 0 < self.monolingual_weight < 1:
@@ -201,7 +203,8 @@ class RunConfig:
     """An encoder preset (tiny, mini, base, large, xl, xxl) or a local Hugging Face checkpoint directory."""
     model_vocab: str = "match"
     """A checkpoint's vocabulary (weam_ds.vocab_check): ``match``, the dataset must have been built with the
-    checkpoint's tokenizer (refused otherwise); ``resize``, its embeddings are resized to the dataset's."""
+    checkpoint's tokenizer (refused otherwise); ``resize``, train on the dataset's tokenizer anyway: the embedding
+    table takes its size, rows kept by id (a piece whose id moved starts from another piece's vector)."""
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from weam_ds.run_dir import write_atomically
+from data_prep.files import write_atomically
 
 log = logging.getLogger(__name__)
 

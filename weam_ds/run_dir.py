@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +31,6 @@ COMMIT_FILE = "commit.json"
 """In each checkpoint tag directory, written last: ``{"tag", "world", "files": {name: bytes}}``, every file of
 the checkpoint (all ranks' and the probe) with its size. A tag without it, or whose files differ from it,
 is incomplete: a save that was killed, or a file damaged since."""
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` so that a reader sees the old content or the new, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def checkpoint_problem(tag_dir: Path) -> str | None:

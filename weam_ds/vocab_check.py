@@ -5,7 +5,8 @@ on a dataset that data_prep built with the checkpoint's own tokenizer (``tokeniz
 Another tokenizer of the same size would train silently on the wrong embeddings (every id pointing at
 another token's row), so the two vocabularies (token → id, and the special tokens) are compared before
 any process starts work, not only their sizes. ``model_vocab: resize`` is the explicit way out: the
-embeddings are resized to the dataset's tokenizer and learnt anew for what its ids mean.
+embedding table (and the MLM head) takes the dataset's vocabulary size, new rows initialised, existing rows
+kept by id, so a piece whose id moved starts from another piece's vector and training has to relearn it.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ def check_model_vocabulary(model: str, tokenizer_dir: Path, policy: str, where: 
 
     if model in PRESETS or policy == "resize":
         return
-    resize = ("or set model_vocab: resize to train the checkpoint on this tokenizer (its embeddings resized and "
-              "learnt anew)")
+    resize = ("or set model_vocab: resize to train the checkpoint on this tokenizer anyway (its embedding rows "
+              "kept by id, resized to the tokenizer's size)")
     if not any((Path(model) / name).is_file() for name in _TOKENIZER_FILES):
         raise ConfigError(f"{where}: model: {model} holds no tokenizer, so the dataset's ({tokenizer_dir}) cannot be "
                           f"checked against it: save the checkpoint's own tokenizer into it (save_pretrained), "

@@ -202,6 +202,8 @@ def test_config_errors_name_the_key(small_dataset, tmp_path):
     _bad(small_dataset, tmp_path, "data.datasets\\[0\\]: .* has no manifest.json", data={"datasets": ["/nonexistent"]})
     _bad(small_dataset, tmp_path, "objective.exchange: 'soft'", objective={"exchange": "soft"})
     _bad(small_dataset, tmp_path, "batch_size, batch_tokens: set exactly one", data={"batch_tokens": 512})
+    _bad(small_dataset, tmp_path, "batch_tokens: must be at least 2 x max_length \\(96\\)",
+         data={"batch_size": None, "batch_tokens": 60, "max_length": 48})
 
 
 def test_shipped_deepspeed_configs_resolve(small_dataset, tmp_path):

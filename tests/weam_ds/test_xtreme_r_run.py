@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from data_prep.typed_config import ConfigError
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
 from weam_ds.xtreme_r.readers import read_siqa, read_squad, siqa_files
+from weam_ds.xtreme_r.recipe import RECIPES
 from weam_ds.xtreme_r.run import run
 from weam_ds.xtreme_r.score import ScoreError, read_lines, read_tags
 from weam_ds.xtreme_r.tatoeba import official_layer
@@ -258,9 +260,21 @@ def test_xcopa_from_the_xtreme_download(setup):
 
 def test_question_answering_end_to_end(setup):
     tmp, model, recipes = setup
-    data = write_qa(tmp / "qa")
+    data = write_tatoeba(write_qa(tmp / "qa"))
+    shutil.copy(RECIPES / "tatoeba.yaml", recipes / "tatoeba.yaml")
     out = tmp / "qa-run"
-    results = run(model, data, ["xquad", "mlqa"], out, seeds=[3], recipes=recipes, languages=["en", "de"])
+    results = run(model, data, ["xquad", "mlqa", "tatoeba"], out, seeds=[3], recipes=recipes, languages=["en", "de"])
+    # One English-SQuAD model serves XQuAD, MLQA and Tatoeba, as XTREME-R's scripts use it.
+    squad = out / "squad" / "seed3" / "model"
+    assert (squad / "config.json").is_file()
+    tatoeba = json.loads((out / "tatoeba" / "seed3" / "result.json").read_text())
+    assert tatoeba["encoder"] == "squad" and tatoeba["encoder_dir"] == str(squad)
+    assert not any("raw" in d for d in tatoeba["protocol"]["differences"])
+    raw = run(model, data, ["tatoeba"], tmp / "qa-raw-run", seeds=[3], recipes=recipes, languages=["de"],
+              tatoeba_encoder="raw")
+    raw_result = json.loads((tmp / "qa-raw-run" / "tatoeba" / "seed3" / "result.json").read_text())
+    assert raw_result["encoder"] == "raw" and not (tmp / "qa-raw-run" / "squad").exists()
+    assert any("raw" in d for d in raw_result["protocol"]["differences"]) and raw["tatoeba"]["scored"]
     for task, metric in (("xquad", metrics.squad), ("mlqa", metrics.mlqa)):
         result = json.loads((out / task / "seed3" / "result.json").read_text())
         assert result["split"] == "test"
@@ -278,6 +292,7 @@ def test_question_answering_end_to_end(setup):
         scores = result["scores"]  # avg_metric is the official (EM + F1) / 2, named so
         assert scores["avg_metric"] == pytest.approx((scores["avg_exact_match"] + scores["avg_f1"]) / 2)
         assert results[task]["avg_metric"] == pytest.approx(scores["avg_metric"])
+        assert result["english_model"] == str(squad)
 
 
 def test_qa_with_the_answers_stripped(setup):

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from weam_ds.run_dir import write_atomically
+from data_prep.files import write_atomically
 from weam_ds.xtreme_r.readers import labelled, read_split, task_file
 from weam_ds.xtreme_r.recipe import Recipe
 from weam_ds.xtreme_r.score import ScoreError

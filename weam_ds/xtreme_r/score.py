@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from statistics import fmean
 
-from weam_ds.run_dir import write_atomically
+from data_prep.files import write_atomically
 from weam_ds.xtreme_r import metrics
 from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, TASKS
 

@@ -36,7 +36,8 @@ class Tagger(Tuner):
         counts = Counter(t for e in self.train for t in e.tags)
         self.labels = sorted(counts)
         self.fallback = counts.most_common(1)[0][0]
-        """For a word longer than max_length on its own whose first subword still lies past the limit."""
+        """For a word the tokenizer turns into no subword at all (nothing to predict it from); every other word,
+        an over-long one included, has its first subword in its piece."""
 
     def collator(self):
         from transformers import DataCollatorForTokenClassification

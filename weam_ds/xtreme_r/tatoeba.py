@@ -56,6 +56,8 @@ OFFICIAL_LAYERS = {
     "xlm-roberta": _ReferenceLayer(14, 24, "xlm-roberta-large (LAYER=13, NLAYER=24)"),
     "xlm-roberta-xl": _ReferenceLayer(14, 24, "xlm-roberta-large (LAYER=13, NLAYER=24; XL is the same family)"),
 }
+# Other RoBERTa-family encoders take the XLM-R reference (the script's xlmr model type covers the family).
+OFFICIAL_LAYERS.update(dict.fromkeys(("roberta", "camembert"), OFFICIAL_LAYERS["xlm-roberta"]))
 """Per ``config.model_type``, the layer run_tatoeba.sh pools, with the model it was set for."""
 
 
