@@ -29,7 +29,7 @@ from transformers import AutoTokenizer
 from data_prep.typed_config import ConfigError, from_dict
 from weam_ds.batch import TokenInfo
 from weam_ds.config import DataConfig, MaskingConfig
-from weam_ds.data import Corpus, TrainStream
+from weam_ds.data import Corpus, TrainStream, padding_counts
 from weam_ds.monitor import PEAK_TFLOPS
 from weam_ds.presets import build_model, count_parameters, train_flops_per_token
 
@@ -60,10 +60,10 @@ def measure(stream, seconds: float, warmup: int) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - start) < seconds:
         batch = next(it)
-        real = int(batch["src_attention_mask"].sum()) + int(batch["tgt_attention_mask"].sum())
+        encoded, padding = padding_counts(batch, "weam")  # as the default objective encodes it (packed rows)
         pairs += len(batch["src_ids"])
-        tokens += real
-        padded += batch["src_ids"].numel() + batch["tgt_ids"].numel()
+        tokens += encoded - padding
+        padded += encoded
         count += 1
     return {"seconds": elapsed, "cpu_seconds": time.process_time() - cpu, "batches": count, "pairs": pairs, "tokens": tokens, "positions": padded}
 
