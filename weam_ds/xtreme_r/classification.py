@@ -2,13 +2,8 @@
 (transformers' sequence-classification head), fine-tuned on English, predicted in every language."""
 from __future__ import annotations
 
-import logging
-
-from weam_ds.xtreme_r.pipeline import Outcome, Seed, test_or_dev_sets, write_lines
-from weam_ds.xtreme_r.readers import read_split
+from weam_ds.xtreme_r.pipeline import Outcome, Seed, fine_tune_split_files
 from weam_ds.xtreme_r.tuners import Encoded, Tuner
-
-log = logging.getLogger(__name__)
 
 
 class Classifier(Tuner):
@@ -38,15 +33,5 @@ class Classifier(Tuner):
 
 
 def run_seed(seed: Seed, tokenizer) -> Outcome:
-    details: dict = {}
-    split, tests = test_or_dev_sets(seed, details)
-    train = read_split(seed.data, seed.task, "train", "en")
-    dev = read_split(seed.data, seed.task, "dev", "en")
-    log.info("%s seed %d: fine-tuning on %d English examples, scoring the %s split of %d languages",
-             seed.task.name, seed.seed, len(train), split, len(tests))
-    tuner = Classifier(seed.model_dir, tokenizer, train, seed.recipe)
-    details["selection"] = tuner.fit(dev, seed.work / "checkpoints", seed.seed, seed.deepspeed)
-    for lang, examples in tests.items():
-        write_lines(seed.prediction(lang), tuner.predict_lines(examples))
-        write_lines(seed.label(split, lang), [e.label for e in examples])
-    return Outcome(split, list(tests), details, batch=tuner.split)
+    return fine_tune_split_files(seed, tokenizer, Classifier, lambda examples: [e.label for e in examples],
+                                 "examples")

@@ -91,3 +91,21 @@ def test_or_dev_sets(seed: Seed, details: dict) -> tuple[str, dict[str, list]]:
         log.warning("%s: test labels withheld and no dev set for %s: not scored", task, " ".join(no_dev))
         details["unscored_languages"] = {lang: "test labels withheld, no dev set" for lang in no_dev}
     return "dev", {lang: read_split(seed.data, seed.task, "dev", lang) for lang in seed.langs if lang not in no_dev}
+
+
+def fine_tune_split_files(seed: Seed, tokenizer, tuner_class, gold_lines, unit: str) -> Outcome:
+    """The pipeline of the families whose data is one file per split and language (classification, tagging):
+    fine-tune ``tuner_class`` on the English train file, selected on English dev by the recipe's rule, then
+    write each language's predicted lines and its gold ``gold_lines(examples)``."""
+    details: dict = {}
+    split, tests = test_or_dev_sets(seed, details)
+    train = read_split(seed.data, seed.task, "train", "en")
+    dev = read_split(seed.data, seed.task, "dev", "en")
+    log.info("%s seed %d: fine-tuning on %d English %s, scoring the %s split of %d languages",
+             seed.task.name, seed.seed, len(train), unit, split, len(tests))
+    tuner = tuner_class(seed.model_dir, tokenizer, train, seed.recipe)
+    details["selection"] = tuner.fit(dev, seed.work / "checkpoints", seed.seed, seed.deepspeed)
+    for lang, examples in tests.items():
+        write_lines(seed.prediction(lang), tuner.predict_lines(examples))
+        write_lines(seed.label(split, lang), gold_lines(examples))
+    return Outcome(split, list(tests), details, batch=tuner.split)

@@ -4,18 +4,14 @@ later subwords are ignored. Sentences longer than the recipe's ``max_length`` ar
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass
 
 from weam_ds.batch import IGNORE
 from weam_ds.xtreme_r import metrics
-from weam_ds.xtreme_r.pipeline import Outcome, Seed, test_or_dev_sets, write_lines
-from weam_ds.xtreme_r.readers import read_split
+from weam_ds.xtreme_r.pipeline import Outcome, Seed, fine_tune_split_files
 from weam_ds.xtreme_r.tag_pieces import join_pieces, split_sentences
 from weam_ds.xtreme_r.tuners import Encoded, Tuner
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,15 +81,5 @@ class Tagger(Tuner):
 
 
 def run_seed(seed: Seed, tokenizer) -> Outcome:
-    details: dict = {}
-    split, tests = test_or_dev_sets(seed, details)
-    train = read_split(seed.data, seed.task, "train", "en")
-    dev = read_split(seed.data, seed.task, "dev", "en")
-    log.info("%s seed %d: fine-tuning on %d English sentences, scoring the %s split of %d languages",
-             seed.task.name, seed.seed, len(train), split, len(tests))
-    tuner = Tagger(seed.model_dir, tokenizer, train, seed.recipe)
-    details["selection"] = tuner.fit(dev, seed.work / "checkpoints", seed.seed, seed.deepspeed)
-    for lang, examples in tests.items():
-        write_lines(seed.prediction(lang), tuner.predict_lines(examples))
-        write_lines(seed.label(split, lang), [line for e in examples for line in e.tags + [""]])
-    return Outcome(split, list(tests), details, batch=tuner.split)
+    return fine_tune_split_files(seed, tokenizer, Tagger,
+                                 lambda examples: [line for e in examples for line in e.tags + [""]], "sentences")
