@@ -392,9 +392,13 @@ def test_languages_without_labelled_data_are_left_out_and_named(setup):
     sorted_data = write_tatoeba(tmp / "tatoeba-sorted-cli", sort_english=True)
     cli = subprocess.run([sys.executable, "-m", "weam_ds.xtreme_r", "run", "--model", str(model), "--data",
                           str(sorted_data), "--tasks", "tatoeba", "--out", str(tmp / "tatoeba-sorted-cli-run"),
-                          "--seeds", "1", "--languages", "de"], capture_output=True, text=True, timeout=600)
+                          "--seeds", "1", "--languages", "de", "--tatoeba-encoder", "raw"],
+                         capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "tatoeba  test not scored: " in cli.stdout
+    result = json.loads((tmp / "tatoeba-sorted-cli-run" / "tatoeba" / "seed1" / "result.json").read_text())
+    assert result["encoder"] == "raw" and "asked for with --tatoeba-encoder raw" in " ".join(
+        result["protocol"]["differences"])
 
 
 def test_tatoeba_from_the_official_layout(setup):
