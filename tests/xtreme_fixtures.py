@@ -19,6 +19,21 @@ WORDS = {
     "es": {"people": ["María", "Juan", "Aiko"], "places": ["París", "Berlín", "Tokio"], "lives": "vive en",
            "works": "trabaja en", "sleeps": "duerme", "awake": "está despierto", "someone": "Alguien"},
 }
+def save_tiny_model(dataset: Path, folder: Path) -> Path:
+    """A freshly initialised ``tiny`` masked LM (seed 0) with the dataset's tokenizer, saved to ``folder``: the
+    model the evaluator tests fine-tune and embed with."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from weam_ds.presets import build_model
+
+    tok = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
+    torch.manual_seed(0)
+    build_model("tiny", len(tok), pad_token_id=tok.pad_token_id).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
 QUESTION = {"en": "Where does {} live?", "de": "Wo wohnt {}?", "fr": "Où habite {} ?", "es": "¿Dónde vive {}?",
             "id": "Di mana {} tinggal?"}
 

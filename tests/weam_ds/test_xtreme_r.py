@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
-from xtreme_fixtures import write_mewslix
+from xtreme_fixtures import save_tiny_model, write_mewslix
 
 from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
@@ -281,11 +280,7 @@ def test_tag_files_keep_a_last_sentence_without_blank_line(tmp_path):
 
 def test_tatoeba_retrieval_in_both_directions(small_dataset, tmp_path):
     dataset, _, _ = small_dataset
-    tok = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
-    torch.manual_seed(0)
-    model_dir = tmp_path / "model"
-    build_model("tiny", len(tok), pad_token_id=tok.pad_token_id).save_pretrained(str(model_dir))
-    tok.save_pretrained(str(model_dir))
+    model_dir = save_tiny_model(dataset, tmp_path / "model")
     results = evaluate_dataset(model_dir, dataset, tmp_path / "eval", batch_size=32)
     pairs = held_out_pairs(dataset)
     langs = sorted(lang for lang, _, _ in pairs.values())

@@ -6,12 +6,9 @@ import json
 import statistics
 
 import pytest
-import torch
-from transformers import AutoTokenizer
-from xtreme_fixtures import write_xtreme
+from xtreme_fixtures import save_tiny_model, write_xtreme
 
 from data_prep.typed_config import ConfigError
-from weam_ds.presets import build_model
 from weam_ds.xtreme_r.__main__ import main
 from weam_ds.xtreme_r.aggregate import aggregate
 from weam_ds.xtreme_r.recipe import RECIPES, Recipe, load_recipe
@@ -116,11 +113,7 @@ def test_a_bad_selection_is_an_error_naming_the_file(tmp_path):
 def tiny(small_dataset, tmp_path_factory):
     dataset, _, _ = small_dataset
     tmp = tmp_path_factory.mktemp("protocol")
-    tok = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
-    torch.manual_seed(0)
-    build_model("tiny", len(tok), pad_token_id=tok.pad_token_id).save_pretrained(str(tmp / "model"))
-    tok.save_pretrained(str(tmp / "model"))
-    return tmp, tmp / "model", write_xtreme(tmp / "data", languages=("en", "de"))
+    return tmp, save_tiny_model(dataset, tmp / "model"), write_xtreme(tmp / "data", languages=("en", "de"))
 
 
 def _xnli(tmp, model, data, name: str, selection: str) -> dict:

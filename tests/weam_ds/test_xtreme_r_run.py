@@ -8,14 +8,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 from conftest import free_port
-from xtreme_fixtures import (ENTITIES, SIQA, SIQA_DEV, strip_answers, write_lareqa, write_mewslix, write_qa, write_siqa,
-                             write_tatoeba, write_tydiqa, write_xcopa, write_xtreme)
+from xtreme_fixtures import (ENTITIES, SIQA, SIQA_DEV, save_tiny_model, strip_answers, write_lareqa, write_mewslix,
+                             write_qa, write_siqa, write_tatoeba, write_tydiqa, write_xcopa, write_xtreme)
 
 from data_prep.typed_config import ConfigError
-from weam_ds.presets import build_model
 from weam_ds.xtreme_r import metrics
 from weam_ds.xtreme_r.readers import read_siqa, read_squad, siqa_files
 from weam_ds.xtreme_r.recipe import RECIPES
@@ -30,11 +28,7 @@ RECIPE = "learning_rate: 1.0e-3\nepochs: 2\nbatch_size: 8\nmax_length: 32\n"
 def setup(small_dataset, tmp_path_factory):
     dataset, _, _ = small_dataset
     tmp = tmp_path_factory.mktemp("xtreme")
-    tok = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
-    torch.manual_seed(0)
-    model = tmp / "model"
-    build_model("tiny", len(tok), pad_token_id=tok.pad_token_id).save_pretrained(str(model))
-    tok.save_pretrained(str(model))
+    model = save_tiny_model(dataset, tmp / "model")
     recipes = tmp / "recipes"
     recipes.mkdir()
     extra = {"xquad": "doc_stride: 8\n", "mlqa": "doc_stride: 8\n", "tydiqa": "doc_stride: 8\n",
