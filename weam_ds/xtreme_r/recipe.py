@@ -62,8 +62,10 @@ def load_recipe(task: Task, recipes: Path) -> Recipe:
     the file gives none)."""
     path = recipes / f"{task.name}.yaml"
     recipe = load_yaml(Recipe, path)
-    if recipe.pooling not in ("cls", "mean"):
-        raise ConfigError(f"{path}: pooling {recipe.pooling!r} (expected cls or mean)")
+    from weam_ds.xtreme_r.dual_encoder import POOLINGS  # here: dual_encoder imports the tuners, which import this
+
+    if recipe.pooling not in POOLINGS:
+        raise ConfigError(f"{path}: pooling {recipe.pooling!r} (expected {' or '.join(POOLINGS)})")
     if recipe.first_stage is not None and recipe.first_stage not in FIRST_STAGES.get(task.name, ()):
         allowed = " or ".join(FIRST_STAGES.get(task.name, ()) + ("null",))
         raise ConfigError(f"{path}: first_stage {recipe.first_stage!r} (expected {allowed})")
