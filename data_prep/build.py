@@ -39,6 +39,7 @@ from data_prep.config import MonolingualConfig, PairConfig, PrepConfig
 from data_prep.files import write_atomically
 from data_prep.manifest import (FORMAT, FORMAT_VERSION, SPLITS, ManifestError, read_manifest, split_totals,
                                 write_manifest)
+from data_prep.output_dirs import claim
 from data_prep.readers import read_pairs
 from data_prep.tokenizer import copy_tokenizer, tokenizer_sha256, train_tokenizer
 from data_prep.typed_config import to_dict
@@ -58,7 +59,7 @@ class BuildReport:
 
 def build(cfg: PrepConfig) -> BuildReport:
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "data_prep", earlier="manifest.json")  # never into a directory of other files (a run, the cwd)
     with _exclusive(out):
         manifest = _open_manifest(out, cfg)
         report = BuildReport(manifest)
