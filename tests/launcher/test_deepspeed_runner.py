@@ -1,0 +1,77 @@
+"""``python -m launcher run --backend deepspeed`` for real: the DeepSpeed runner checks ssh, then pdsh starts
+``deepspeed.launcher.launch`` on each host of a hostfile through a real sshd (tests/sshd_hosts.py: two loopback
+aliases of this machine), and the two nodes train a tiny run to the end on CPU (gloo)."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import free_port
+from sshd_hosts import SshHosts, ssh_hosts  # noqa: F401 (a fixture)
+from test_run import HOSTILE, LAUNCH, assert_nothing_ran, logged_losses, metric_steps, start, write_run_config  # noqa: F401
+from weam_ds.run_dir import RunDir, checkpoint_problem
+
+STEPS = 4
+
+
+@pytest.fixture
+def hosts(ssh_hosts: SshHosts):
+    """The two hosts, and after the test no process left of what it started through them."""
+    yield ssh_hosts
+    ssh_hosts.end_sessions()
+
+
+def is_rank(cmdline: list[str], config: Path) -> bool:
+    """A training process of this run (``python -u -m weam_ds.train ... --config <config>``), not one of the
+    commands that start it (the runner, pdsh, ssh and the per-host launcher name the module and config too)."""
+    return ["-m", "weam_ds.train"] in [cmdline[i:i + 2] for i in range(len(cmdline))] and str(config) in cmdline
+
+
+def watch_ranks(job: subprocess.Popen, config: Path, seconds: float = 300) -> dict[str, dict[str, str]]:
+    """Until the job ends: each training rank's environment (by RANK), read from the processes themselves,
+    which run under sshd, not under this test."""
+    ranks = {}
+    deadline = time.monotonic() + seconds
+    while job.poll() is None:
+        assert time.monotonic() < deadline, "timed out"
+        for process in psutil.process_iter(["cmdline", "environ"]):
+            if is_rank(process.info["cmdline"] or [], config) and process.info["environ"]:
+                ranks[process.info["environ"]["RANK"]] = process.info["environ"]
+        time.sleep(0.2)
+    return ranks
+
+
+def test_the_deepspeed_runner_trains_to_the_end_on_two_hosts_through_sshd_and_pdsh(hosts, small_dataset, tmp_path,
+                                                                                   start):
+    dataset, _, _ = small_dataset
+    out = tmp_path / "run"
+    config = write_run_config(tmp_path, dataset, out, steps=STEPS)
+    (tmp_path / "hostfile").write_text("".join(f"{host} slots=1\n" for host in hosts.hosts))
+    console = tmp_path / "console.log"  # a file, not a pipe: the watch below reads no output while the job runs
+    with console.open("w") as sink:
+        job = start([*LAUNCH, "--config", str(config), "--backend", "deepspeed", "--hostfile", "hostfile",
+                     "--rdzv-endpoint", f"{hosts.hosts[0]}:{free_port()}", "--env", f"WEAM_PROBE={HOSTILE}"],
+                    cwd=tmp_path, env=hosts.environ(), stdout=sink, stderr=subprocess.STDOUT)
+        ranks = watch_ranks(job, config)
+    assert job.returncode == 0, console.read_text()[-4000:]
+
+    # One rank per host, each inside a login that sshd accepted on that host's alias, with .deepspeed_env's
+    # value intact.
+    assert sorted(ranks) == ["0", "1"]
+    logins = hosts.logins()
+    for rank, host in enumerate(hosts.hosts):
+        client, port, reached, _ = ranks[str(rank)]["SSH_CONNECTION"].split()
+        assert reached == host and logins[client, port] == host
+        assert ranks[str(rank)]["WEAM_PROBE"] == HOSTILE
+
+    run = RunDir(out)
+    rank0, rank1 = logged_losses(run.log(0)), logged_losses(run.log(1))
+    assert [step for step, _ in rank0] == list(range(1, STEPS + 1)) and rank0 == rank1  # one job: one global loss
+    assert "rank 1 of 2" in run.log(1).read_text()
+    assert metric_steps(run) == list(range(1, STEPS + 1))
+    assert run.latest_tag() == f"step{STEPS}" and checkpoint_problem(run.checkpoints / f"step{STEPS}") is None
+    assert_nothing_ran(tmp_path)
