@@ -24,7 +24,7 @@ demo: venv
 	$(PY) -m data_prep --config $(DEMO_DIR)/prep.yaml
 	$(PY) -m launcher.demo --dataset $(DEMO_DIR)/dataset --out $(DEMO_DIR)/study.yaml
 	$(PY) -m launcher study run $(DEMO_DIR)/study.yaml
-	$(PY) -m weam_ds.report --study $(DEMO_DIR)/study --out $(DEMO_DIR)/report
+	$(PY) -m weam_ds.report --study $(DEMO_DIR)/study --out $(DEMO_DIR)/report --force
 
 bench: venv
 	$(PY) bench/bench_data_prep.py

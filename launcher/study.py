@@ -3,15 +3,18 @@
 ``run`` expands the study file (launcher.study_config) into cells, registers every one in the study's
 ``registry.sqlite`` (weam_ds.registry) and takes each through its steps, recording each in the registry:
 
-    pending ─► running ─► trained ─► exported ─► evaluated          (or failed, with the error)
+    pending ─► running ─► trained ─► exported ─► evaluated          (or failed, with the error;
+                                                                     interrupted: Ctrl-C in its training)
                train:      export:     evaluate:
                launcher    weam_ds     Tatoeba-style retrieval on the datasets' held-out test pairs,
                backend     .export     and/or weam_ds.xtreme_r run (fine-tuning seeds)
 
 Cells run one after another through the study's launcher backend (``launch:``), each training's console in
 ``cells/<cell>/study.log``; with ``launch.backend: slurm`` they run as jobs instead, and go from running to
-evaluated or failed (launcher.study_slurm). A second ``run`` skips evaluated cells, continues interrupted
-ones (training resumes from its checkpoints) and retries failed ones with ``--retry-failed``. A study file
+evaluated or failed (launcher.study_slurm). Ctrl-C stops the study where it is, with one line:
+a cell stopped in its training checkpoints and becomes ``interrupted``; one stopped in its export or evaluation
+stays ``trained`` or ``exported``. A second ``run`` skips evaluated cells, continues interrupted ones
+(training resumes from its checkpoints) and retries failed ones with ``--retry-failed``. A study file
 that now gives a trained cell another run config is refused, naming the cells; a cell whose training had not
 finished is started afresh with the new config; an added axis value adds only its cells. One runner at a
 time holds a study directory. ``status`` prints every cell's state, step, cost and headline score.
@@ -38,7 +41,7 @@ from tqdm import tqdm
 from data_prep.typed_config import ConfigError
 from launcher.backends import BACKENDS, Request
 from launcher.cluster import ClusterConfig
-from launcher.launch import execute
+from launcher.launch import STOPPED_CODES, execute
 from launcher.study_config import CellPlan, StudyConfig, expand, load_study, study_sha256
 from weam_ds.config import load_run_config
 from weam_ds.registry import REGISTRY_FILE, Cell, Registry, config_sha256, training_totals
@@ -53,6 +56,10 @@ TATOEBA_SEED = 0
 
 class CellFailed(RuntimeError):
     pass
+
+
+class StudyInterrupted(Exception):
+    """Ctrl-C or SIGTERM reached the study runner: it stops after recording where the cell stands."""
 
 
 class StudyBusy(ConfigError):
@@ -122,7 +129,11 @@ def run(path: Path, retry_failed: bool = False, dry_run: bool = False) -> int:
                 return 0
             failed = study_slurm.submit(path, study, plans, retry_failed)
         else:
-            failed = _run_here(path, study, plans, retry_failed)
+            try:
+                failed = _run_here(path, study, plans, retry_failed)
+            except StudyInterrupted as exc:
+                print(f"launcher: {exc}; `study run` again continues it", file=sys.stderr)
+                return 130
     print(status_table(Path(study.study_dir)))
     if failed:
         print(f"launcher: {len(failed)} cells failed: {'; '.join(failed)}", file=sys.stderr)
@@ -142,6 +153,8 @@ def _run_here(path: Path, study: StudyConfig, plans: list[CellPlan], retry_faile
         for plan in tqdm(todo, desc=f"study {study.name}", unit="cell", disable=None):
             try:
                 _run_cell(study, plan, registry, states[plan.name])
+            except (StudyInterrupted, KeyboardInterrupt) as exc:
+                raise StudyInterrupted(f"study {study.name} interrupted in cell {plan.name}") from exc
             except CellFailed as exc:
                 registry.set_state(plan.name, "failed", error=str(exc))
                 log.error("cell %s failed: %s", plan.name, exc)
@@ -151,7 +164,11 @@ def _run_here(path: Path, study: StudyConfig, plans: list[CellPlan], retry_faile
 def _run_cell(study: StudyConfig, plan: CellPlan, registry: Registry, state: str) -> None:
     if state not in TRAINED:
         registry.set_state(plan.name, "running")
-        _train(study, plan, registry)
+        try:
+            _train(study, plan, registry)
+        except (StudyInterrupted, KeyboardInterrupt):
+            registry.set_state(plan.name, "interrupted")  # its training checkpointed as it stopped
+            raise
         registry.set_state(plan.name, "trained")
     with _console_to(plan.directory / "study.log"):
         if state != "exported":
@@ -173,6 +190,8 @@ def _train(study: StudyConfig, plan: CellPlan, registry: Registry) -> None:
     cluster = study.launch
     launch = BACKENDS[cluster.backend](Request(plan.config_file.resolve(), load_run_config(plan.config_file), cluster))
     code = execute(launch, RunDir(plan.run_dir), dry_run=False, output=plan.directory / "study.log")
+    if code in STOPPED_CODES:
+        raise StudyInterrupted(f"training stopped by signal {code - 128}")
     if code != 0:
         raise CellFailed(f"training exited with status {code} (its console: {plan.directory / 'study.log'}, "
                          f"its rank logs: {RunDir(plan.run_dir).log(0).parent})")
@@ -187,7 +206,7 @@ def training_cost(cluster: ClusterConfig, plan: CellPlan) -> dict:
     if totals["steps"] != plan.run["train"]["steps"]:
         raise CellFailed(f"training stopped at step {totals['steps']} of {plan.run['train']['steps']} "
                          "(stopped from outside: run the study again to continue)")
-    world = (cluster.nnodes or 1) * cluster.processes_per_node
+    world = cluster.shape().world_size
     gpu = _gpu_name()
     return {**totals, "world_size": world, "gpu_hours": world * totals["wall_seconds"] / 3600 if gpu else 0.0,
             "hardware": f"{world}x {gpu or platform.processor() or platform.machine() + ' CPU'}"}
@@ -203,7 +222,7 @@ def export_cell(plan: CellPlan) -> None:
     from weam_ds.export import ExportError, export
 
     try:
-        export(RunDir(plan.run_dir).checkpoints, plan.export_dir)
+        export(RunDir(plan.run_dir).checkpoints, plan.export_dir, force=True)  # the cell's own: a retry replaces it
     except (ExportError, OSError, ValueError) as exc:
         raise CellFailed(f"export: {exc}") from None
 

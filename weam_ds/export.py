@@ -7,20 +7,24 @@ parameters (the prior-attention exchange) are left out, and the encoder with its
 ``save_pretrained`` (safetensors, fp32 or ``--dtype bf16/fp16``) next to the run's tokenizer, so
 ``AutoModelForMaskedLM.from_pretrained`` loads it. The export is then checked: its MLM logits on the probe
 the trainer stored with the checkpoint must match the training engine's.
+
+OUT_DIR must be new or empty, or an earlier export (replaced only with ``--force``): the export is built beside
+it and moved in once checked (data_prep.output_dirs). Inside a run directory, the export holds the run's lock
+(weam_ds.run_lock), so it is refused while a training writes there.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
+from data_prep.output_dirs import replacing
 from weam_ds.run_dir import PROBE_FILE, RunDir, checkpoint_problem
+from weam_ds.run_lock import holding_enclosing
 
 log = logging.getLogger("weam_ds.export")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -30,9 +34,19 @@ class ExportError(RuntimeError):
     pass
 
 
-def export(checkpoints: Path, out: Path, tag: str | None = None, dtype: str = "fp32") -> float | None:
-    """Writes the model to ``out``; returns the largest |logit difference| against the probe (None if the
-    checkpoint has no probe). Raises ExportError when the check fails."""
+def export(checkpoints: Path, out: Path, tag: str | None = None, dtype: str = "fp32",
+           force: bool = False) -> float | None:
+    """Writes the model to ``out`` (a new or empty directory, or with ``force`` an earlier export); returns the
+    largest |logit difference| against the probe (None if the checkpoint has no probe). Raises ExportError when
+    the check fails, OutputDirError (data_prep.output_dirs) for an ``out`` it may not write, RunDirBusy when
+    ``out`` lies in a run directory that another process is writing."""
+    # Built beside ``out`` and moved in once checked: a failed or interrupted export leaves nothing that looks
+    # complete, and removes nothing it did not write.
+    with holding_enclosing(out, "weam_ds.export"), replacing(out, "weam_ds.export", force) as tmp:
+        return _export(checkpoints, tmp, tag, dtype)
+
+
+def _export(checkpoints: Path, out: Path, tag: str | None, dtype: str) -> float | None:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
@@ -68,20 +82,9 @@ def export(checkpoints: Path, out: Path, tag: str | None = None, dtype: str = "f
                           f"unexpected {sorted(unexpected)[:3]})")
     model.tie_weights()
     model = model.to(DTYPES[dtype]).eval()
-
-    # Write beside the target, then move into place: a failed export leaves nothing that looks complete.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        AutoTokenizer.from_pretrained(str(run.model)).save_pretrained(str(tmp))
-        difference = _check(tmp, checkpoints / tag / PROBE_FILE, dtype)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return difference
+    model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(run.model), local_files_only=True).save_pretrained(str(out))
+    return _check(out, checkpoints / tag / PROBE_FILE, dtype)
 
 
 def _damaged_file(tag_dir: Path) -> Path | None:
@@ -121,13 +124,14 @@ def _check(model_dir: Path, probe_file: Path, dtype: str) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="weam_ds.export", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, help="a run's checkpoints/ directory")
-    parser.add_argument("out", type=Path, help="the Hugging Face model directory to write")
+    parser.add_argument("out", type=Path, help="the Hugging Face model directory to write: a new or empty one")
     parser.add_argument("--tag", help="checkpoint tag (default: latest)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights precision (default fp32)")
+    parser.add_argument("--force", action="store_true", help="replace OUT when it holds an earlier export")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        difference = export(args.checkpoints, args.out, args.tag, args.dtype)
+        difference = export(args.checkpoints, args.out, args.tag, args.dtype, args.force)
     except (ExportError, OSError, ValueError) as exc:
         print(f"weam_ds.export: error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,9 @@ compute per objective, with the transfer gap. It writes into REPORT_DIR:
 - ``tensorboard/<cell>/``: one hparams entry per cell (its axes; its scores, transfer gaps and cost as metrics),
   for ``tensorboard --logdir REPORT_DIR/tensorboard``.
 
+REPORT_DIR must be new or empty, or an earlier report, replaced only with ``--force``: the report is built beside
+it and moved in whole (data_prep.output_dirs), so a rerun never removes what it did not write.
+
 How the numbers are made:
 
 - Each task is scored by its headline metric (``headline_metric``), per cell and language the mean over its
@@ -36,7 +39,6 @@ import argparse
 import base64
 import csv
 import html
-import shutil
 import statistics
 import sys
 from collections import defaultdict
@@ -46,6 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from data_prep.output_dirs import OutputDirError, replacing
 from weam_ds.registry import REGISTRY_FILE, Cell, Registry, RegistryError
 from weam_ds.xtreme_r.tasks import TASKS
 
@@ -585,7 +588,6 @@ def write_hparams(results: Results, directory: Path) -> None:
     those it has: a missing one is absent, not 0)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    shutil.rmtree(directory, ignore_errors=True)  # a rerun replaces the entries instead of adding to them
     with SummaryWriter(str(directory)) as writer:
         for cell in results.cells.values():
             hparams = {**cell.axes, "parameters": cell.parameters, "n_languages": cell.n_languages,
@@ -644,11 +646,8 @@ def to_html(blocks: list[tuple], images: Path, title: str) -> str:
 
 
 def build(registry: Registry, out: Path) -> list[tuple]:
-    """Writes the report of ``registry`` into ``out``; returns its blocks."""
+    """Writes the report of ``registry`` into ``out``, a new directory; returns its blocks."""
     results = Results.read(registry)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in PLOTS:  # a plot that cannot be drawn this time must not survive from an earlier report
-        (out / name).unlink(missing_ok=True)
     all_gains, rows = gains(results), scaling(results)
     study = registry.study()
     title = f"Scaling study report: {study.name or registry.path.parent.name}"
@@ -738,16 +737,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m weam_ds.report",
                                      description="The scaling study's report, from its registry.sqlite alone.")
     parser.add_argument("--study", type=Path, required=True, help="the study directory (holds registry.sqlite)")
-    parser.add_argument("--out", type=Path, required=True, help="where the report goes (created)")
+    parser.add_argument("--out", type=Path, required=True, help="where the report goes: a new or empty directory")
+    parser.add_argument("--force", action="store_true", help="replace --out when it holds an earlier report")
     args = parser.parse_args(argv)
     try:
-        if args.out.exists() and not args.out.is_dir():
-            raise RegistryError(f"--out {args.out}: a file, not a directory")
         with Registry(args.study / REGISTRY_FILE, readonly=True) as registry:
             if not registry.cells():
                 raise RegistryError(f"{registry.path}: no cells registered yet")
-            blocks = build(registry, args.out)
-    except RegistryError as exc:
+            # Built beside --out and moved in whole: a rerun leaves no plot or hparams entry of the last one.
+            with replacing(args.out, "weam_ds.report", args.force) as tmp:
+                blocks = build(registry, tmp)
+    except (RegistryError, OutputDirError) as exc:
         print(f"weam_ds.report: error: {exc}", file=sys.stderr)
         return 2
     print("Summary: " + blocks[blocks.index(("h2", "Summary")) + 1][1])

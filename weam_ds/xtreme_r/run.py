@@ -11,6 +11,8 @@ XQuAD and MLQA share one English-SQuAD model per seed (``<out>/squad/seed<k>/mod
 with it, as XTREME-R does; a run with Tatoeba trains it when the download has SQuAD's training data, and
 otherwise (or with ``tatoeba_encoder="raw"``) Tatoeba embeds with the raw model and says so.
 
+``<out>`` is a new folder or one this command wrote (data_prep.output_dirs: never the user's files nor a run
+directory's own; inside a run directory it holds the run's lock, weam_ds.run_lock).
 ``<out>/<task>/seed<k>/result.json`` is written last, so an interrupted run resumes at the task/seed level
 (a seed cut off mid-way is redone from the start). It records the recipe, a ``protocol`` block (the official
 script, the selection rule, the batch as split over this run's devices, and every difference from the
@@ -31,7 +33,9 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+from data_prep.output_dirs import claim
 from data_prep.typed_config import ConfigError
+from weam_ds.run_lock import holding_enclosing
 from weam_ds.xtreme_r import choice, classification, dual_encoder_task, qa, tagging, tatoeba
 from weam_ds.xtreme_r.aggregate import aggregate
 from weam_ds.xtreme_r.pipeline import Outcome, Seed
@@ -48,6 +52,8 @@ PIPELINES = {"classification": classification.run_seed, "multiple_choice": choic
              "dual_encoder": dual_encoder_task.run_seed}
 """Per family: ``(seed, tokenizer) -> Outcome``, having written the predictions and labels."""
 
+COMMAND = "weam_ds.xtreme_r run"
+"""The marker of its output folders (data_prep.output_dirs)."""
 TATOEBA_ENCODERS = ("squad", "raw")
 """What Tatoeba embeds with: the English-SQuAD QA model (XTREME-R's protocol) or the raw pre-trained model."""
 
@@ -58,17 +64,19 @@ def run(model_dir: Path, data: Path, tasks: list[str], out: Path, seeds: list[in
     if tatoeba_encoder not in TATOEBA_ENCODERS:
         raise ConfigError(f"--tatoeba-encoder: {tatoeba_encoder!r} (expected {' or '.join(TATOEBA_ENCODERS)})")
     squad_recipe, why_raw = _squad_plan(data, plan, recipes, tatoeba_encoder)
-    for name, (recipe, langs) in plan.items():
-        task = TASKS[name]
-        for k in seeds:
-            seed = Seed(model_dir, data, task, langs, recipe, k, out, deepspeed)
-            if (seed.work / "result.json").is_file():
-                log.info("%s seed %d: done before, skipped", name, k)
-                continue
-            _run_seed(seed, squad_recipe if name in qa.SQUAD_TRAINED or (name == "tatoeba" and not why_raw) else None,
-                      why_raw)
-    results = aggregate(out, list(plan), seeds)
-    write_scores(results, out / "results.json")
+    with holding_enclosing(out, COMMAND):
+        claim(out, COMMAND)  # a new folder, or this command's to resume: it removes seeds' checkpoints there
+        for name, (recipe, langs) in plan.items():
+            task = TASKS[name]
+            for k in seeds:
+                seed = Seed(model_dir, data, task, langs, recipe, k, out, deepspeed)
+                if (seed.work / "result.json").is_file():
+                    log.info("%s seed %d: done before, skipped", name, k)
+                    continue
+                _run_seed(seed, squad_recipe if name in qa.SQUAD_TRAINED or (name == "tatoeba" and not why_raw)
+                          else None, why_raw)
+        results = aggregate(out, list(plan), seeds)
+        write_scores(results, out / "results.json")
     return results
 
 
@@ -120,7 +128,7 @@ def _run_seed(seed: Seed, squad_recipe: Recipe | None, why_raw: str | None) -> N
     from transformers import AutoTokenizer
 
     shutil.rmtree(seed.work / "checkpoints", ignore_errors=True)  # left by a seed cut off mid-way
-    tokenizer = AutoTokenizer.from_pretrained(str(seed.model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(seed.model_dir), local_files_only=True)
     if squad_recipe is not None:
         seed.squad_model = qa.train_squad(seed.model_dir, seed.data, squad_recipe, seed.seed, seed.out,
                                           seed.deepspeed, tokenizer)

@@ -27,13 +27,17 @@ import webdataset as wds
 from tqdm import tqdm
 
 from data_prep.manifest import is_monolingual, read_manifest, shard_paths
+from data_prep.output_dirs import claim
 from data_prep.shard_format import decode_sample
+from weam_ds.run_lock import holding_enclosing
 from weam_ds.xtreme_r.encoders import load_encoder, max_positions, mean_pool
 from weam_ds.xtreme_r.pipeline import Outcome, Seed, write_lines
 from weam_ds.xtreme_r.readers import read_sentences, tatoeba_files, tatoeba_shuffled
 from weam_ds.xtreme_r.score import ScoreError, score, score_task, write_scores
 
 log = logging.getLogger(__name__)
+COMMAND = "weam_ds.xtreme_r tatoeba"
+"""The marker of its output folders (data_prep.output_dirs)."""
 
 TASK = "tatoeba"
 OFFICIAL_MAX_LENGTH = 512
@@ -220,7 +224,7 @@ def run_seed(seed: Seed, tokenizer, why_raw: str | None = None) -> Outcome:
 def _require_qa_model(model_dir: Path) -> None:
     from transformers import AutoConfig
 
-    architectures = AutoConfig.from_pretrained(str(model_dir)).architectures or []
+    architectures = AutoConfig.from_pretrained(str(model_dir), local_files_only=True).architectures or []
     if not any(a.endswith("ForQuestionAnswering") for a in architectures):
         raise ValueError(f"{model_dir}: Tatoeba embeds with the English-SQuAD fine-tuned QA model; this one was "
                          f"saved as {', '.join(architectures) or 'an unknown architecture'}")
@@ -246,25 +250,29 @@ def evaluate_dataset(model_dir: Path, dataset: Path, out: Path, layer: int | Non
                      max_length: int = OFFICIAL_MAX_LENGTH) -> dict[str, dict]:
     """Raw-model retrieval on a data_prep dataset's held-out test pairs (aligned by construction), in both
     directions, each in its own folder with predictions, labels and scores.json: ``out/tatoeba-en2xx`` (the
-    official direction) and ``out/tatoeba-xx2en``. Returns the scores per direction."""
+    official direction) and ``out/tatoeba-xx2en``. Returns the scores per direction. ``out`` is a new folder or
+    an earlier one of this command's, rewritten (data_prep.output_dirs)."""
     from transformers import AutoTokenizer
 
-    embedder = _Embedder.load(model_dir, AutoTokenizer.from_pretrained(str(model_dir)), layer, max_length, batch_size)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    embedder = _Embedder.load(model_dir, tokenizer, layer, max_length, batch_size)
     log.info("Tatoeba-style retrieval with %s, mean-pooled hidden_states[%d], at most %d tokens", model_dir,
              embedder.layer, embedder.max_length)
     pairs = held_out_pairs(dataset)
     folders = {direction: out / f"tatoeba-{direction}" for direction in (OFFICIAL_DIRECTION, EXTRA_DIRECTION)}
-    for lang, foreign, english in pairs.values():
-        for direction, found in embedder.both_directions(foreign, english, lang).items():
-            write_lines(folders[direction] / "predictions" / TASK / f"test-{lang}.tsv", _lines(found))
-            write_lines(folders[direction] / "labels" / TASK / f"test-{lang}.tsv", _lines(range(len(found))))
-    results = {}
-    for direction, folder in folders.items():
-        scores = score(folder / "predictions", folder / "labels", "xtreme-r",
-                       languages=[lang for lang, _, _ in pairs.values()])
-        write_scores(scores, folder / "scores.json")
-        results[direction] = scores
-        accuracy = scores[TASK]["accuracy"]
-        print(f"Tatoeba-style retrieval {direction}: " + ", ".join(f"{k} {v:.1f}" for k, v in accuracy.items())
-              + f"; mean {scores[TASK]['avg_accuracy']:.1f} ({folder / 'scores.json'})")
+    with holding_enclosing(out, COMMAND):
+        claim(out, COMMAND)
+        for lang, foreign, english in pairs.values():
+            for direction, found in embedder.both_directions(foreign, english, lang).items():
+                write_lines(folders[direction] / "predictions" / TASK / f"test-{lang}.tsv", _lines(found))
+                write_lines(folders[direction] / "labels" / TASK / f"test-{lang}.tsv", _lines(range(len(found))))
+        results = {}
+        for direction, folder in folders.items():
+            scores = score(folder / "predictions", folder / "labels", "xtreme-r",
+                           languages=[lang for lang, _, _ in pairs.values()])
+            write_scores(scores, folder / "scores.json")
+            results[direction] = scores
+            accuracy = scores[TASK]["accuracy"]
+            print(f"Tatoeba-style retrieval {direction}: " + ", ".join(f"{k} {v:.1f}" for k, v in accuracy.items())
+                  + f"; mean {scores[TASK]['avg_accuracy']:.1f} ({folder / 'scores.json'})")
     return results
