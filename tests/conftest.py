@@ -117,3 +117,32 @@ def small_dataset(tmp_path_factory, ja_pairs):
     cfg = config_from_dict(small_config(tmp, ja_pairs))
     report = build(cfg)
     return Path(cfg.output_dir), cfg, report
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real two-node SLURM cluster on this machine (tests/slurm_cluster.py), started once for the session and
+    stopped at its end. Where it cannot be had the tests skip and say why; under CI=true they fail instead."""
+    import os
+
+    import slurm_cluster
+
+    try:
+        cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    except slurm_cluster.ClusterUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the SLURM test cluster is required under CI=true: {exc}")
+        pytest.skip(f"no SLURM test cluster: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def slurm(slurm_cluster, monkeypatch):
+    """The cluster for one test: both nodes idle at the start, SLURM_CONF set so that the launcher's sbatch
+    and the job's own srun, scontrol and scancel reach it; the test's jobs cancelled at its end."""
+    slurm_cluster.wait_for_nodes_idle()
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    yield slurm_cluster
+    slurm_cluster.command("scancel", "--user=root", check=False)

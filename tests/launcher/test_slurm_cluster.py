@@ -1,0 +1,158 @@
+"""``python -m launcher run --backend slurm`` on a real two-node SLURM cluster (tests/slurm_cluster.py: Debian's
+slurm-wlm, one slurmctld and two slurmd daemons on this machine, node2 with a node-local tmpfs): the job script
+as sbatch runs it, with real srun job steps, real signals and a real requeue.
+
+Two things are not waited for as a cluster would: the time-limit signal is sent with ``scancel --batch
+--signal=USR1`` (what slurmctld sends at ``--signal=B:USR1@<s>``; SLURM may send it up to a minute early, so a
+real limit makes a slow, uncertain test), and a requeued job is released with ``scontrol update StartTime=now``
+instead of waiting out SLURM's fixed two-minute requeue delay."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from test_run import HOSTILE, assert_nothing_ran, logged_losses, metric_steps, write_run_config
+
+from weam_ds.run_dir import RunDir, checkpoint_problem
+
+LAUNCH = [sys.executable, "-m", "launcher", "run"]
+
+
+def write_cluster(tmp: Path, **slurm) -> Path:
+    """Two nodes x one process; the training gets 20 s to checkpoint after SIGTERM (SLURM's KillWait is 30 s)."""
+    path = tmp / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"backend": "slurm", "nnodes": 2, "nproc_per_node": 1, "shutdown_timeout": 20,
+                                    "env": {"WEAM_PROBE": HOSTILE},
+                                    "slurm": {"time": "30", "signal_seconds": 60, **slurm}}))
+    return path
+
+
+def submit(tmp: Path, config: Path, cluster: Path) -> str:
+    """``launcher run`` as a user types it on the login node; the job id sbatch printed."""
+    done = subprocess.run([*LAUNCH, "--config", str(config), "--cluster", str(cluster)], cwd=tmp,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return re.search(r"Submitted batch job (\d+)", done.stdout)[1]
+
+
+def wait_until(condition, seconds: float, what: str, job: str, slurm) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what} (job {job} {slurm.job_state(job)})"
+        time.sleep(0.2)
+
+
+def steps_logged(run: RunDir) -> int:
+    return len(run.metrics.read_text().splitlines()) if run.metrics.exists() else 0
+
+
+def restarts(slurm, job: str) -> int:
+    return int(re.search(r"Restarts=(\d+)", slurm.command("scontrol", "show", "job", job).stdout)[1])
+
+
+def batch_log(run: RunDir, job: str) -> str:
+    return (run.log(0).parent / f"slurm-{job}.out").read_text(errors="replace")
+
+
+def test_a_two_node_job_trains_stops_at_the_time_limit_signal_requeues_and_resumes_each_step_once(
+        small_dataset, tmp_path, slurm):
+    dataset, _, _ = small_dataset
+    out = tmp_path / f"run {HOSTILE}"
+    config = write_run_config(tmp_path, dataset, out, steps=12)
+    run = RunDir(out)
+    job = submit(tmp_path, config, write_cluster(tmp_path, job_name=HOSTILE))
+
+    wait_until(lambda: steps_logged(run) >= 3, 300, "three steps", job, slurm)
+    slurm.command("scancel", "--batch", "--signal=USR1", job)  # as slurmctld does ahead of the time limit
+    wait_until(lambda: restarts(slurm, job) == 1 and slurm.job_state(job) == "PENDING", 120, "the requeue", job,
+               slurm)
+    tag = run.latest_tag()
+    assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None, batch_log(run, job)[-3000:]
+    stopped_at = int(tag[4:])
+    assert 3 <= stopped_at < 12  # the SIGTERM checkpoint: checkpoint_interval is 1000
+
+    slurm.command("scontrol", "update", f"JobId={job}", "StartTime=now")
+    assert slurm.wait_for_state(job, {"COMPLETED", "FAILED", "CANCELLED"}, 300) == "COMPLETED", \
+        batch_log(run, job)[-3000:]
+    log = batch_log(run, job)
+    assert "stopped ahead of the time limit; requeueing job" in log
+    assert re.search(f"resumed from .* at step {stopped_at}$", run.log(0).read_text(), re.M)
+    assert metric_steps(run) == list(range(1, 13)) and run.latest_tag() == "step12"
+    assert logged_losses(run.log(0))[-4:] == logged_losses(run.log(1))[-4:]
+    assert "2 ranks on 2 nodes" in run.log(0).read_text()
+    logs = sorted(p.name for p in run.log(0).parent.glob(f"slurm-{job}-*.out"))
+    assert logs == [f"slurm-{job}-node1.out", f"slurm-{job}-node2.out"]  # one log per node
+    assert_nothing_ran(tmp_path)
+
+
+def node_processes(slurm, node: str, job: str) -> list[psutil.Process]:
+    """The processes of ``job``'s training step on ``node``: children of that node's slurmstepd."""
+    steps = [p for p in psutil.process_iter(["cmdline", "environ"])
+             if p.info["cmdline"] and "weam_ds.train" in " ".join(p.info["cmdline"])
+             and (p.info["environ"] or {}).get("SLURMD_NODENAME") == node
+             and (p.info["environ"] or {}).get("SLURM_JOB_ID") == job]
+    return steps
+
+
+def test_scancel_leaves_a_checkpoint_a_lost_node_ends_the_job_promptly_and_each_resubmission_resumes(
+        small_dataset, tmp_path, slurm):
+    dataset, _, _ = small_dataset
+    out = tmp_path / "run"
+    config = write_run_config(tmp_path, dataset, out, steps=40)
+    cluster = write_cluster(tmp_path)
+    run = RunDir(out)
+
+    # A plain scancel: SIGTERM to every step, SIGKILL after KillWait. The training checkpoints at the step reached.
+    job = submit(tmp_path, config, cluster)
+    wait_until(lambda: steps_logged(run) >= 2, 300, "two steps", job, slurm)
+    slurm.command("scancel", job)
+    slurm.wait_for_state(job, {"CANCELLED", "COMPLETED", "FAILED"}, 120)
+    tag = run.latest_tag()
+    assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None
+    cancelled_at = int(tag[4:])
+    assert cancelled_at >= 2 and metric_steps(run) == list(range(1, cancelled_at + 1))
+
+    # Node 2 lost: its training processes killed at once. The job ends within a bound, saying why, and keeps
+    # the checkpoint it had.
+    job = submit(tmp_path, config, cluster)
+    wait_until(lambda: steps_logged(run) >= cancelled_at + 2, 300, "two steps more", job, slurm)
+    lost = time.monotonic()
+    for process in node_processes(slurm, "node2", job):
+        process.kill()
+    state = slurm.wait_for_state(job, {"FAILED", "CANCELLED", "COMPLETED", "NODE_FAIL"}, 120)
+    assert state == "FAILED" and time.monotonic() - lost < 120
+    log = batch_log(run, job)
+    assert re.search(r"rank 1 failed|node2", log), log[-3000:]
+    tag = run.latest_tag()
+    assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None and int(tag[4:]) >= cancelled_at
+
+    # Submitted again, it resumes from the newest checkpoint and runs to the end, each step once.
+    job = submit(tmp_path, config, cluster)
+    assert slurm.wait_for_state(job, {"COMPLETED", "FAILED", "CANCELLED"}, 300) == "COMPLETED", \
+        batch_log(run, job)[-3000:]
+    assert re.search(f"resumed from .* at step {int(tag[4:])}$", run.log(0).read_text(), re.M)
+    assert metric_steps(run) == list(range(1, 41)) and run.latest_tag() == "step40"
+
+
+def test_an_output_dir_that_a_node_cannot_see_ends_the_job_at_once_naming_the_node(small_dataset, tmp_path, slurm):
+    """output_dir on node-local storage: node2 sees another directory at the same path. The job ends at once with
+    one line naming the directory and the node; nothing of the head's checkpoints is deleted."""
+    dataset, _, _ = small_dataset
+    out = slurm.node_local / tmp_path.name / "run"
+    config = write_run_config(tmp_path, dataset, out, steps=4)
+    run = RunDir(out)
+    started = time.monotonic()
+    job = submit(tmp_path, config, write_cluster(tmp_path))
+    assert slurm.wait_for_state(job, {"COMPLETED", "FAILED", "CANCELLED"}, 120) == "FAILED"
+    assert time.monotonic() - started < 60
+    log = batch_log(run, job)
+    lines = [line for line in log.splitlines() if "cannot see" in line]
+    assert len(lines) == 1 and "node2" in lines[0] and str(out) in lines[0], log
+    assert not run.metrics.exists()
