@@ -12,7 +12,8 @@ import pytest
 
 from conftest import free_port
 from sshd_hosts import SshHosts, ssh_hosts  # noqa: F401 (a fixture)
-from test_run import HOSTILE, LAUNCH, assert_nothing_ran, logged_losses, metric_steps, start, write_run_config  # noqa: F401
+from test_run import HOSTILE, LAUNCH, assert_nothing_ran, logged_losses, metric_steps, write_run_config
+from test_run import start  # noqa: F401 (a fixture)
 from weam_ds.run_dir import RunDir, checkpoint_problem
 
 STEPS = 4
@@ -28,7 +29,8 @@ def hosts(ssh_hosts: SshHosts):
 def is_rank(cmdline: list[str], config: Path) -> bool:
     """A training process of this run (``python -u -m weam_ds.train ... --config <config>``), not one of the
     commands that start it (the runner, pdsh, ssh and the per-host launcher name the module and config too)."""
-    return ["-m", "weam_ds.train"] in [cmdline[i:i + 2] for i in range(len(cmdline))] and str(config) in cmdline
+    runs_trainer = any(cmdline[i:i + 2] == ["-m", "weam_ds.train"] for i in range(len(cmdline)))
+    return runs_trainer and str(config) in cmdline
 
 
 def watch_ranks(job: subprocess.Popen, config: Path, seconds: float = 300) -> dict[str, dict[str, str]]:
@@ -59,14 +61,16 @@ def test_the_deepspeed_runner_trains_to_the_end_on_two_hosts_through_sshd_and_pd
         ranks = watch_ranks(job, config)
     assert job.returncode == 0, console.read_text()[-4000:]
 
-    # One rank per host, each inside a login that sshd accepted on that host's alias, with .deepspeed_env's
-    # value intact.
+    # One rank per host (slots=1), each inside a login that sshd accepted on that host's alias, with
+    # .deepspeed_env's value intact.
     assert sorted(ranks) == ["0", "1"]
     logins = hosts.logins()
     for rank, host in enumerate(hosts.hosts):
-        client, port, reached, _ = ranks[str(rank)]["SSH_CONNECTION"].split()
+        environ = ranks[str(rank)]
+        client, port, reached, _ = environ["SSH_CONNECTION"].split()
         assert reached == host and logins[client, port] == host
-        assert ranks[str(rank)]["WEAM_PROBE"] == HOSTILE
+        assert (environ["WORLD_SIZE"], environ["LOCAL_RANK"]) == ("2", "0")
+        assert environ["WEAM_PROBE"] == HOSTILE
 
     run = RunDir(out)
     rank0, rank1 = logged_losses(run.log(0)), logged_losses(run.log(1))
