@@ -17,8 +17,8 @@ is skipped saying why; with CI=true in the environment it fails instead (CI inst
 """
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -126,7 +126,7 @@ def ssh_hosts(tmp_path_factory) -> SshHosts:
     if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     root = tmp_path_factory.mktemp("sshd")
-    user, port = getpass.getuser(), free_port()
+    user, port = pwd.getpwuid(os.geteuid()).pw_name, free_port()  # whom ssh logs in as (%u)
     host_key = _keygen(tools["ssh-keygen"], root / "host_ed25519")
     (root / "authorized_keys").write_text(_keygen(tools["ssh-keygen"], root / "client_ed25519") + "\n")
     (root / "known_hosts").write_text(",".join(f"[{host}]:{port}" for host in HOSTS) + f" {host_key}\n")
