@@ -7,6 +7,8 @@ there are refused. Host names are checked where they are read (launcher.hostfile
 """
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import ipaddress
 import os
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from data_prep.typed_config import ConfigError
+from launcher.cluster import is_credential, parse_endpoint
 from launcher.hostfile import read_hostfile
 from weam_ds.run_dir import RunDir
 
@@ -28,8 +31,8 @@ if TYPE_CHECKING:
 FORWARDED_PREFIXES = ("NCCL_", "GLOO_", "TORCH_", "PYTORCH_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "UCX_", "FI_")
 FORWARDED_NAMES = ("PYTHONPATH", "OMP_NUM_THREADS")
 """Variables of the launching shell that every node's training processes get (the usual ones that go missing
-on other nodes). Credentials are left out (see _CREDENTIAL): pass those with --env if a run needs them."""
-_CREDENTIAL = re.compile(r"TOKEN|SECRET|PASSWORD|KEY")
+on other nodes). Credentials are left out (launcher.cluster.CREDENTIAL_NAME): pass those with --env if a run
+needs them."""
 TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 """For every torchrun agent. By default the workers' process group lives in the agent's rendezvous store, which
 outlives a restart: the restarted workers then read the last attempt's addresses and wait forever (gloo), or
@@ -46,6 +49,9 @@ class Request:
     """The run config, as an absolute path (every node and the sbatch script read it from there)."""
     run: RunConfig
     cluster: ClusterConfig
+    host_memory: int | None = None
+    """The memory plan's host memory per node in bytes (launcher.planner's ``Plan.totals["host"]``); None
+    where no plan was made. SLURM requests it (--mem)."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ def run_environment(cluster: ClusterConfig) -> dict[str, str]:
     """What the training processes get on every node: the forwarded variables of this shell, then the
     cluster's ``env`` (``--env`` included) over them."""
     env = {k: v for k, v in os.environ.items()
-           if (k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES) and not _CREDENTIAL.search(k)}
+           if (k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES) and not is_credential(k)}
     env.update(cluster.env)
     return env
 
@@ -84,19 +90,42 @@ def _trainer(req: Request) -> list[str]:
     return ["weam_ds.train", "--config", str(req.config)]
 
 
-def _torchrun_tail(req: Request) -> list[str]:
-    """torchrun's arguments after where the processes run: restarts, shutdown, and the trainer."""
+def shutdown_grace(torchrun: argparse.ArgumentParser, seconds: int) -> tuple[list[str], list[str]]:
+    """torchrun's arguments that give the training processes ``seconds`` between SIGTERM and SIGKILL, and the
+    launch's notes. ``--shutdown-timeout`` is recent (pytorch#172596; the TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+    variable came with it), so a torch without it is told nothing and keeps its own grace period."""
+    # argparse lists a parser's options nowhere public; this mapping is what parse_args itself reads.
+    if "--shutdown-timeout" in torchrun._option_string_actions:
+        return [f"--shutdown-timeout={seconds}"], []
+    return [], [f"this torch's torchrun has no --shutdown-timeout: the training processes get torch's default grace "
+                f"period after SIGTERM (30 s), not shutdown_timeout ({seconds} s), to checkpoint"]
+
+
+@functools.cache
+def _installed_torchrun() -> argparse.ArgumentParser:
+    """The installed torch's torchrun parser; every node runs the same Python (sys.executable)."""
+    from torch.distributed.run import get_args_parser
+
+    return get_args_parser()
+
+
+def _torchrun_tail(req: Request) -> tuple[list[str], list[str]]:
+    """torchrun's arguments after where the processes run (restarts, shutdown, and the trainer), and notes."""
     c = req.cluster
-    return [f"--max-restarts={c.restarts}", f"--shutdown-timeout={c.shutdown_timeout}", "-m", *_trainer(req)]
+    shutdown, notes = shutdown_grace(_installed_torchrun(), c.shutdown_timeout)
+    return [f"--max-restarts={c.restarts}", *shutdown, "-m", *_trainer(req)], notes
 
 
-def _torchrun(req: Request, placement: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", *placement, *_torchrun_tail(req)]
+def _torchrun(req: Request, placement: list[str], notes: list[str]) -> Launch:
+    """A torchrun agent on this machine: ``placement`` says where its processes run."""
+    tail, tail_notes = _torchrun_tail(req)
+    return Launch([sys.executable, "-m", "torch.distributed.run", *placement, *tail],
+                  env={**TORCHRUN_ENV, **req.cluster.env}, notes=[req.cluster.shape().describe(), *notes, *tail_notes])
 
 
 def _local(req: Request) -> Launch:
-    return Launch(_torchrun(req, ["--standalone", "--nnodes=1", f"--nproc-per-node={req.cluster.processes_per_node}"]),
-                  env={**TORCHRUN_ENV, **req.cluster.env})
+    per_node = req.cluster.shape().processes_per_node
+    return _torchrun(req, ["--standalone", "--nnodes=1", f"--nproc-per-node={per_node}"], [])
 
 
 def _hosts_store(host: str) -> bool | None:
@@ -124,12 +153,11 @@ def _torchrun_nodes(req: Request) -> Launch:
     c = req.cluster
     if c.rdzv_endpoint is None:  # one node (more need an endpoint: ClusterConfig says so)
         return _local(req)
-    from launcher.cluster import parse_endpoint
-
     host, _ = parse_endpoint(c.rdzv_endpoint)
     # The same id on every node (they read the same run config), another for another run.
     run_id = "weam-" + hashlib.sha256(req.run.output_dir.encode()).hexdigest()[:12]
-    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.processes_per_node}",
+    shape = c.shape()
+    placement = [f"--nnodes={shape.nodes}", f"--nproc-per-node={shape.processes_per_node}",
                  "--rdzv-backend=c10d",
                  f"--rdzv-endpoint={c.rdzv_endpoint}", f"--rdzv-id={run_id}"]
     notes = []
@@ -140,7 +168,7 @@ def _torchrun_nodes(req: Request) -> Launch:
         # torchrun guesses this from host names, and every node waits forever when the endpoint's address is
         # on another interface than the one the head's name resolves to.
         placement.append(f"--rdzv-conf=is_host={int(hosts_store)}")
-    return Launch(_torchrun(req, placement), env={**TORCHRUN_ENV, **c.env}, notes=notes)
+    return _torchrun(req, placement, notes)
 
 
 def deepspeed_env_text(env: dict[str, str]) -> str:
@@ -159,25 +187,20 @@ def deepspeed_env_text(env: dict[str, str]) -> str:
 
 def _deepspeed(req: Request) -> Launch:
     c = req.cluster
-    hosts = read_hostfile(c.hostfile)  # a missing or malformed hostfile is an error, never a local run
-    nnodes = c.nnodes or len(hosts)
-    if nnodes > len(hosts):
-        raise ConfigError(f"nnodes: {nnodes} nodes, but {c.hostfile} lists {len(hosts)}")
+    shape = c.shape()  # reads the hostfile
     if c.rdzv_endpoint is not None:
-        from launcher.cluster import parse_endpoint
-
         master, port = parse_endpoint(c.rdzv_endpoint)
     else:  # not the runner's guess: it takes the first address `hostname -I` prints on that host
-        master, port = hosts[0].name, DEEPSPEED_PORT
+        master, port = read_hostfile(c.hostfile)[0].name, DEEPSPEED_PORT
     workdir = os.getcwd()
     for what, text in (("config", str(req.config)), ("working directory", workdir)):
         if not _DEEPSPEED_SAFE.fullmatch(text):
             raise ConfigError(f"{what}: {text!r}: the DeepSpeed runner passes it to a remote shell unquoted; use a "
                               "path of letters, digits and @%+=:,./-_ only")
     argv = [sys.executable, "-m", "deepspeed.launcher.runner", f"--hostfile={os.path.abspath(c.hostfile)}",
-            "--force_multi", f"--master_addr={master}", f"--master_port={port}", f"--num_nodes={nnodes}"]
-    if c.nproc_per_node is not None:
-        argv.append(f"--num_gpus={c.nproc_per_node}")
+            "--force_multi", f"--master_addr={master}", f"--master_port={port}", f"--num_nodes={shape.nodes}"]
+    if c.nproc_per_node is not None:  # the runner starts this many on every host, whatever its slots say
+        argv.append(f"--num_gpus={shape.processes_per_node}")
     argv += ["--module", *_trainer(req)]
     # The runner reads .deepspeed_env (or $DS_ENV_FILE) from the directory it starts in, and ~ (runner.py).
     env_file = Path(workdir, os.environ.get("DS_ENV_FILE", ".deepspeed_env"))
@@ -188,7 +211,11 @@ def _deepspeed(req: Request) -> Launch:
             f"this file from the directory it starts in){'; it replaces the file that was there' if replaced else ''}")
     where = f"master {master}:{port}" + ("" if c.rdzv_endpoint else " (the hostfile's first host; --rdzv-endpoint "
                                                                       "chooses another address)")
-    return Launch(argv, files=[LaunchFile(env_file, text)], notes=[note, where])
+    notes = [shape.describe(), note, where]
+    if len(set(shape.per_node)) > 1:
+        notes.insert(1, f"the hosts have unequal slots: the DeepSpeed runner starts each host's slots, and the "
+                        f"memory plan counts {shape.processes_per_node} processes on every node (the most on one)")
+    return Launch(argv, files=[LaunchFile(env_file, text)], notes=notes)
 
 
 def _slurm(req: Request) -> Launch:
@@ -197,11 +224,13 @@ def _slurm(req: Request) -> Launch:
     c = req.cluster
     run = RunDir(Path(os.path.abspath(req.run.output_dir)))
     script = run.sbatch_script
-    placement = [f"--nnodes={c.nnodes or 1}", f"--nproc-per-node={c.processes_per_node}"]
-    text = sbatch_script(torchrun=placement + _torchrun_tail(req), workdir=Path(os.getcwd()), run=run, cluster=c,
-                         env={**TORCHRUN_ENV, **run_environment(c)})
+    shape = c.shape()
+    tail, notes = _torchrun_tail(req)
+    text = sbatch_script(torchrun=[f"--nnodes={shape.nodes}", f"--nproc-per-node={shape.processes_per_node}", *tail],
+                         workdir=Path(os.getcwd()), run=run, cluster=c, env={**TORCHRUN_ENV, **run_environment(c)},
+                         host_memory=req.host_memory)
     return Launch(["sbatch", str(script)], files=[LaunchFile(script, text, 0o700)], waits=False, shows=script,
-                  notes=[f"{script}: the job script; logs in {run.log(0).parent}"])
+                  notes=[shape.describe(), f"{script}: the job script; logs in {run.log(0).parent}", *notes])
 
 
 BACKENDS: dict[str, Callable[[Request], Launch]] = {

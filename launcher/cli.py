@@ -10,7 +10,7 @@ from pathlib import Path
 from data_prep.typed_config import ConfigError
 from launcher import __version__
 from launcher.backends import BACKENDS, Request
-from launcher.cluster import ClusterConfig, load_cluster
+from launcher.cluster import ClusterConfig, LaunchShape, load_cluster
 from launcher.hostfile import HostfileError, read_hostfile
 from launcher.launch import execute
 from weam_ds.config import RunConfig, load_run_config
@@ -27,7 +27,7 @@ def _hosts(args) -> int:
 
 
 def _plan(args) -> int:
-    from launcher.planner import parse_size, plan
+    from launcher.planner import HEADROOM, parse_size, plan
 
     try:
         sizes = [None if v is None else parse_size(v) for v in (args.gpu_mem, args.cpu_mem, args.nvme)]
@@ -35,7 +35,10 @@ def _plan(args) -> int:
         raise ConfigError(str(exc)) from None
     if min(args.nnodes, args.gpus_per_node) < 1:
         raise ConfigError("--nnodes and --gpus-per-node must be at least 1")
-    result = plan(load_run_config(args.config), args.nnodes, args.gpus_per_node, *sizes)
+    headroom = HEADROOM if args.headroom is None else args.headroom
+    if not 0 <= headroom < 1:
+        raise ConfigError(f"--headroom must be at least 0 and below 1, not {headroom}")
+    result = plan(load_run_config(args.config), args.nnodes, args.gpus_per_node, *sizes, headroom=headroom)
     print(result.report())
     return 0 if result.fits else 1
 
@@ -49,6 +52,8 @@ def _plan_parser(commands) -> None:
     plan.add_argument("--gpu-mem", required=True, help="memory per GPU, e.g. 80GB (binary units: GB = GiB)")
     plan.add_argument("--cpu-mem", help="host memory per node, e.g. 1TB (default: not checked)")
     plan.add_argument("--nvme", help="NVMe per node, e.g. 1.8TB (default: not checked)")
+    plan.add_argument("--headroom", type=float, help="share of each memory kept free: a run fits when every total "
+                                                     "is within (1 - headroom) of it (default 0.10)")
 
 
 _CLUSTER_FLAGS = ("backend", "nnodes", "nproc_per_node", "hostfile", "rdzv_endpoint", "max_restarts", "gpu_mem",
@@ -63,7 +68,7 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _check_fits(cfg: RunConfig, cluster: ClusterConfig):
+def _check_fits(cfg: RunConfig, cluster: ClusterConfig, shape: LaunchShape):
     """The memory planner's plan of this launch (launcher.planner), or None where no GPU memory is known: a
     cluster's ``gpu_mem`` (or ``--gpu-mem``), else this machine's GPU for a local run."""
     import torch
@@ -83,12 +88,10 @@ def _check_fits(cfg: RunConfig, cluster: ClusterConfig):
     if sizes["gpu_mem"] is None:
         print("launcher: memory not planned (give gpu_mem in the cluster file, or --gpu-mem)")
         return None
-    nodes = len(read_hostfile(cluster.hostfile)) if cluster.backend == "deepspeed" else cluster.nnodes or 1
-    return plan(cfg, nodes, cluster.processes_per_node, sizes["gpu_mem"], sizes["cpu_mem"], sizes["nvme"])
+    return plan(cfg, shape.nodes, shape.processes_per_node, sizes["gpu_mem"], sizes["cpu_mem"], sizes["nvme"])
 
 
 def _run(args) -> int:
-    cfg = load_run_config(args.config)
     flags = {name: getattr(args, name) for name in _CLUSTER_FLAGS if getattr(args, name) is not None}
     if args.env:
         flags["env"] = dict(args.env)
@@ -96,12 +99,16 @@ def _run(args) -> int:
     if slurm:
         flags["slurm"] = slurm
     cluster = load_cluster(args.cluster, flags)
-    launch = BACKENDS[cluster.backend](Request(Path(os.path.abspath(args.config)), cfg, cluster))
-    fit = _check_fits(cfg, cluster)
+    shape = cluster.shape()  # with deepspeed, the hostfile is read and checked here
+    # An NVMe mount is a node's: the training checks it on every node when the processes start elsewhere.
+    cfg = load_run_config(args.config, nvme_here=cluster.runs_here)
+    fit = _check_fits(cfg, cluster, shape)
     if fit is not None and not fit.fits:
         print(fit.report(), file=sys.stderr)
         print("launcher: error: the run does not fit (plan above); nothing launched", file=sys.stderr)
         return 1
+    host_memory = fit.totals["host"] if fit is not None else None
+    launch = BACKENDS[cluster.backend](Request(Path(os.path.abspath(args.config)), cfg, cluster, host_memory))
     return execute(launch, RunDir(Path(cfg.output_dir)), args.dry_run)
 
 

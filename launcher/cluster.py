@@ -12,14 +12,27 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from data_prep.typed_config import ConfigError, from_dict
-from launcher.hostfile import HOST_NAME
+from data_prep.typed_config import ConfigError, from_dict, read_yaml
+from launcher.hostfile import HOST_NAME, read_hostfile
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENDPOINT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:]+)):(?P<port>\d{1,5})")
 _SLURM_TIME = re.compile(r"\d+(-\d+)?(:\d+){0,2}")
+_SLURM_MEMORY = re.compile(r"\d+[KMGT]?")
+CREDENTIAL_NAME = r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|KEY|KEY_ID|CREDENTIALS?)$"
+"""Names of credentials, which the training processes never get from the launching shell (only from ``env``):
+one of these words at the end of the name (``HF_TOKEN``, ``AWS_SECRET_ACCESS_KEY``, ``WANDB_API_KEY``,
+``GOOGLE_APPLICATION_CREDENTIALS``) or as the whole name, in any case. A word inside a name is no credential:
+``TOKENIZERS_PARALLELISM`` and ``NCCL_IB_PKEY`` travel. POSIX extended syntax, so that the sbatch script
+matches it with bash's ``=~`` as this module does with ``re``."""
+
+
+def is_credential(name: str) -> bool:
+    return re.search(CREDENTIAL_NAME, name.upper()) is not None
+
+
+def without_credentials(env: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in env.items() if not is_credential(key)}
 
 
 @dataclass
@@ -33,6 +46,10 @@ class SlurmConfig:
     cpus_per_task: int | None = None
     """CPUs per task; there is one task per node (its torchrun agent starts the node's processes)."""
     exclusive: bool = False
+    mem: str | int | None = None
+    """Memory per node as sbatch's ``--mem`` takes it (``500G``; ``0``: all of the node's). Default: the memory
+    plan's host memory per node rounded up to GiB (when ``gpu_mem`` is given), else ``0`` with ``exclusive``,
+    else the site's default."""
     signal_seconds: int = 300
     """This long before the time limit the job is told to stop: the training processes get SIGTERM,
     checkpoint at their next step boundary, and the job requeues itself to continue."""
@@ -48,6 +65,10 @@ class SlurmConfig:
         for name in ("gpus_per_node", "cpus_per_task"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1")
+        if self.mem is not None:
+            self.mem = str(self.mem)
+            if not _SLURM_MEMORY.fullmatch(self.mem):
+                raise ConfigError(f"mem: {self.mem!r} is not sbatch's --mem (a number of MB, or with K, M, G or T)")
         if self.time is not None and not _SLURM_TIME.fullmatch(self.time):
             raise ConfigError(f"time: {self.time!r} is not a SLURM time limit (MM, HH:MM:SS, D-HH:MM ...)")
         if self.signal_seconds < 1:
@@ -152,11 +173,30 @@ class ClusterConfig:
             raise ConfigError(f"slurm.signal_seconds: must exceed shutdown_timeout ({self.shutdown_timeout} s), the "
                               "time the processes get to checkpoint before the time limit")
 
+    def shape(self) -> LaunchShape:
+        """The nodes of this launch and the training processes on each: with deepspeed, the slots of the
+        hostfile's first ``nnodes`` hosts (``nproc_per_node`` on each when given, never more than its slots);
+        otherwise ``nproc_per_node``, else (SLURM) ``slurm.gpus_per_node``, else this machine's GPUs (1 on a
+        machine without), on each of ``nnodes``."""
+        if self.backend != "deepspeed":
+            return LaunchShape((self.nproc_per_node or self.slurm.gpus_per_node or gpus_here(),) * (self.nnodes or 1))
+        hosts = read_hostfile(self.hostfile)  # a missing or malformed hostfile is an error, never a local run
+        if (self.nnodes or 1) > len(hosts):
+            raise ConfigError(f"nnodes: {self.nnodes} nodes, but {self.hostfile} lists {len(hosts)}")
+        hosts = hosts[:self.nnodes or len(hosts)]
+        if self.nproc_per_node is None:
+            return LaunchShape(tuple(host.slots for host in hosts))
+        for host in hosts:
+            if host.slots < self.nproc_per_node:
+                raise ConfigError(f"nproc_per_node: {self.nproc_per_node} processes per node, but {self.hostfile} "
+                                  f"gives {host.name} slots={host.slots}")
+        return LaunchShape((self.nproc_per_node,) * len(hosts))
+
     @property
-    def processes_per_node(self) -> int:
-        """Training processes per node: ``nproc_per_node``, else (SLURM) ``slurm.gpus_per_node``, else this
-        machine's GPUs (1 on a machine without)."""
-        return self.nproc_per_node or self.slurm.gpus_per_node or gpus_here()
+    def runs_here(self) -> bool:
+        """Whether every training process starts on this machine, so that what a node must have (an NVMe
+        mount) can be checked before the launch; elsewhere the training checks it on each node."""
+        return self.backend == "local" or (self.backend == "torchrun" and (self.nnodes or 1) == 1)
 
     @property
     def restarts(self) -> int:
@@ -165,6 +205,35 @@ class ClusterConfig:
         if self.max_restarts is not None:
             return self.max_restarts
         return 3 if (self.nnodes or 1) > 1 else 0
+
+
+@dataclass(frozen=True)
+class LaunchShape:
+    """Where a launch's training processes run: how many start on each of its nodes. Only the DeepSpeed
+    runner starts unequal numbers (a hostfile's unequal slots)."""
+
+    per_node: tuple[int, ...]
+
+    @property
+    def nodes(self) -> int:
+        return len(self.per_node)
+
+    @property
+    def processes_per_node(self) -> int:
+        """The most on one node: what a node's memory must hold, so what the memory planner plans for."""
+        return max(self.per_node)
+
+    @property
+    def world_size(self) -> int:
+        return sum(self.per_node)
+
+    def describe(self) -> str:
+        nodes = f"{self.nodes} node{'s' * (self.nodes > 1)}"
+        if len(set(self.per_node)) == 1:
+            per_node = f"{self.processes_per_node} process{'es' * (self.processes_per_node > 1)} per node"
+        else:
+            per_node = "unequal processes per node (" + " + ".join(map(str, self.per_node)) + ")"
+        return f"{nodes} x {per_node} = {self.world_size} rank{'s' * (self.world_size > 1)}"
 
 
 def gpus_here() -> int:
@@ -210,12 +279,7 @@ def load_cluster(path: str | Path | None, overrides: dict[str, Any]) -> ClusterC
     where = "command line"
     if path is not None:
         where = str(path)
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read cluster file ({exc.strerror})") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = read_yaml(path, "cluster file")
         if raw is None:
             raw = {}
     if isinstance(raw, dict):

@@ -1,5 +1,11 @@
 """Carrying out a launch (launcher.backends): write its files, print what runs, start it without a shell, wait
-for the job, and on failure print the failing ranks' last log lines."""
+for the job, and on failure print the failing ranks' last log lines.
+
+Stopping: the job runs in a session of its own, so a terminal's Ctrl-C reaches the launcher alone (torchrun
+would otherwise take it as a failure, print two tracebacks and kill the ranks in their save). SIGINT and
+SIGTERM to the launcher send SIGTERM to the job's processes below its agent (the ranks, under torchrun):
+they checkpoint and stop, the agent sees them end, and the launcher says so in one line. A second Ctrl-C
+kills the job outright; ``latest`` still names a complete checkpoint (weam_ds.checkpoint)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,11 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
+from data_prep.files import write_failure
 from data_prep.typed_config import ConfigError
 from launcher.backends import Launch, LaunchFile
+from launcher.cluster import without_credentials
 from launcher.rank_logs import failed_rank_report
 from weam_ds.failure import end_with_parent
 from weam_ds.run_dir import RunDir
+
+
+STOPPED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+"""What ``execute`` returns when the launcher was stopped (Ctrl-C, SIGTERM), as a shell reports a signal."""
 
 
 def write_launch_file(file: LaunchFile) -> None:
@@ -39,9 +53,12 @@ def command_line(launch: Launch) -> str:
 def execute(launch: Launch, run: RunDir, dry_run: bool, output: Path | None = None) -> int:
     """Carries out ``launch``; ``output`` (appended to) takes the job's console and these lines instead of
     this terminal (the study runner keeps one per cell)."""
-    run.log(0).parent.mkdir(parents=True, exist_ok=True)  # sbatch opens its output file there
-    for file in launch.files:
-        write_launch_file(file)
+    try:
+        run.log(0).parent.mkdir(parents=True, exist_ok=True)  # sbatch opens its output file there
+        for file in launch.files:
+            write_launch_file(file)
+    except OSError as exc:
+        raise ConfigError(write_failure(exc, run.root) or f"{exc.filename}: {exc.strerror}") from None
     with contextlib.ExitStack() as stack:
         job_output = stack.enter_context(open(output, "a", encoding="utf-8")) if output else None
         console, errors = (job_output, job_output) if output else (sys.stdout, sys.stderr)
@@ -57,30 +74,50 @@ def execute(launch: Launch, run: RunDir, dry_run: bool, output: Path | None = No
             raise ConfigError(f"{launch.argv[0]}: not found on PATH" + (
                 " (is this a SLURM login node? --dry-run writes the script without submitting it)"
                 if launch.argv[0] == "sbatch" else ""))
-        env = {**os.environ, **launch.env}
+        # torchrun hands its environment to the ranks, and an sbatch job inherits it: credentials stay here.
+        env = {**without_credentials(dict(os.environ)), **launch.env}
         if not launch.waits:
             return subprocess.run(launch.argv, env=env, stdout=job_output, stderr=job_output).returncode
         started = time.time()
         # A killed launcher (or study runner) never leaves the job running unsupervised: it gets SIGTERM,
         # and the training checkpoints and stops.
         job = subprocess.Popen(launch.argv, env=env, stdout=job_output, stderr=job_output,
-                               preexec_fn=end_with_parent)
+                               preexec_fn=end_with_parent, start_new_session=True)
         stopped = []
 
         def stop(signum, _frame):
             stopped.append(signum)
-            job.send_signal(signum)
+            (_stop_ranks if len(stopped) == 1 else _kill)(job.pid)
 
-        # SIGTERM reaches the job (it checkpoints and stops); Ctrl-C reaches it from the terminal directly.
-        on_term, on_int = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, signal.SIG_IGN)
+        handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             code = job.wait()
         finally:
-            signal.signal(signal.SIGTERM, on_term)
-            signal.signal(signal.SIGINT, on_int)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         if stopped:
-            print("launcher: stopped by SIGTERM; launched again, the run resumes from its newest checkpoint",
-                  file=errors)
-        elif code != 0:
+            print(f"launcher: stopped by {signal.Signals(stopped[0]).name}"
+                  f"{' (twice: killed)' if len(stopped) > 1 else ''}; launched again, the run resumes from its "
+                  "newest checkpoint", file=errors)
+            return 128 + stopped[0]
+        if code != 0:
             print(failed_rank_report(run, started), file=errors)
         return code if code >= 0 else 128 - code
+
+
+def _stop_ranks(agent: int) -> None:
+    """SIGTERM to the agent's children (torchrun's ranks; the DeepSpeed runner's local launcher, which
+    passes it on): each checkpoints and stops, and the agent ends as after a finished run."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(agent).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
+
+
+def _kill(agent: int) -> None:
+    """SIGKILL to the job, every process of it at once."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(agent)
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()

@@ -15,15 +15,22 @@ What the script does, and why:
   ``--requeue`` SLURM requeues a preempted job itself. A requeued job resumes from the newest checkpoint.
 - Every value written into the script is quoted with shlex.quote (``#SBATCH`` lines too: sbatch reads them
   with shell-like quoting), and the environment the run needs is exported in it, so it reaches every node
-  (``--export=ALL``) and a requeue.
+  (``--export=ALL``) and a requeue. The job inherits the submitting shell's environment too, so the script
+  first unsets its credentials (launcher.cluster.CREDENTIAL_NAME); the run's ``env`` exports those it needs.
+- ``srun`` gets ``--cpus-per-task`` itself (the job's ``$SLURM_CPUS_PER_TASK``, else ``slurm.cpus_per_task``):
+  SLURM 22.05 to 23.02 do not pass sbatch's value on to the step, and torchrun, the ranks and their loader
+  workers would share one CPU.
+- ``--mem``: ``slurm.mem``, else the memory plan's host memory per node, else (``--exclusive``) all of the
+  node's; without it the site's default memory per node or per CPU applies, however much the run needs.
 """
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from pathlib import Path
 
-from launcher.cluster import ClusterConfig
+from launcher.cluster import CREDENTIAL_NAME, ClusterConfig
 from weam_ds.run_dir import RunDir
 
 NODE_ADDRESS = ('for a in $(hostname --ip-address) $(hostname -I); do case "$a" in 127.*|::1|fe80:*) ;; '
@@ -40,15 +47,31 @@ exec "$python" -m torch.distributed.run --local-addr="$addr" --rdzv-conf="is_hos
 """
 """What srun runs on every node: ``bash -c NODE_TASK node NODE_ADDRESS HEAD PYTHON TORCHRUN_ARGS...``."""
 
+NODE_MARK = 'touch -- "$1/$SLURMD_NODENAME" 2>/dev/null; exit 0'
+"""What srun runs on every node before training: a marker, named after the node, in a folder of the run
+directory (``bash -c NODE_MARK node FOLDER``); a node that cannot see the folder leaves none."""
+
 
 def log_pattern(directory: Path, name: str) -> str:
-    """A SLURM output file name: ``%`` in the directory is literal, the ``%j``/``%N`` of ``name`` are not."""
+    """A SLURM output file name: ``%`` in the directory is literal, the ``%j``/``%n`` of ``name`` are not."""
     return str(directory).replace("%", "%%") + "/" + name
 
 
+def node_memory(cluster: ClusterConfig, host_memory: int | None) -> str | None:
+    """sbatch's --mem: ``slurm.mem``, else ``host_memory`` (the plan's bytes per node) rounded up to GiB, else
+    with --exclusive 0 (all of the node's); None leaves the site's default."""
+    s = cluster.slurm
+    if s.mem is not None:
+        return s.mem
+    if host_memory is not None:
+        return f"{math.ceil(host_memory / 2**30)}G"
+    return "0" if s.exclusive else None
+
+
 def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: ClusterConfig,
-                  env: dict[str, str]) -> str:
-    """``torchrun``: torchrun's arguments for every node but the rendezvous, which the script adds."""
+                  env: dict[str, str], host_memory: int | None = None) -> str:
+    """``torchrun``: torchrun's arguments for every node but the rendezvous, which the script adds.
+    ``host_memory``: the memory plan's host memory per node in bytes, if a plan was made."""
     q = shlex.quote
     s = cluster.slurm
     nnodes = cluster.nnodes or 1
@@ -58,6 +81,9 @@ def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: C
         options.append(f"--gpus-per-node={s.gpus_per_node}")
     if s.cpus_per_task is not None:
         options.append(f"--cpus-per-task={s.cpus_per_task}")
+    memory = node_memory(cluster, host_memory)
+    if memory is not None:
+        options.append(f"--mem={memory}")
     for name in ("partition", "account", "time"):
         if getattr(s, name) is not None:
             options.append(f"--{name}={q(getattr(s, name))}")
@@ -77,6 +103,9 @@ def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: C
         ': "${SLURM_JOB_ID:?not in a SLURM job: submit this script with sbatch}"',
         ': "${SLURM_JOB_NODELIST:?not in a SLURM job: submit this script with sbatch}"',
         f"cd {q(str(workdir))} || exit 1",
+        "# The job inherits the submitting shell's environment: its credentials stay out (the run's own follow).",
+        f"credential={q(CREDENTIAL_NAME)}",
+        'for name in $(compgen -e); do if [[ ${name^^} =~ $credential ]]; then unset "$name"; fi; done',
         *(f"export {key}={q(value)}" for key, value in env.items()),
         f"python={q(sys.executable)}",
         f"run_dir={q(str(run.root))}",
@@ -103,8 +132,27 @@ def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: C
         f'echo "launcher: job $SLURM_JOB_ID on {nnodes} nodes, rendezvous on the head node $head at $endpoint"',
         'if [ "$stop" = 1 ]; then exit 143; fi',
         "",
-        f"srun --nodes={nnodes} --ntasks={nnodes} --ntasks-per-node=1 --kill-on-bad-exit=1 --export=ALL \\",
-        f"  --open-mode=append --output={q(log_pattern(logs, 'slurm-%j-%N.out'))} \\",
+        "# Every node must see this run directory (a node-local output_dir would fail the node's task launch and",
+        "# leave the others waiting in the rendezvous): each node leaves a marker, and this shell checks them all.",
+        'seen="$run_dir/.nodes-$SLURM_JOB_ID-${SLURM_RESTART_COUNT:-0}"',
+        'mkdir -p "$seen" || exit 1',
+        f"srun --nodes={nnodes} --ntasks={nnodes} --ntasks-per-node=1 bash -c " + q(NODE_MARK) + ' node "$seen"',
+        'unseen=""',
+        'for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do',
+        '  [ -e "$seen/$node" ] || unseen="$unseen $node"',
+        "done",
+        'rm -rf -- "$seen"',
+        'if [ -n "$unseen" ]; then',
+        '  echo "launcher: error: node${unseen} cannot see the run directory $run_dir (node-local storage?): every node '
+        'must share output_dir; nothing was trained" >&2',
+        "  exit 1",
+        "fi",
+        "",
+        "# SLURM 22.05-23.02 do not pass sbatch's --cpus-per-task on to srun: without it the node shares one CPU.",
+        f"cpus_per_task=${{SLURM_CPUS_PER_TASK:-{s.cpus_per_task or ''}}}",
+        f"srun --nodes={nnodes} --ntasks={nnodes} --ntasks-per-node=1 "
+        '${cpus_per_task:+"--cpus-per-task=$cpus_per_task"} --kill-on-bad-exit=1 --export=ALL \\',
+        f"  --open-mode=append --output={q(log_pattern(logs, 'slurm-%j-node%n.out'))} \\",
         '  bash -c "$node_task" node "$node_address" "$head" "$python" \\',
         "  " + " ".join([*rendezvous, *map(q, torchrun)]) + " &",
         "step=$!",
