@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from data_prep import PrepError, __version__
+from data_prep.files import write_failure
 from data_prep.manifest import ManifestError, is_monolingual
 from data_prep.typed_config import ConfigError
 
@@ -48,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--workers: must not be negative")
             cfg.workers = args.workers
         report = build(cfg)
-    except (PrepError, ConfigError, ManifestError, OSError) as exc:
+    except KeyboardInterrupt:
+        print("data_prep: interrupted; the same command continues the build (finished chunks are kept)",
+              file=sys.stderr)
+        return 130
+    except OSError as exc:  # a full disk or a read-only output_dir, named with its cause
+        print(f"data_prep: error: {write_failure(exc, Path(exc.filename or '.')) or exc}", file=sys.stderr)
+        return 2
+    except (PrepError, ConfigError, ManifestError) as exc:
         print(f"data_prep: error: {exc}", file=sys.stderr)
         return 2
     print(summarize(report.manifest))

@@ -42,10 +42,10 @@ import yaml
 
 from data_prep.manifest import ManifestError
 from data_prep.typed_config import ConfigError, to_dict
-from weam_ds import checkpoint, failure
+from weam_ds import checkpoint, extensions, failure, resume_check, run_lock
 from weam_ds.batch import TokenInfo
 from weam_ds.config import RunConfig, deepspeed_config, load_run_config, training_precision
-from weam_ds.data import Corpus, TrainStream, eval_batches, padding_counts
+from weam_ds.data import Corpus, NoData, TrainStream, check_shards, eval_batches, padding_counts
 from weam_ds.hardware import Hardware, adam_implementation, probe
 from weam_ds.monitor import Monitor, peak_tflops
 from weam_ds.objective import PretrainingObjective
@@ -165,6 +165,7 @@ class Trainer:
         import deepspeed
 
         self.deepspeed = deepspeed
+        extensions.skip_unused_ops()
         deepspeed.init_distributed(dist_backend=self.hw.dist_backend,
                                    timeout=datetime.timedelta(seconds=cfg.train.collective_timeout))
         self.watch = failure.FailureWatch(interval=min(5.0, cfg.train.failure_timeout / 4))
@@ -174,13 +175,16 @@ class Trainer:
         if self.hw.device == "cuda":
             torch.cuda.set_device(self.device)
         self.run = RunDir(Path(cfg.output_dir))
+        self.lock = run_lock.hold_for_training(self.run.root, self.rank)  # before anything is written there
         _setup_logging(self.run, self.rank)
         log.info("rank %d of %d on %s (%s)", self.rank, self.world, self.device, self.hw.dist_backend)
+        if self.world > 1:
+            checkpoint.check_shared(self.run)  # before any checkpoint is read, judged or pruned
 
         self.corpus = Corpus.open(cfg.data)
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.corpus.tokenizer_dir))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.corpus.tokenizer_dir), local_files_only=True)
         self.info = TokenInfo.from_tokenizer(self.tokenizer)
         log.info("pairs %s, sampling probabilities %s", self.corpus.pairs,
                  [round(float(p), 3) for p in self.corpus.probabilities])
@@ -192,19 +196,34 @@ class Trainer:
             positions = self._resume()
         self.counters_at_start = dict(self.counters)
         self._write_run_files()
+        failures = self._check_shards()
         self.stream = TrainStream(self.corpus, cfg.data, cfg.objective.masking, self.info, cfg.train.seed,
-                                  self.rank, positions, self.batches_taken, objective=cfg.objective.name)
+                                  self.rank, positions, self.batches_taken, objective=cfg.objective.name,
+                                  sha256_failures=failures)
         self.positions = dict(positions)
-        self.eval = eval_batches(cfg.data, cfg.objective.masking, self.info, self.rank, self.world, cfg.train.seed)
+        self.eval = eval_batches(cfg.data, cfg.objective.masking, self.info, self.rank, self.world, cfg.train.seed,
+                                 failures)
         counts = count_parameters(self.model)
         self.non_embedding = counts["non_embedding"]
         log.info("model %s: %s parameters (%s non-embedding)", cfg.model, f"{counts['total']:,}",
                  f"{counts['non_embedding']:,}")
 
+    def _check_shards(self) -> dict[str, str] | None:
+        """The shards that fail their sha256 (a collective: each rank checks a share, data.check_shards), or None
+        without ``data.verify_sha256``. The streams and the dev batches then read without hashing."""
+        if not self.cfg.data.verify_sha256:
+            return None
+        started = time.perf_counter()
+        everyone: list[dict] = [{}] * self.world
+        dist.all_gather_object(everyone, check_shards(self.cfg.data, self.rank, self.world))
+        failures = {path: why for mine in everyone for path, why in mine.items()}
+        log.info("shards checked against their sha256 in %.1f s, each by one of %d rank%s: %d fail%s",
+                 time.perf_counter() - started, self.world, "s" * (self.world > 1), len(failures),
+                 "s" * (len(failures) == 1))
+        return failures
+
     def _log_parallel_setup(self) -> None:
-        """One line with what this run actually got (a collective: the node count comes from host names)."""
-        hosts: list[str] = [""] * self.world
-        dist.all_gather_object(hosts, socket.gethostname())
+        """One line with what this run actually got."""
         ds, cfg = self.ds, self.cfg
         zero = ds["zero_optimization"]
         offload = ", ".join(f"{what} to {zero[key]['device']}" for key, what in
@@ -212,9 +231,9 @@ class Trainer:
                             if zero.get(key, {}).get("device") in ("cpu", "nvme")) or "none"
         micro = (f"{cfg.data.batch_size} pairs" if cfg.data.batch_size is not None
                  else f"{cfg.data.batch_tokens} tokens")
-        log.info("parallel setup: %d rank%s on %d node%s (%s), ZeRO-%d, %s, offload %s, optimizer %s, activation "
+        log.info("parallel setup: %d rank%s on %s (%s), ZeRO-%d, %s, offload %s, optimizer %s, activation "
                  "checkpointing %s, micro-batch %s per rank x %d accumulation", self.world, "s" * (self.world > 1),
-                 len(set(hosts)), "s" * (len(set(hosts)) > 1), self.hw.dist_backend, zero.get("stage", 0),
+                 _launched_nodes(self.world), self.hw.dist_backend, zero.get("stage", 0),
                  training_precision(ds), offload, self.hw.optimizer,
                  "on" if cfg.train.activation_checkpointing else "off", micro, cfg.train.gradient_accumulation)
 
@@ -242,9 +261,11 @@ class Trainer:
             objective = PretrainingObjective(self.model, cfg.objective)
         optimizer = _optimizer_for(self.ds, self.hw, objective, cfg)
         params = _param_groups(objective, cfg.optimizer.weight_decay) if optimizer is None else None
+        self.schedule = partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_lambda, cfg=cfg))
+        extensions.take_over_stale_locks()  # the optimizer may build a DeepSpeed op (DeepSpeedCPUAdam)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=objective, model_parameters=params, optimizer=optimizer, config=self.ds,
-            lr_scheduler=partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_lambda, cfg=cfg)))
+            lr_scheduler=self.schedule)
         torch.manual_seed(cfg.train.seed + 1 + self.rank)  # dropout differs across ranks
 
     # --- checkpoints -----------------------------------------------------------------------------------
@@ -257,11 +278,16 @@ class Trainer:
                 raise ConfigError(f"{self.run.checkpoints}: checkpoint.load_universal is set but there is no "
                                   "latest_universal (convert with deepspeed.checkpoint.ds_to_universal)")
             return {}
+        if not universal:
+            resume_check.check_world(self.run.checkpoints / tag, self.world)
         path, state = self.engine.load_checkpoint(str(self.run.checkpoints), tag)
         if path is None:
             raise RuntimeError(f"{self.run.checkpoints}/{tag}: DeepSpeed could not load this checkpoint")
         self.step, self.counters = state["step"], state["counters"]
         log.info("resumed from %s at step %d", path, self.step)
+        for key, old, new in resume_check.config_changes(self.run, self.cfg):
+            log.info("changed since the checkpoint: %s %r -> %r", key, old, new)
+        self.scheduler = resume_check.rebuild_schedule(self.engine, self.schedule, self.cfg.optimizer.lr)
         if state["world"] != self.world:
             log.warning("the checkpoint was written by %d ranks, this run has %d: the data streams start afresh "
                         "(weights and optimizer come through DeepSpeed's universal checkpoint)", state["world"],
@@ -430,6 +456,20 @@ class Trainer:
         return mean
 
 
+def _launched_nodes(world: int) -> str:
+    """How many nodes the launcher started this job on, by its own count: torchrun's agents (GROUP_WORLD_SIZE),
+    the DeepSpeed runner's nodes (CROSS_SIZE), else the world over the ranks per node (LOCAL_WORLD_SIZE,
+    LOCAL_SIZE, Open MPI's). Host names cannot tell: two nodes may share one (containers, two agents on one
+    machine)."""
+    nodes = next((int(os.environ[key]) for key in ("GROUP_WORLD_SIZE", "CROSS_SIZE")
+                  if os.environ.get(key, "").isdigit()), None)
+    if nodes is None:
+        local = next((int(os.environ[key]) for key in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
+                      if os.environ.get(key, "").isdigit() and int(os.environ[key]) > 0), None)
+        nodes = world // local if local else None
+    return f"{nodes} node{'s' * (nodes > 1)}" if nodes else "an unknown number of nodes"
+
+
 def _launch_environment() -> None:
     """Without a launcher (no rank variables), the run is rank 0 of 1: DeepSpeed would look for MPI instead.
     A launched rank ends with its launcher (failure.end_with_parent)."""
@@ -439,7 +479,17 @@ def _launch_environment() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
+def _stop_during_start_up(signum: int, _frame) -> None:
+    """SIGTERM/SIGINT before training (which checkpoints on them, Trainer.train): nothing to save yet, so the
+    rank ends at once and quietly, wherever it was (an exception could land in a JIT build or a rendezvous)."""
+    if failure.env_rank() == 0:
+        print(f"weam_ds.train: stopped by {signal.Signals(signum).name} during start-up; nothing to save",
+              file=sys.stderr, flush=True)
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,25 +499,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-at", type=int, help="checkpoint and stop after this step, as on preemption")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the DeepSpeed runner
     args = parser.parse_args(argv)
+    if args.stop_at is not None and args.stop_at < 1:
+        parser.error(f"--stop-at: {args.stop_at} is not a step (steps count from 1)")
     try:
         cfg = load_run_config(args.config)
         run = RunDir(Path(cfg.output_dir))
         if args.no_resume and run.step_tags():
             raise ConfigError(f"{run.checkpoints} already has checkpoints (--no-resume)")
+        if not args.no_resume:
+            resume_check.config_changes(run, cfg)  # refused changes end here, before any process group
     except ConfigError as exc:
         failure.record_for_torchrun(str(exc))
         if failure.env_rank() == 0:  # every rank reads the same config: say it once
             print(f"weam_ds.train: error: {exc}", file=sys.stderr)
         return failure.EXIT_BAD_INPUT
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_during_start_up)
     _launch_environment()
     try:
         code = Trainer(cfg, resume=not args.no_resume, stop_at=args.stop_at).train()
         dist.destroy_process_group()  # as PyTorch asks: collectives' threads left at exit may abort the process
         return code
     except BaseException as exc:  # noqa: BLE001 - every failure must end the rank (and the job) promptly
-        bad_input = isinstance(exc, (ConfigError, ManifestError))
+        bad_input = isinstance(exc, (ConfigError, ManifestError, NoData))  # NoData: the dataset's shards
         rank = dist.get_rank() if dist.is_initialized() else failure.env_rank()
         reason = str(exc) if bad_input else f"rank {rank}: {failure.describe(exc)}"
+        if isinstance(exc, NoData):  # raised again from a DataLoader worker, with the worker's traceback
+            reason = failure.describe(exc)
         failure.end_rank(reason, failure.EXIT_BAD_INPUT if bad_input else failure.EXIT_FAILED,
                          traceback.format_exc(), cfg.train.failure_timeout, "weam_ds.train")
 

@@ -1,0 +1,82 @@
+"""DeepSpeed's C++ ops that are compiled on first use (into ``~/.cache/torch_extensions``, or
+``$TORCH_EXTENSIONS_DIR``), kept out of the launch where training does not need them.
+
+A build holds ``<extension>/lock`` (torch's FileBaton: created exclusively, kept open while compiling, removed
+when done), and every other process that wants the op waits for it to go, silently and without end. A build
+killed mid-way (Ctrl-C during start-up) leaves it, and every later launch on the machine hung there. So:
+
+- ``skip_unused_ops``: on CPU, DeepSpeed's process group compiles its shared-memory collectives
+  (``deepspeed_shm_comm``), which serve only inference's all-reduce; training all-gathers and reduces through
+  gloo. It is marked unavailable, as DeepSpeed does for an op this machine cannot build, and never compiled.
+- ``take_over_stale_locks``: before an op training does build (DeepSpeedCPUAdam when offloading), a lock that
+  no process holds open is removed, with a warning naming it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+UNUSED_ON_CPU = ("deepspeed_shm_comm",)
+LOCK_SETTLE_S = 1.0
+"""A finishing build closes its lock, then removes it: one seen unheld twice this far apart was left behind."""
+
+
+def skip_unused_ops() -> None:
+    """Before ``deepspeed.init_distributed``: on CPU, the ops in UNUSED_ON_CPU are never built."""
+    if torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__.update(dict.fromkeys(UNUSED_ON_CPU, False))
+
+
+def _extension_roots() -> list[Path]:
+    """Where torch builds extensions: ``$TORCH_EXTENSIONS_DIR``, else one folder per Python and accelerator
+    under the default root."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return [Path(os.environ["TORCH_EXTENSIONS_DIR"])]
+    return [p for p in Path(get_default_build_root()).glob("*") if p.is_dir()]
+
+
+def _held(paths: set[Path]) -> set[Path]:
+    """Those of ``paths`` that some process on this machine has open (its /proc fds, as far as visible)."""
+    held = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                target = Path(os.readlink(fd))
+                if target in paths:
+                    held.add(target)
+        except OSError:  # a process that ended meanwhile, or another user's
+            continue
+    return held
+
+
+def _unheld_locks() -> set[Path]:
+    locks = {lock.resolve() for root in _extension_roots() for lock in root.glob("*/lock")}
+    return locks - _held(locks) if locks else set()
+
+
+def take_over_stale_locks() -> None:
+    """Removes the extension build locks that their builds left behind (see the module docstring)."""
+    if not Path("/proc/self/fd").is_dir():
+        return  # no way to tell a left lock from a build in progress: leave them to torch
+    stale = _unheld_locks()
+    if stale:
+        time.sleep(LOCK_SETTLE_S)
+        stale &= _unheld_locks()
+    for lock in sorted(stale):
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            continue
+        log.warning("%s: a build lock no process holds (a build was killed): removed, so the op can be built",
+                    lock)
