@@ -22,6 +22,28 @@ up to 1e9 parameters) and its prefetch and reduce buckets, or ZeRO-2's reduce bu
 ``overlap_comm``) and all-gather bucket; the activations (:func:`activation_bytes`, measured); the backward
 pass's working memory; and a fixed reserve for the CUDA context and allocator slack (assumed).
 
+Headroom. A plan fits when each total is at most (1 - ``headroom``) of what is there: GPU memory per GPU, host
+memory and NVMe per node alike (default :data:`HEADROOM`, 10%). The activation figures on CUDA are derived from
+PyTorch's kernels, not measured there, the CUDA reserve and the host baselines are assumed, and the allocator
+fragments: a plan at 96% of a GPU leaves no margin for any of them. The host figure a node should reserve (SLURM's
+``--mem``) is :attr:`Plan.host_bytes_per_node`, the host total with the headroom on top.
+
+Attention. Whether a layer keeps its attention scores (rows × heads × width² of them) for the backward pass
+depends on the kernel that computes them (:func:`attention_kernel`; PyTorch's SDPA kernel selection,
+``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp`` and ``sdp_utils_cpp.cpp``):
+
+- eager attention (the model's ``attn_implementation``: checkpoints of architectures without SDPA) computes
+  softmax(q kᵀ + mask) as tensors and keeps the probabilities, the dropout mask and the dropped probabilities;
+- SDPA on CUDA: weam_ds always hands the encoder a mask (packed rows a 4D block-diagonal bool mask; stacked rows
+  a 4D padding mask whenever the batch has padding), and any mask rules out the flash kernel. The
+  memory-efficient kernel takes it (fp32, fp16, bf16 on sm80 and newer; with dropout) and keeps no scores, only
+  its log-sum-exp and the mask converted to an additive bias of the query's dtype, one per layer. It refuses a
+  head size that is not a multiple of 8 in 16-bit (4 in fp32); then SDPA falls back to its math path, which
+  upcasts q, k, v to fp32 and keeps fp32 probabilities, the dropout mask and the dropped probabilities (the
+  cuDNN kernel, first on H100 with recent cuDNN, takes a mask too and keeps no scores either);
+- SDPA on CPU: its flash kernel takes any mask but no dropout, so training with attention dropout (every
+  preset: 0.1) takes the math path; without attention dropout the flash kernel keeps no scores.
+
 A ZeRO-3 build on CPU ranks (``device="cpu"``) peaks well above the rank's partition: see
 :func:`build_peak_bytes` and the README's "Memory planner".
 """
@@ -53,6 +75,8 @@ LOADER_WORKER = GiB // 2
 """Host memory of one DataLoader worker process (assumed, not measured)."""
 CUDA_RESERVE = int(1.5 * GiB)
 """GPU memory outside PyTorch's tensors: CUDA context, NCCL and cuBLAS workspaces, allocator slack (assumed)."""
+HEADROOM = 0.10
+"""Share of GPU memory, host memory and NVMe that a plan keeps free (see the module docstring)."""
 BUFFER_FACTOR = 1.5
 """DeepSpeed's estimators' ``additional_buffer_factor`` on host memory."""
 HEAP_LIMIT = 32 * 2 ** 20
@@ -167,12 +191,57 @@ class BatchShape:
         return cls(rows, width, predicted, 2 * pairs * slots * d.max_length if o.name == "weam" else 0)
 
 
+@dataclass(frozen=True)
+class AttentionKernel:
+    """How a layer's attention runs in training (the rule: the module docstring) and what it keeps of it."""
+
+    name: str
+    """eager, math (SDPA's composite fallback) or fused (SDPA's memory-efficient, flash or cuDNN kernel)."""
+    why: str
+    score_bytes: int
+    """Bytes kept per attention score for the backward pass (rows × heads × width² scores a layer); 0 when fused."""
+
+    def layer_bytes(self, config, rows: int, width: int, e: int) -> int:
+        """What one layer's attention keeps beyond its q, k, v and the context (counted with the layer)."""
+        scores = rows * config.num_attention_heads * width * width * self.score_bytes
+        if self.name == "fused":  # the fp32 log-sum-exp and the mask as an additive bias of the query's dtype
+            return rows * config.num_attention_heads * width * 4 + rows * width * width * e
+        if self.name == "math":  # q, k, v kept as fp32 copies instead of e-byte ones
+            return scores + 3 * rows * width * config.hidden_size * (4 - e)
+        return scores
+
+
+def _score_bytes(dtype_bytes: int, device: str, dropout: bool) -> int:
+    """Per attention score of ``dtype_bytes``: the softmax's output and, with dropout, its mask (CUDA's fused
+    dropout: 1 byte; CPU's: the scores' dtype) and the dropped probabilities."""
+    return dtype_bytes + (dtype_bytes + (1 if device == "cuda" else dtype_bytes) if dropout else 0)
+
+
+def attention_kernel(config, *, dtype_bytes: int, device: str) -> AttentionKernel:
+    """The attention kernel a training step of a model with transformers ``config`` runs in ``dtype_bytes``
+    precision on ``device`` (cuda: sm80 or newer), by PyTorch's SDPA selection rule (the module docstring)."""
+    e, dropout = dtype_bytes, config.attention_probs_dropout_prob > 0
+    if config._attn_implementation == "eager":
+        return AttentionKernel("eager", "eager attention (the model's attn_implementation)",
+                               _score_bytes(e, device, dropout))
+    # weam_ds.presets.build_model gives every other model SDPA.
+    if device == "cpu":
+        if dropout:
+            return AttentionKernel("math", "SDPA's math path (attention dropout rules out CPU flash)",
+                                   _score_bytes(4, device, dropout))
+        return AttentionKernel("fused", "SDPA's CPU flash kernel", 0)
+    head, alignment = config.hidden_size // config.num_attention_heads, 8 if e == 2 else 4
+    if head % alignment:
+        return AttentionKernel("math", f"SDPA's math path (head size {head} is not a multiple of {alignment})",
+                               _score_bytes(4, device, dropout))
+    return AttentionKernel("fused", "SDPA's memory-efficient kernel (the attention mask rules out flash)", 0)
+
+
 def _layer_bytes(config, rows: int, width: int, e: int, device: str) -> int:
     """What one encoder layer saves without checkpointing (see :func:`activation_bytes`)."""
     c, t = config, rows * width
     m = 1 if device == "cuda" else e
-    attention = (t * c.hidden_size * e + rows * c.num_attention_heads * width * 4 if device == "cuda"
-                 else rows * c.num_attention_heads * width * width * (2 * e + m))
+    attention = attention_kernel(c, dtype_bytes=e, device=device).layer_bytes(c, rows, width, e)
     masks = 1 if c.model_type == "xlm-roberta-xl" else 2
     return 8 * t * c.hidden_size * e + masks * t * c.hidden_size * m + 2 * t * c.intermediate_size * e + 16 * t \
         + attention
@@ -186,9 +255,11 @@ def activation_bytes(config, shape: BatchShape, *, dtype_bytes: int, device: str
     m the dropout mask (1 byte on CUDA; on CPU dropout keeps an e-byte mask). A layer keeps its input, q, k,
     v, the attention context, both LayerNorms' inputs and the first one's output (8·T·H·e), the GELU's input
     and output (2·T·F·e), its dropout masks (post-LN 2, pre-LN XL 1, × T·H·m), LayerNorm statistics
-    (4·T fp32), and what attention keeps: the fused CUDA kernel its output and log-sum-exp
-    (T·H·e + rows·h·S·4); PyTorch's math path on CPU (taken with attention dropout) the probabilities, their
-    dropout mask and the dropped probabilities (rows·h·S²·(2e + m)). With activation checkpointing a layer
+    (4·T fp32), and what attention keeps (:func:`attention_kernel`): a fused kernel its fp32 log-sum-exp and
+    the mask as an e-byte bias (rows·h·S·4 + rows·S²·e; its output is the context); eager attention the
+    probabilities, their dropout mask and the dropped probabilities (rows·h·S²·(2e + m)); SDPA's math path the
+    same in fp32 (rows·h·S²·(8 + m), m of 4 bytes on CPU) and fp32 copies of q, k, v (3·T·H·(4 - e) more);
+    without attention dropout no mask and no dropped copy. With activation checkpointing a layer
     keeps its input only (T·H·e), plus the attention mask once (rows·S² bools). The embeddings keep three
     int64 index tensors, a dropout mask and a LayerNorm's input (pre-LN models: the final LayerNorm's). The
     MLM head runs at the ``predicted`` positions P only: four P×H inputs and the fp32 log-softmax P×V.
@@ -299,6 +370,28 @@ class Line:
     model: str
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """What each GPU and each node has, in bytes (None: not given, not checked), and the share kept free."""
+
+    gpu: int | None
+    """Per GPU; None for CPU ranks."""
+    host: int | None
+    """Host memory per node."""
+    nvme: int | None
+    """NVMe per node."""
+    headroom: float
+
+    def usable(self, have: int) -> int:
+        return int(have * (1 - self.headroom))
+
+    def has(self, have: int) -> str:
+        """What a total may use of ``have`` bytes, in the report's words."""
+        if not self.headroom:
+            return _gib(have)
+        return f"{_gib(self.usable(have))} usable ({1 - self.headroom:.0%} of {_gib(have)})"
+
+
 @dataclass
 class Plan:
     """The memory a run needs against what its nodes have. ``report()`` is the table and the verdict."""
@@ -308,8 +401,8 @@ class Plan:
     device_lines: list[Line]
     host_lines: list[Line]
     nvme_lines: list[Line]
-    limits: dict[str, int | None]
-    """gpu (per GPU), host and nvme (per node), in bytes; None: not given, not checked."""
+    capacity: Capacity
+    """What the totals are checked against, and the headroom kept free of it."""
     totals: dict[str, int]
     """device (per GPU or CPU rank), host and nvme (per node), in bytes; ranks: per node."""
     model_states: tuple[int, int]
@@ -325,12 +418,18 @@ class Plan:
     """When it does not fit: changes that would fit (a shipped offload config, activation checkpointing, a
     smaller micro-batch with more accumulation, more nodes)."""
 
+    @property
+    def host_bytes_per_node(self) -> int:
+        """Host memory a node should reserve for the run (SLURM's ``--mem``): the planned total with the headroom
+        on top, so that the plan fits a node of exactly this much."""
+        return math.ceil(self.totals["host"] / (1 - self.capacity.headroom))
+
     def report(self) -> str:
         lines = self.device_lines + self.host_lines + self.nvme_lines
         width = max(len(line.label) for line in lines) + 2
-        gpu, host, nvme = self.limits["gpu"], self.limits["host"], self.limits["nvme"]
+        c = self.capacity
         out = list(self.header)
-        out.append(f"{'(GiB)':{width + 2}}{'per GPU' if gpu is not None else 'per rank':>10}  {'per node':>10}")
+        out.append(f"{'(GiB)':{width + 2}}{'per GPU' if c.gpu is not None else 'per rank':>10}  {'per node':>10}")
 
         def section(title: str, rows: list[Line], total: tuple[str, str], budget: str) -> None:
             out.append(title)
@@ -340,14 +439,14 @@ class Plan:
             out.append(f"  {'total':{width}}{total[0]:>10}  {total[1]:>10}  {budget}".rstrip())
 
         per_rank = self.totals["device"]
-        section("GPU memory" if gpu is not None else "per rank (in host memory)", self.device_lines,
+        section("GPU memory" if c.gpu is not None else "per rank (in host memory)", self.device_lines,
                 (_gib(per_rank), _gib(per_rank * self.totals["ranks"])),
-                f"of {_gib(gpu)} per GPU" if gpu is not None else "")
+                f"of {c.has(c.gpu)} per GPU" if c.gpu is not None else "")
         section("host memory", self.host_lines, ("", _gib(self.totals["host"])),
-                f"of {_gib(host)} per node" if host is not None else "not checked (no --cpu-mem)")
+                f"of {c.has(c.host)} per node" if c.host is not None else "not checked (no --cpu-mem)")
         if self.nvme_lines:
             section("NVMe", self.nvme_lines, ("", _gib(self.totals["nvme"])),
-                    f"of {_gib(nvme)} per node" if nvme is not None else "not checked (no --nvme)")
+                    f"of {c.has(c.nvme)} per node" if c.nvme is not None else "not checked (no --nvme)")
         out.append(f"verdict: {'fits' if self.fits else 'does not fit'}")
         out += [f"  {reason}" for reason in self.reasons]
         tried = [s for s in self.suggestions if ": does not fit" in s]
@@ -366,9 +465,11 @@ def _dataset_vocab(cfg: RunConfig) -> int:
 
 
 def plan(cfg: RunConfig, nnodes: int, gpus_per_node: int, gpu_mem: int, cpu_mem: int | None = None,
-         nvme: int | None = None, *, device: str = "cuda", vocab_size: int | None = None) -> Plan:
+         nvme: int | None = None, *, device: str = "cuda", vocab_size: int | None = None,
+         headroom: float = HEADROOM) -> Plan:
     """The memory plan of ``cfg`` on ``nnodes`` × ``gpus_per_node`` GPUs of ``gpu_mem`` bytes, with
-    ``cpu_mem`` bytes of host memory and ``nvme`` bytes of NVMe per node (None: not checked).
+    ``cpu_mem`` bytes of host memory and ``nvme`` bytes of NVMe per node (None: not checked). The run fits when
+    every total is at most (1 - ``headroom``) of its memory.
 
     ``device="cpu"`` plans CPU ranks (``gpus_per_node`` counts ranks per node, ``gpu_mem`` is ignored and
     everything lives in host memory). ``vocab_size`` defaults to the dataset tokenizer's. When the run does
@@ -380,10 +481,13 @@ def plan(cfg: RunConfig, nnodes: int, gpus_per_node: int, gpu_mem: int, cpu_mem:
         raise ValueError(f"device must be cuda or cpu, not {device!r}")
     if device == "cuda" and gpu_mem <= 0:
         raise ValueError("gpu_mem must be positive")
+    if not 0 <= headroom < 1:
+        raise ValueError(f"headroom must be at least 0 and below 1, not {headroom}")
     shape = model_shape(cfg.model, vocab_size or _dataset_vocab(cfg), cfg.objective)
-    result = _evaluate(cfg, shape, nnodes, gpus_per_node, gpu_mem, cpu_mem, nvme, device)
+    capacity = Capacity(gpu_mem if device == "cuda" else None, cpu_mem, nvme, headroom)
+    result = _evaluate(cfg, shape, nnodes, gpus_per_node, capacity, device)
     if not result.fits:
-        result.suggestions = _suggestions(cfg, shape, nnodes, gpus_per_node, gpu_mem, cpu_mem, nvme, device)
+        result.suggestions = _suggestions(cfg, shape, nnodes, gpus_per_node, capacity, device)
     return result
 
 
@@ -392,8 +496,7 @@ def _setup(cfg: RunConfig, shape: ModelShape, world: int, device: str) -> _Setup
     return _Setup.of(cfg.deepspeed.config, ds)
 
 
-def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem: int, cpu_mem: int | None,
-              nvme: int | None, device: str) -> Plan:
+def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, capacity: Capacity, device: str) -> Plan:
     s = _setup(cfg, shape, nnodes * gpn, device)
     world, n, big = nnodes * gpn, shape.params, shape.largest_layer
     mixed = s.precision != "fp32"
@@ -437,6 +540,7 @@ def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem:
             f"{w} B x ({_count(reduce)} reduce{' (overlap_comm: two)' if s.overlap else ''} "
             f"+ {_count(s.allgather)} all-gather)")
     batch = BatchShape.worst_case(cfg)
+    kernel = attention_kernel(shape.config, dtype_bytes=w, device=device)
     checkpointing = cfg.train.activation_checkpointing
     acts = {ck: activation_bytes(shape.config, batch, dtype_bytes=w, device=device, checkpointing=ck,
                                  exchange=cfg.objective.exchange) for ck in (False, True)}
@@ -508,23 +612,22 @@ def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem:
     nvme_total = sum(line.per_node for line in nvme_lines)
     model_states_host = 0 if device == "cpu" else int(host_states)
 
-    limits = {"gpu": gpu_mem if device == "cuda" else None, "host": cpu_mem, "nvme": nvme}
     reasons, fits = [], True
-    checks = [("GPU", device_total, limits["gpu"], "per GPU", dev),
-              ("host memory", host_total, cpu_mem, "per node", host),
-              ("NVMe", nvme_total, nvme if nvme_lines else None, "per node", nvme_lines)]
+    checks = [("GPU", device_total, capacity.gpu, "per GPU", dev),
+              ("host memory", host_total, capacity.host, "per node", host),
+              ("NVMe", nvme_total, capacity.nvme if nvme_lines else None, "per node", nvme_lines)]
     for what, need, have, where, lines in checks:
         if have is None:
             if lines and what != "GPU":
                 reasons.append(f"{what} {_gib(need)} GiB {where} (not checked)")
             continue
-        if need <= have:
-            reasons.append(f"{what} {_gib(need)} of {_gib(have)} GiB {where}")
+        if need <= capacity.usable(have):
+            reasons.append(f"{what} {_gib(need)} GiB of {capacity.has(have)} {where}")
         else:
             fits = False
             key = (lambda line: line.per_rank) if where == "per GPU" else (lambda line: line.per_node)
             top = sorted(lines, key=key, reverse=True)[:2]
-            reasons.insert(0, f"{what} needs {_gib(need)} GiB {where}, has {_gib(have)}; largest: "
+            reasons.insert(0, f"{what} needs {_gib(need)} GiB {where}, has {capacity.has(have)}; largest: "
                            + ", ".join(f"{line.label} {_gib(key(line))}" for line in top))
     header = [
         f"plan: {cfg.model}, {_count(n)} parameters, vocabulary {shape.config.vocab_size:,}, "
@@ -536,8 +639,13 @@ def _evaluate(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem:
         f"micro-batch: {batch.rows} rows x {batch.width} tokens (every sentence at max_length), "
         f"accumulation {cfg.train.gradient_accumulation}, activation checkpointing "
         f"{'on' if checkpointing else 'off'}",
+        f"attention: {kernel.why}, "
+        + (f"scores kept: {batch.rows} rows x {shape.config.num_attention_heads} heads x {batch.width}^2 x "
+           f"{kernel.score_bytes} B per layer" if kernel.score_bytes else "no scores kept"),
+        f"headroom: {capacity.headroom:.0%} of each memory kept free" if capacity.headroom else
+        "headroom: none (totals checked against the whole memory)",
     ]
-    return Plan(fits, header, dev, host, nvme_lines, limits,
+    return Plan(fits, header, dev, host, nvme_lines, capacity,
                 {"device": device_total, "ranks": gpn, "host": host_total, "nvme": nvme_total},
                 (int(model_states_gpu), model_states_host), acts, build, reasons)
 
@@ -557,8 +665,8 @@ def _micro_batches(cfg: RunConfig) -> list[RunConfig]:
     return out
 
 
-def _suggestions(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_mem: int, cpu_mem: int | None,
-                 nvme: int | None, device: str) -> list[str]:
+def _suggestions(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, capacity: Capacity,
+                 device: str) -> list[str]:
     precision = "fp16" if _setup(cfg, shape, nnodes * gpn, device).precision == "fp16" else "bf16"
     configs: list[tuple[str | None, DeepSpeedSection | None]] = [(None, None)]
     if device == "cuda":
@@ -579,7 +687,7 @@ def _suggestions(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_m
             for k, smaller in enumerate([variant] + _micro_batches(variant)):
                 if name is None and k == 0 and checkpointing == cfg.train.activation_checkpointing:
                     continue
-                result = _evaluate(smaller, shape, nnodes, gpn, gpu_mem, cpu_mem, nvme, device)
+                result = _evaluate(smaller, shape, nnodes, gpn, capacity, device)
                 if result.fits:
                     found.append(((name, checkpointing != cfg.train.activation_checkpointing, k), smaller, result))
                     break
@@ -601,7 +709,7 @@ def _suggestions(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, gpu_m
         nvme_path = " (set nvme_path)" if "nvme" in (name or "") else ""
         lines.append(f"{' + '.join(what)}{nvme_path}: {'; '.join(result.reasons)}")
     for nodes in (2 ** k for k in range(13)):
-        if nodes > nnodes and _evaluate(cfg, shape, nodes, gpn, gpu_mem, cpu_mem, nvme, device).fits:
+        if nodes > nnodes and _evaluate(cfg, shape, nodes, gpn, capacity, device).fits:
             lines.append(f"{nodes} nodes of {gpn} {'GPU' if device == 'cuda' else 'rank'}{'s' * (gpn > 1)} "
                          "with the run as configured")
             break

@@ -3,6 +3,7 @@ measurement on CPU (autograd's saved tensors, PyTorch's FLOP counter, the peak R
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,15 +15,17 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 from deepspeed.runtime.zero.stage3 import model_to_params as zero3_model_to_params
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoTokenizer
+from transformers import AutoModelForMaskedLM, AutoTokenizer, XLMRobertaConfig
 
 from conftest import free_port, shard_samples
 from data_prep.typed_config import from_dict
-from launcher.planner import GiB, BatchShape, activation_bytes, model_shape, parse_size, plan
+from launcher.cli import main
+from launcher.planner import (HEADROOM, GiB, BatchShape, activation_bytes, attention_kernel, model_shape, parse_size,
+                              plan)
 from weam_ds.batch import IGNORE, TokenInfo, collate, mask_batch
-from weam_ds.config import MaskingConfig, ObjectiveConfig, RunConfig
+from weam_ds.config import MaskingConfig, ObjectiveConfig, RunConfig, load_run_config
 from weam_ds.objective import PretrainingObjective
-from weam_ds.presets import build_model, count_parameters, train_flops
+from weam_ds.presets import build_model, count_parameters, model_config, train_flops
 
 XLMR_VOCAB = 250002
 
@@ -43,9 +46,18 @@ def real(small_dataset):
     return dataset, batch, info
 
 
-def objective(preset: str, info: TokenInfo, checkpointing: bool = False) -> PretrainingObjective:
+def objective(preset: str, info: TokenInfo, checkpointing: bool = False, attention: str = "sdpa",
+              attention_dropout: float | None = None) -> PretrainingObjective:
+    """The objective on a seeded preset, with ``attention`` as its attn_implementation and, when given, its
+    attention dropout."""
     torch.manual_seed(0)
-    model = build_model(preset, info.vocab_size, pad_token_id=info.pad_id)
+    if attention_dropout is None:
+        model = build_model(preset, info.vocab_size, pad_token_id=info.pad_id)
+        model.set_attn_implementation(attention)
+    else:
+        config = model_config(preset, info.vocab_size, pad_token_id=info.pad_id)
+        config.attention_probs_dropout_prob = attention_dropout
+        model = AutoModelForMaskedLM.from_config(config, attn_implementation=attention)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return PretrainingObjective(model, ObjectiveConfig()).train()
@@ -100,6 +112,47 @@ def test_suggests_what_would_fit(small_dataset):
     result = plan(cfg, 1, 8, parse_size("40GB"), parse_size("1TB"), vocab_size=XLMR_VOCAB)
     fixes = result.report().split("what would fit:")[1]
     assert "\n  activation checkpointing:" not in fixes and "micro-batch 16 pairs x 4 accumulation" in fixes, fixes
+
+
+def test_xxl_on_16_80gb_gpus_fits_only_without_the_headroom(small_dataset):
+    """xxl with XLM-R's vocabulary on 2 nodes of 8 x 80 GB needs more than 90% of each GPU: refused at the default
+    headroom, accepted without one."""
+    cfg, gpu = run_config(small_dataset[0], "xxl"), parse_size("80GB")
+    kept = plan(cfg, 2, 8, gpu, vocab_size=XLMR_VOCAB)
+    need = kept.totals["device"]
+    assert (1 - HEADROOM) * gpu < need <= gpu
+    report = kept.report()
+    assert not kept.fits and f"\nheadroom: {HEADROOM:.0%} of each memory kept free\n" in report, report
+    assert (f"GPU needs {need / GiB:.2f} GiB per GPU, has {(1 - HEADROOM) * gpu / GiB:.2f} usable "
+            f"({1 - HEADROOM:.0%} of {gpu / GiB:.2f}); largest:") in report
+    # Packed rows hand SDPA a mask: the memory-efficient kernel, which keeps no scores.
+    assert "\nattention: SDPA's memory-efficient kernel (the attention mask rules out flash), no scores kept" in report
+    full = plan(cfg, 2, 8, gpu, vocab_size=XLMR_VOCAB, headroom=0)
+    assert full.fits and full.totals == kept.totals and "\nheadroom: none" in full.report()
+    # The limit is (1 - headroom) x the GPU's memory: a headroom just under the room left fits.
+    assert plan(cfg, 2, 8, gpu, vocab_size=XLMR_VOCAB, headroom=(1 - need / gpu) * 0.999).fits
+
+
+def test_host_memory_keeps_the_headroom_and_the_plan_command_takes_it(small_dataset, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'run'}\nmodel: base\ndata: {{datasets: [{small_dataset[0]}]}}\n")
+    cfg, gpu = load_run_config(config), parse_size("80GB")
+    result = plan(cfg, 1, 8, gpu)
+    host = result.totals["host"]
+    # What SLURM's --mem should ask for: the plan fits a node of exactly that much, not of 1 MiB less.
+    assert result.host_bytes_per_node == math.ceil(host / (1 - HEADROOM))
+    assert plan(cfg, 1, 8, gpu, result.host_bytes_per_node).fits
+    short = plan(cfg, 1, 8, gpu, result.host_bytes_per_node - 2 ** 20)
+    assert not short.fits and short.reasons[0].startswith(f"host memory needs {host / GiB:.2f} GiB per node, has ")
+    assert plan(cfg, 1, 8, gpu, host, headroom=0).host_bytes_per_node == host
+
+    # A GPU the run fills to 95%: refused at the default headroom, accepted with --headroom 0.
+    snug = str(math.ceil(result.totals["device"] / 0.95))
+    args = ["plan", "--config", str(config), "--nnodes", "1", "--gpus-per-node", "8", "--gpu-mem", snug]
+    assert main(args) == 1 and f"headroom: {HEADROOM:.0%}" in capsys.readouterr().out
+    assert main(args + ["--headroom", "0"]) == 0 and "verdict: fits" in capsys.readouterr().out
+    assert main(args + ["--headroom", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "launcher: error: --headroom must be at least 0 and below 1, not 1.0"
 
 
 def test_plan_command_exit_status(small_dataset, tmp_path):
@@ -169,17 +222,60 @@ def saved_bytes(module: torch.nn.Module, batch: dict) -> tuple[int, object]:
     return sum(saved.values()), out
 
 
-@pytest.mark.parametrize("preset", ["tiny", "mini"])
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_activation_estimate_matches_saved_tensors(real, preset, checkpointing):
+@pytest.mark.parametrize("preset, checkpointing, attention, attention_dropout", [
+    ("tiny", False, "sdpa", None), ("mini", False, "sdpa", None),  # attention dropout: SDPA's math path on CPU
+    ("tiny", True, "sdpa", None), ("mini", True, "sdpa", None),
+    ("mini", False, "eager", None),
+    ("mini", False, "sdpa", 0.0),  # no attention dropout: CPU flash, which keeps no scores
+])
+def test_activation_estimate_matches_saved_tensors(real, preset, checkpointing, attention, attention_dropout):
     _, batch, info = real
-    module = objective(preset, info, checkpointing)
+    module = objective(preset, info, checkpointing, attention, attention_dropout)
     measured, out = saved_bytes(module, batch)
     shape = batch_shape(batch, out.tokens["mlm"] + out.tokens["xpred"])
-    estimate = activation_bytes(module.model.config, shape, dtype_bytes=4, device="cpu", checkpointing=checkpointing)
-    print(f"{preset} checkpointing {checkpointing}: {shape}, saved {measured:,} B, estimate {estimate:,} B, "
-          f"ratio {estimate / measured:.4f}")
-    assert estimate == pytest.approx(measured, rel=0.15)
+    config = module.model.config
+    estimate = activation_bytes(config, shape, dtype_bytes=4, device="cpu", checkpointing=checkpointing)
+    kernel = attention_kernel(config, dtype_bytes=4, device="cpu")
+    print(f"{preset} checkpointing {checkpointing}, {kernel.why}: {shape}, saved {measured:,} B, "
+          f"estimate {estimate:,} B, ratio {estimate / measured:.4f}")
+    assert estimate == pytest.approx(measured, rel=0.005)
+
+
+@pytest.mark.parametrize("implementation, device, e, heads, dropout, kernel, score_bytes", [
+    # Eager attention keeps the probabilities (e bytes), and with dropout its mask (CUDA 1 byte, CPU e) and the
+    # dropped probabilities.
+    ("eager", "cuda", 2, 8, 0.1, "eager", 2 + 1 + 2),
+    ("eager", "cuda", 2, 8, 0.0, "eager", 2),
+    ("eager", "cpu", 4, 8, 0.1, "eager", 4 + 4 + 4),
+    # SDPA on CUDA: the mask rules out flash; the memory-efficient kernel takes it (head size 960 / 8 = 120) ...
+    ("sdpa", "cuda", 2, 8, 0.1, "fused", 0),
+    # ... unless the head size is not a multiple of 8 in 16-bit (60) or 4 in fp32 (30): the math path, in fp32.
+    ("sdpa", "cuda", 2, 16, 0.1, "math", 4 + 1 + 4),
+    ("sdpa", "cuda", 2, 16, 0.0, "math", 4),
+    ("sdpa", "cuda", 4, 16, 0.1, "fused", 0),
+    ("sdpa", "cuda", 4, 32, 0.1, "math", 4 + 1 + 4),
+    # SDPA on CPU: attention dropout rules out its flash kernel.
+    ("sdpa", "cpu", 4, 8, 0.1, "math", 4 + 4 + 4),
+    ("sdpa", "cpu", 4, 8, 0.0, "fused", 0),
+])
+def test_attention_scores_are_counted_exactly_where_the_kernel_keeps_them(implementation, device, e, heads, dropout,
+                                                                         kernel, score_bytes):
+    config = XLMRobertaConfig(vocab_size=1000, hidden_size=960, num_attention_heads=heads, num_hidden_layers=3,
+                              intermediate_size=1920, attention_probs_dropout_prob=dropout,
+                              attn_implementation=implementation)
+    chosen = attention_kernel(config, dtype_bytes=e, device=device)
+    assert (chosen.name, chosen.score_bytes) == (kernel, score_bytes), chosen.why
+    rows, width = 6, 64
+
+    def saved(s: int) -> int:
+        return activation_bytes(config, BatchShape(rows, s, predicted=50, exchange=700), dtype_bytes=e,
+                                device=device, checkpointing=False)
+
+    # Everything else is linear in the width: the second difference leaves the width² terms, per layer the kept
+    # scores (rows x heads x width²) or, where none are kept, the fused kernel's e-byte mask (rows x width²).
+    per_layer = rows * (heads * score_bytes if score_bytes else e)
+    second_difference = saved(3 * width) - 2 * saved(2 * width) + saved(width)
+    assert second_difference == 2 * width ** 2 * config.num_hidden_layers * per_layer
 
 
 # --- FLOPs: PyTorch's counter --------------------------------------------------------------------------
