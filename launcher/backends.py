@@ -212,7 +212,7 @@ def _deepspeed(req: Request) -> Launch:
     where = f"master {master}:{port}" + ("" if c.rdzv_endpoint else " (the hostfile's first host; --rdzv-endpoint "
                                                                       "chooses another address)")
     notes = [shape.describe(), note, where]
-    if len(set(shape.per_node)) > 1:
+    if not shape.equal:
         notes.insert(1, f"the hosts have unequal slots: the DeepSpeed runner starts each host's slots, and the "
                         f"memory plan counts {shape.processes_per_node} processes on every node (the most on one)")
     return Launch(argv, files=[LaunchFile(env_file, text)], notes=notes)

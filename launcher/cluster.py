@@ -227,9 +227,13 @@ class LaunchShape:
     def world_size(self) -> int:
         return sum(self.per_node)
 
+    @property
+    def equal(self) -> bool:
+        return len(set(self.per_node)) == 1
+
     def describe(self) -> str:
         nodes = f"{self.nodes} node{'s' * (self.nodes > 1)}"
-        if len(set(self.per_node)) == 1:
+        if self.equal:
             per_node = f"{self.processes_per_node} process{'es' * (self.processes_per_node > 1)} per node"
         else:
             per_node = "unequal processes per node (" + " + ".join(map(str, self.per_node)) + ")"
