@@ -22,9 +22,15 @@ checkpoint; a resumed slot draws the pool again (replaying at most the partly re
 skips the batches already out. Masking is seeded by (seed, rank, slot, batch index), so
 resumed batches are identical.
 
-A shard that is missing, does not match its manifest sha256 (checked the first time a process opens
-it, when ``verify_sha256``), or is not a readable tar is logged, counted and skipped, as is a sample
-that breaks the shard format: the run goes on.
+A shard that is missing, does not match its manifest sha256 (when ``verify_sha256``), or is not a readable
+tar is logged, counted and skipped, as is a sample that breaks the shard format: the run goes on. A training
+job checks each shard's sha256 once, before it reads any (``check_shards``: every rank a share, the failures
+gathered), and hands the verdict to every stream; a stream without one checks each shard the first time it
+opens it.
+
+The dev batches are fixed (``eval_batches``): rank r of W evaluates dev samples r, r + W, r + 2W, ... (all of
+them, in shard order), as many as its batches take; it reads the dev shards only as far as its last one, and
+decodes only its own.
 """
 from __future__ import annotations
 
@@ -105,48 +111,99 @@ class Corpus:
         return cls(pairs, {p: shards[p] for p in pairs}, probabilities, tokenizer)
 
 
+def _sha256_problem(shard: Shard) -> str | None:
+    """Why ``shard`` fails its manifest's sha256, or None when it matches."""
+    try:
+        return None if file_sha256(Path(shard.path)) == shard.sha256 else "sha256 differs from the manifest"
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+
+
+def check_shards(cfg: DataConfig, rank: int, world: int) -> dict[str, str]:
+    """This rank's share of a job's sha256 check: of the train and dev shards of ``cfg`` (dev when evaluated),
+    sorted by path, those at rank, rank + W, rank + 2W, ...; returns the ones that fail and why. Gathered over the
+    ranks, it is the ``sha256_failures`` of every stream, so that each shard is read for its hash once per job
+    instead of once per rank and DataLoader worker."""
+    splits = ("train", "dev") if cfg.eval_batches else ("train",)
+    shards = {s.path: s for split in splits for s in _split_shards(cfg, split)}
+    failures = {}
+    for path in sorted(shards)[rank::world]:
+        problem = _sha256_problem(shards[path])
+        if problem is not None:
+            failures[path] = problem
+    return failures
+
+
+def _split_shards(cfg: DataConfig, split: str) -> list[Shard]:
+    try:
+        corpus = Corpus.open(cfg, split)
+    except ConfigError:  # no such split: the training (train) or the evaluation (dev) says so
+        return []
+    return [s for pair in corpus.pairs for s in corpus.shards[pair]]
+
+
 class _Shards:
-    """Opens shards for one slot: checks each against its sha256 once, skips the bad ones and remembers them.
+    """Opens shards for one slot: skips those that fail the sha256 check and remembers them.
 
     A shard is bad when it is missing, differs from its manifest sha256, cannot be read as a tar, or ends
     before the number of samples the manifest lists (a truncated or damaged file read without the sha256
     check). Its good samples before the damage are still used; later visits skip it. ``bad`` travels in the
     stream's position, so a resumed stream skips the same shards and the run counts each file once.
+    ``sha256_failures`` is the job's check (``check_shards``): the shards that failed it, every other one
+    passed; without it (None) each shard is checked here the first time it is opened.
     """
 
-    def __init__(self, verify: bool, stats: Counter, bad: set[str] | None = None):
-        self.verify, self.stats = verify, stats
+    def __init__(self, verify: bool, stats: Counter, bad: set[str] | None = None,
+                 sha256_failures: dict[str, str] | None = None):
+        self.verify, self.stats, self.sha256_failures = verify, stats, sha256_failures
         self.bad: set[str] = set(bad or ())
         self.checked: set[str] = set()
 
     def samples(self, shard: Shard, replay: bool = False) -> Iterator[dict]:
         """The shard's decodable samples; a shard known to be bad yields none, unless ``replay`` (a resumed
         stream re-reading the visit it stopped in, which may have found the damage after its position)."""
+        for raw in self.raw(shard, replay):
+            sample = self.decode(raw, shard)
+            if sample is not None:
+                yield sample
+
+    def raw(self, shard: Shard, replay: bool = False) -> Iterator[dict]:
+        """The shard's samples as read, not decoded (``samples``)."""
         if shard.path in self.bad and not replay:
             return
-        if self.verify and shard.path not in self.checked:
-            try:
-                ok = file_sha256(Path(shard.path)) == shard.sha256
-            except OSError as exc:
-                return self._skip(shard, f"cannot read it ({exc.strerror})")
-            if not ok:
-                return self._skip(shard, "sha256 differs from the manifest")
-            self.checked.add(shard.path)
+        problem = self._sha256_failure(shard)
+        if problem is not None:
+            return self._skip(shard, problem)
         read, error = 0, None
         try:
             for raw in read_samples(shard.path):
                 read += 1
-                try:
-                    sample = decode_sample(raw, meta=False)  # training reads only the arrays
-                except ShardFormatError as exc:
-                    self.stats["bad_samples"] += 1
-                    log.warning("skipping a sample of %s: %s", shard.path, exc)
-                    continue
-                yield sample
+                yield raw
         except (ShardReadError, OSError) as exc:
             error = exc
         if error is not None or read < shard.samples:
             self._skip(shard, f"ends after {read} of its {shard.samples} samples ({error or 'truncated or damaged'})")
+
+    def decode(self, raw: dict, shard: Shard) -> dict | None:
+        """The sample's arrays (training reads nothing else), or None, counted, when it breaks the format."""
+        try:
+            return decode_sample(raw, meta=False)
+        except ShardFormatError as exc:
+            self.stats["bad_samples"] += 1
+            log.warning("skipping a sample of %s: %s", shard.path, exc)
+            return None
+
+    def _sha256_failure(self, shard: Shard) -> str | None:
+        if not self.verify:
+            return None
+        if self.sha256_failures is not None:
+            return self.sha256_failures.get(shard.path)
+        if shard.path in self.checked:
+            return None
+        problem = _sha256_problem(shard)
+        if problem is None:
+            self.checked.add(shard.path)
+        return problem
 
     def _skip(self, shard: Shard, why: str) -> None:
         if shard.path not in self.bad:
@@ -324,12 +381,14 @@ class TrainStream(IterableDataset):
     """Masked training batches for one rank (see the module docstring), each yielded with its ``Position``;
     iterate it through a DataLoader with ``batch_size=None``. ``positions`` (slot → ``Position.resume``) and
     ``first_batch`` resume it; ``objective`` says how batches are encoded (``LAYOUTS``), which the
-    ``batch_tokens`` budget and the length bucketing count in."""
+    ``batch_tokens`` budget and the length bucketing count in; ``sha256_failures``: the job's check of the shards
+    (``check_shards``), if it made one."""
 
     def __init__(self, corpus: Corpus, cfg: DataConfig, masking: MaskingConfig, info: TokenInfo, seed: int,
                  rank: int, positions: dict[int, dict] | None = None, first_batch: int = 0,
-                 objective: str = "weam"):
+                 objective: str = "weam", sha256_failures: dict[str, str] | None = None):
         self.corpus, self.cfg, self.masking, self.info = corpus, cfg, masking, info
+        self.sha256_failures = sha256_failures
         self.seed, self.rank = seed, rank
         self.slots = max(1, cfg.workers)
         self.positions = positions or {}
@@ -350,7 +409,7 @@ class TrainStream(IterableDataset):
         start = resume.get("pool", resume)  # a position written before pools stands at a pool's start
         emitted = resume.get("emitted", 0)
         stats = Counter()
-        opener = _Shards(self.cfg.verify_sha256, stats, start.get("bad_shards"))
+        opener = _Shards(self.cfg.verify_sha256, stats, start.get("bad_shards"), self.sha256_failures)
         mixture = _Mixture(self.corpus, (self.seed, self.rank, slot), self.cfg.shuffle_buffer, opener, start, stats)
         while True:
             try:
@@ -457,11 +516,11 @@ def _seed(*parts: int | str) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
-def eval_batches(cfg: DataConfig, masking: MaskingConfig, info: TokenInfo, rank: int, world: int,
-                 seed: int) -> list[dict]:
+def eval_batches(cfg: DataConfig, masking: MaskingConfig, info: TokenInfo, rank: int, world: int, seed: int,
+                 sha256_failures: dict[str, str] | None = None) -> list[dict]:
     """A fixed set of masked dev batches for this rank (the same every evaluation). Every rank gets
     ``cfg.eval_batches`` batches, cycling through its share of the dev pairs if that is short, so that
-    ZeRO-3's collective forward passes stay in step."""
+    ZeRO-3's collective forward passes stay in step. ``sha256_failures``: the job's check (``check_shards``)."""
     if cfg.eval_batches == 0:
         return []
     try:
@@ -469,18 +528,36 @@ def eval_batches(cfg: DataConfig, masking: MaskingConfig, info: TokenInfo, rank:
     except ConfigError as exc:
         log.warning("no evaluation: %s (data_prep's splits.dev makes a dev split)", exc)
         return []
-    opener = _Shards(cfg.verify_sha256, Counter())
-    every = [(index, sample) for index, pair in enumerate(corpus.pairs) for shard in corpus.shards[pair]
-             for sample in opener.samples(shard)]
-    if not every:
+    size = cfg.batch_size or max(1, cfg.batch_tokens // (2 * cfg.max_length))
+    need = cfg.eval_batches * size
+    # A rank's share; a rank whose share is empty (fewer dev samples than ranks) evaluates them all.
+    mine = (_dev_share(corpus, cfg, sha256_failures, rank, world, need)
+            or _dev_share(corpus, cfg, sha256_failures, 0, 1, need))
+    if not mine:
         raise NoData(f"every dev shard is bad ({', '.join(corpus.pairs)}; see the log): rebuild the dataset, "
                      "or set data.eval_batches: 0")
-    # A rank's share; a rank whose share is empty (fewer dev samples than ranks) evaluates them all.
-    mine = every[rank::world] or every
-    size = cfg.batch_size or max(1, cfg.batch_tokens // (2 * cfg.max_length))
     batches = []
     for b in range(cfg.eval_batches):
         picked = [mine[(b * size + k) % len(mine)] for k in range(size)]
         batches.append(_masked_batch([s for _, s in picked], [i for i, _ in picked], info, cfg.max_length, masking,
                                      torch.Generator().manual_seed(_seed(seed, rank, b, 99))))
     return batches
+
+
+def _dev_share(corpus: Corpus, cfg: DataConfig, sha256_failures: dict[str, str] | None, rank: int, world: int,
+               need: int) -> list[tuple[int, dict]]:
+    """(pair index, sample) of dev samples rank, rank + W, rank + 2W, ... in shard order (pairs sorted, each
+    pair's shards in manifest order; a bad shard's samples not counted), the first ``need`` of them: the shards
+    are read only as far as the last, and only this rank's samples are decoded. One that breaks the shard
+    format leaves a gap in the share (it is counted where it lies, to keep the others' samples the same)."""
+    opener = _Shards(cfg.verify_sha256, Counter(), sha256_failures=sha256_failures)
+    share, index = [], 0
+    for pair_index, pair in enumerate(corpus.pairs):
+        for shard in corpus.shards[pair]:
+            for raw in opener.raw(shard):
+                if index % world == rank and (sample := opener.decode(raw, shard)) is not None:
+                    share.append((pair_index, sample))
+                    if len(share) == need:
+                        return share
+                index += 1
+    return share

@@ -4,7 +4,8 @@
     <output_dir>/ds_config.json     the resolved DeepSpeed config
     <output_dir>/model/             the model's Hugging Face config, and the tokenizer
     <output_dir>/checkpoints/       DeepSpeed checkpoints, one directory per tag (step<N>), and ``latest``,
-                                    which names a checkpoint only once it is complete (see COMMIT_FILE)
+                                    which names a checkpoint only once it is complete (see COMMIT_FILE);
+                                    while a job starts, its ranks' markers (``shared_marker``)
     <output_dir>/tensorboard/       TensorBoard event files
     <output_dir>/metrics.jsonl      one line per optimizer step (rank 0): losses, lr, grad norm
     <output_dir>/logs/rank<r>.log   each rank's log
@@ -31,6 +32,8 @@ COMMIT_FILE = "commit.json"
 """In each checkpoint tag directory, written last: ``{"tag", "world", "files": {name: bytes}}``, every file of
 the checkpoint (all ranks' and the probe) with its size. A tag without it, or whose files differ from it,
 is incomplete: a save that was killed, or a file damaged since."""
+SHARED_MARKER_PREFIX = ".shared-"
+"""The start of a shared-directory marker's name (RunDir.shared_marker); never a checkpoint tag."""
 
 
 def checkpoint_problem(tag_dir: Path) -> str | None:
@@ -89,6 +92,11 @@ class RunDir:
     def log(self, rank: int) -> Path:
         return self.root / "logs" / f"rank{rank}.log"
 
+    def shared_marker(self, token: str, rank: int) -> Path:
+        """The file rank ``rank`` of the job attempt ``token`` writes at its start to show that every node sees
+        one ``checkpoints/`` (weam_ds.checkpoint.check_shared); removed once checked."""
+        return self.checkpoints / f"{SHARED_MARKER_PREFIX}{token}.rank{rank}"
+
     def step_tags(self) -> list[str]:
         """The ``step<N>`` checkpoint directories, oldest first, complete or not."""
         tags = [p.name for p in self.checkpoints.glob("step*") if p.is_dir() and p.name[4:].isdigit()]
@@ -127,4 +135,5 @@ class RunDir:
                     notes.append(f"falling back to {tag}, the newest complete checkpoint")
                 return tag, notes
             notes.append(f"{tag} is incomplete: {problem}")
-        return None, notes if self.step_tags() else []
+        # A run whose checkpoints are gone but whose ``latest`` is not starts afresh: that must not go unsaid.
+        return None, notes if self.step_tags() or latest.exists() else []
