@@ -61,8 +61,9 @@ def test_the_deepspeed_runner_trains_to_the_end_on_two_hosts_through_sshd_and_pd
         ranks = watch_ranks(job, config)
     assert job.returncode == 0, console.read_text()[-4000:]
 
-    # One rank per host (slots=1), each inside a login that sshd accepted on that host's alias, with
-    # .deepspeed_env's value intact.
+    # One rank per host (slots=1), as the launcher said, each inside a login that sshd accepted on that host's
+    # alias, with .deepspeed_env's value intact.
+    assert "launcher: 2 nodes x 1 process per node = 2 ranks" in console.read_text().splitlines()
     assert sorted(ranks) == ["0", "1"]
     logins = hosts.logins()
     for rank, host in enumerate(hosts.hosts):
