@@ -197,10 +197,9 @@ def test_build_stopped_while_encoding_does_not_redo_finished_chunks(tmp_path, ja
 
 def test_failed_build_does_not_lock_its_config(tmp_path, ja_pairs, caplog):
     cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
-    dataset.mkdir()
-    (dataset / "notes.txt").write_text("the user's own file")
     with pytest.raises(PrepError, match="tokenizer.train.vocab_size"):
         build(config_from_dict({**cfg, "tokenizer": {"train": {"vocab_size": 64}}}))
+    (dataset / "notes.txt").write_text("the user's own file")  # added to data_prep's directory since
     assert not read_manifest(dataset, require_complete=False)["complete"]
 
     with caplog.at_level(logging.WARNING, logger="data_prep.build"):

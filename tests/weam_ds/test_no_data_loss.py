@@ -160,7 +160,7 @@ def test_report_into_the_run_keeps_its_tensorboard_and_replaces_only_its_own(dea
 def test_data_prep_refuses_an_output_dir_it_did_not_write(dead_run, tmp_path, ja_pairs, capsys):
     before = _snapshot(dead_run)
     config = tmp_path / "prep.yaml"
-    config.write_text(yaml.safe_dump(small_config(tmp_path, ja_pairs[:100], output_dir=str(dead_run))))
+    config.write_text(yaml.safe_dump(small_config(tmp_path, ja_pairs[:300], output_dir=str(dead_run))))
     assert prep_main(["--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{dead_run}: exists and is not written by data_prep" in err
