@@ -26,9 +26,9 @@ reason; with only jobs.json it is running while its submission is live, and fail
 training failed, so SLURM cancelled its step job; or a job was killed). Files whose ``config_sha256`` is not
 the cell's registered one belong to an earlier config and are ignored. Evaluated cells are not looked at.
 
-A submission is live while its last job (the step job) is: ``squeue -h -j <job> -o %T`` shows a state other
-than a finished one (FINISHED below). squeue's "Invalid job id" means SLURM has forgotten the job (it ended
-minutes ago: MinJobAge). Where squeue is not on PATH, or fails otherwise (the controller not answering), the
+A submission is live while its last job (the step job) is: ``squeue -h -j <job> --states=all -o %T`` shows a
+state other than a finished one (FINISHED below). squeue's "Invalid job id" means SLURM has forgotten the job (it
+ended minutes ago: MinJobAge). Where squeue is not on PATH, or fails otherwise (the controller not answering), the
 submission counts as live: the cell stays running until its results or its error appear, rather than being
 failed, and resubmitted with --retry-failed, while its jobs may still run. squeue is asked before the files
 are read again, so a step job that ends in between has left its file by then.
@@ -47,9 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
-from data_prep.typed_config import ConfigError
+from data_prep.typed_config import ConfigError, read_yaml
 from launcher.backends import BACKENDS, LaunchFile, Request, run_environment
 from launcher.cluster import ClusterConfig
 from launcher.launch import write_launch_file
@@ -270,7 +268,7 @@ def _read_plan(study: StudyConfig, cell: str) -> CellPlan:
     directory = Path(study.study_dir) / "cells" / cell
     if Path(cell).name != cell or cell in ("", ".", "..") or not (directory / "run.yaml").is_file():
         raise ConfigError(f"--cell: {cell!r} is not a cell of the study (no {directory / 'run.yaml'})")
-    run = yaml.safe_load((directory / "run.yaml").read_text(encoding="utf-8"))
+    run = read_yaml(directory / "run.yaml", "run config")
     return CellPlan(cell, axes={}, run=run, pairs=[], directory=directory)
 
 
@@ -387,7 +385,9 @@ def _job_state(job: str) -> str | None:
     if shutil.which("squeue") is None:
         return None
     try:
-        done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, timeout=120)
+        # --states=all: without it squeue lists a job that has ended as nothing at all, as if forgotten.
+        done = subprocess.run(["squeue", "-h", "-j", job, "--states=all", "-o", "%T"], capture_output=True, text=True,
+                              timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("squeue -j %s: %s; its cell counts as running", job, exc)
         return None

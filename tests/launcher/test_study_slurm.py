@@ -1,9 +1,8 @@
-"""``python -m launcher study`` with ``launch.backend: slurm``, its jobs run for real by stand-ins for SLURM's
-commands (slurm_stand_ins: sbatch runs each job at once, the launcher's training script with srun and
-scontrol as test_run.py runs it): a training job and a dependent step job per cell, their results.json
-harvested into the registry by ``status``, nothing submitted twice, a diverged cell failed (its step job
-cancelled) and shown as missing until ``--retry-failed`` submits it again, and job scripts whose values
-(a study directory that holds commands) stay data."""
+"""``python -m launcher study`` with ``launch.backend: slurm`` on a real two-node SLURM cluster
+(tests/slurm_cluster.py): a training job and a dependent step job per cell, run by the scheduler, their
+results.json harvested into the registry by ``status``, which reads the real squeue; nothing submitted twice, a
+diverged cell failed (SLURM cancels its step job) and shown as missing until ``--retry-failed`` submits it again,
+and job scripts whose values (a study directory that holds commands) stay data."""
 from __future__ import annotations
 
 import contextlib
@@ -16,9 +15,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
-from conftest import free_port
-from slurm_stand_ins import install
 from test_study import study_file
 
 from launcher.cli import main
@@ -28,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
 GOOD, BAD = 2e-3, 1e8
 """The learning rates of the two cells: one trains, the other diverges at once (its training job fails)."""
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 
 
 def launcher(*args: str) -> tuple[int, str]:
@@ -38,10 +35,13 @@ def launcher(*args: str) -> tuple[int, str]:
     return code, console.getvalue()
 
 
-def submissions(standin: Path) -> list[dict]:
-    """Every sbatch call so far: its job id and arguments."""
-    calls = standin / "sbatch"
-    return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+def queued_jobs(slurm) -> list[str]:
+    """Every job SLURM knows of (pending, running or ended within MinJobAge), by id."""
+    return sorted(slurm.command("squeue", "-h", "--states=all", "-o", "%i").stdout.split(), key=int)
+
+
+def job_field(slurm, job: str, name: str) -> str:
+    return re.search(rf"\b{name}=(\S*)", slurm.command("scontrol", "show", "job", job).stdout)[1]
 
 
 def registry_rows(study_dir: Path) -> tuple:
@@ -57,49 +57,43 @@ def slurm_study(tmp: Path, dataset: Path, name: str, slurm: dict) -> Path:
 
 
 def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(small_dataset, tmp_path,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, slurm):
     dataset, _, _ = small_dataset
-    for key, value in install(tmp_path).items():
-        monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
-    standin = tmp_path / "standin"
-    path = slurm_study(tmp_path, dataset, "grid", {"partition": "cpu", "time": "01:00:00", "rdzv_port": free_port()})
+    # No fixed rendezvous port: both cells' jobs may run at once, and this cluster's nodes share one machine.
+    path = slurm_study(tmp_path, dataset, "grid", {"partition": "debug", "time": "01:00:00"})
     study_dir = tmp_path / "grid"
 
-    # study run: per cell, the launcher's training script, then the step script after it.
+    # study run: per cell, the launcher's training script, then the step script after it. It does not wait.
     code, console = launcher("study", "run", str(path))
-    assert code == 0, console  # nothing has failed yet: the runner does not wait for its jobs
+    assert code == 0, console
     cells, _ = registry_rows(study_dir)
     assert [c.state for c in cells] == ["running", "running"]
     cell = {c.axes["optimizer.lr"]: c for c in cells}
-    calls = submissions(standin)
-    assert len(calls) == 4
-    for c in cells:
+    submitted = queued_jobs(slurm)
+    assert len(submitted) == 4
+    jobs = {c.axes["optimizer.lr"]: json.loads((study_dir / "cells" / c.name / "jobs.json").read_text())
+            for c in cells}
+    for lr, c in cell.items():
         directory = study_dir / "cells" / c.name
-        train, step = [call for call in calls if str(directory) in call["argv"][-1]]
-        assert train["argv"] == ["--parsable", str(directory / "run" / "slurm.sbatch")]
-        assert step["argv"] == ["--parsable", f"--dependency=afterok:{train['job']}", "--kill-on-invalid-dep=yes",
-                                str(directory / "step.sbatch")]
-        assert json.loads((directory / "jobs.json").read_text())["step"] == step["job"]
-        assert (directory / "run" / "logs" / f"slurm-{train['job']}.out").is_file()
-        assert {"#SBATCH --partition=cpu", "#SBATCH --time=01:00:00", "#SBATCH --nodes=1"} <= set(
-            (directory / "step.sbatch").read_text().splitlines())
-    good_dir, bad_dir = (study_dir / "cells" / cell[lr].name for lr in (GOOD, BAD))
-    bad_train, bad_step = (json.loads((bad_dir / "jobs.json").read_text())[k] for k in ("train", "step"))
-    assert (standin / "jobs" / bad_train).read_text() == "FAILED"
-    assert (standin / "jobs" / bad_step).read_text() == "CANCELLED"  # afterok never satisfied: never ran
-    assert not (bad_dir / "results.json").exists() and not (bad_dir / "error.json").exists()
-    results = json.loads((good_dir / "results.json").read_text())
-
-    # Without squeue, submitted jobs are trusted until their results or errors appear.
-    (tmp_path / "bin" / "squeue").rename(tmp_path / "squeue")
+        train, step = jobs[lr]["train"], jobs[lr]["step"]
+        assert {train, step} <= set(submitted)
+        assert job_field(slurm, train, "Command") == str(directory / "run" / "slurm.sbatch")
+        assert job_field(slurm, step, "Command") == str(directory / "step.sbatch")
+        assert job_field(slurm, step, "Partition") == "debug" and job_field(slurm, step, "TimeLimit") == "01:00:00"
+    # While the jobs are queued or running (the real squeue says so), status keeps both cells running.
     code, console = launcher("study", "status", str(path))
-    (tmp_path / "squeue").rename(tmp_path / "bin" / "squeue")
-    assert code == 0 and re.search(re.escape(cell[BAD].name) + r"\s+running\s", console), console
-    # A job squeue shows as pending or running keeps its cell running.
-    (standin / "jobs" / bad_step).write_text("PENDING")
-    assert re.search(re.escape(cell[BAD].name) + r"\s+running\s", launcher("study", "status", str(path))[1])
-    (standin / "jobs" / bad_step).unlink()  # ended minutes ago: squeue answers "Invalid job id"
+    assert code == 0 and len(re.findall(r"\s+running\s", console)) == 2, console
+    for lr in (GOOD, BAD):
+        for kind in ("train", "step"):
+            slurm.wait_for_state(jobs[lr][kind], ENDED, 300)
+    good_dir, bad_dir = (study_dir / "cells" / cell[lr].name for lr in (GOOD, BAD))
+    bad_train, bad_step = jobs[BAD]["train"], jobs[BAD]["step"]
+    assert slurm.job_state(bad_train) == "FAILED"
+    assert slurm.job_state(bad_step) == "CANCELLED"  # afterok never satisfied: SLURM never ran it
+    assert not (bad_dir / "results.json").exists() and not (bad_dir / "error.json").exists()
+    assert (good_dir / "run" / "logs" / f"slurm-{jobs[GOOD]['train']}.out").is_file()
+    results = json.loads((good_dir / "results.json").read_text())
 
     # study status records what the jobs left: the good cell evaluated with results.json's numbers ...
     code, console = launcher("study", "status", str(path))
@@ -116,10 +110,10 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
         for s in results["scores"]:
             outcomes = registry.per_example(good.name, "tatoeba", s["language"], 0, "accuracy")
             assert np.array_equal(outcomes, s["per_example"]["accuracy"])
-    # ... the diverged one failed, why said, shown as missing.
+    # ... the diverged one failed, why said (squeue's states of both its jobs), shown as missing.
     assert bad.state == "failed" and bad.name not in {s.cell for s in scores}
     assert f"training job {bad_train} FAILED (its log: " in bad.error
-    assert f"step job {bad_step} no longer known to SLURM (it never started)" in bad.error
+    assert f"step job {bad_step} CANCELLED (it never started)" in bad.error
     assert re.search(re.escape(good.name) + r"\s+evaluated\s+3/3\s.*\d+\.\d$", console, re.M)
     assert re.search(re.escape(bad.name) + r"\s+failed\s.*missing$", console, re.M)
     # Harvested twice, the registry stays the same.
@@ -128,30 +122,33 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
 
     # A second run submits nothing (one cell evaluated, the other failed) ...
     code, console = launcher("study", "run", str(path))
-    assert code == 1 and len(submissions(standin)) == 4 and registry_rows(study_dir) == before
+    assert code == 1 and queued_jobs(slurm) == submitted and registry_rows(study_dir) == before
     # ... unless told to retry the failed cell (a dry run first: only that cell's commands, nothing submitted) ...
     code, console = launcher("study", "run", str(path), "--retry-failed", "--dry-run")
     assert code == 0 and f"# {bad.name}\n" in console and good.name not in console
-    assert len(submissions(standin)) == 4 and registry_rows(study_dir) == before
+    assert queued_jobs(slurm) == submitted and registry_rows(study_dir) == before
     # ... then both its jobs again, the step after the new training.
     code, console = launcher("study", "run", str(path), "--retry-failed")
     assert code == 0, console
-    train, step = submissions(standin)[4:]
-    assert train["argv"][-1] == str(bad_dir / "run" / "slurm.sbatch")
-    assert step["argv"][1:3] == [f"--dependency=afterok:{train['job']}", "--kill-on-invalid-dep=yes"]
+    again = json.loads((bad_dir / "jobs.json").read_text())
+    assert set(queued_jobs(slurm)) - set(submitted) == {again["train"], again["step"]}
+    assert job_field(slurm, again["step"], "Dependency") in (f"afterok:{again['train']}(unfulfilled)",
+                                                             f"afterok:{again['train']}(failed)", "(null)")
+    for kind in ("train", "step"):
+        slurm.wait_for_state(again[kind], ENDED, 300)
     assert launcher("study", "status", str(path))[0] == 0
     cells, _ = registry_rows(study_dir)
-    again = {c.axes["optimizer.lr"]: c for c in cells}
-    assert again[GOOD] == good and again[BAD].state == "failed" and f"training job {train['job']}" in again[BAD].error
+    after = {c.axes["optimizer.lr"]: c for c in cells}
+    assert after[GOOD] == good and after[BAD].state == "failed" and f"training job {again['train']}" in after[BAD].error
 
 
 HOSTILE = "study $(touch pwned-dollar) `touch pwned-tick` 'q' ;touch pwned-semi"
 
 
-def test_dry_run_writes_job_scripts_whose_values_stay_data_and_submits_nothing(small_dataset, tmp_path, monkeypatch):
+def test_dry_run_writes_job_scripts_whose_values_stay_data_and_submits_nothing(small_dataset, tmp_path, monkeypatch,
+                                                                              slurm):
     dataset, _, _ = small_dataset
-    for key, value in install(tmp_path).items():
-        monkeypatch.setenv(key, value)
+    queued = queued_jobs(slurm)
     hostile = tmp_path / HOSTILE
     hostile.mkdir()
     monkeypatch.chdir(hostile)  # the jobs' working directory too
@@ -159,7 +156,7 @@ def test_dry_run_writes_job_scripts_whose_values_stay_data_and_submits_nothing(s
     code, console = launcher("study", "run", str(path), "--dry-run")
     assert code == 0 and console.endswith("launcher: dry run: nothing submitted\n"), console
     study_dir = hostile / "grid"
-    assert not (tmp_path / "standin" / "sbatch").exists() and not (study_dir / REGISTRY_FILE).exists()
+    assert queued_jobs(slurm) == queued and not (study_dir / REGISTRY_FILE).exists()
     cells = sorted(p for p in (study_dir / "cells").iterdir())
     assert len(cells) == 2
     for directory in cells:
