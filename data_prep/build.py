@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import time
 import zlib
 from collections import Counter
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +281,9 @@ def _tokenizer_texts(cfg: PrepConfig, cleaned: list[dict], heldout) -> Iterator[
 
 
 def _init_worker(threads: int, log_level: int) -> None:
+    # A process group of its own: a terminal's Ctrl-C reaches the build alone (a worker taking it would print
+    # its traceback and leave the build waiting), and ending the worker's group ends its eflomal too.
+    os.setpgrp()
     # Each worker gets its share of the cores for eflomal's OpenMP samplers and the tokenizer's threads.
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
@@ -309,8 +313,16 @@ def _worker_pool(workers: int) -> Iterator[Executor]:
                                initargs=(max(1, (os.cpu_count() or 1) // workers), logging.getLogger().level))
     try:
         yield pool
-    finally:
-        pool.shutdown(cancel_futures=True)
+    except BaseException:
+        # Interrupted, or a stage failed: the workers' running chunks are not waited for (what they leave is
+        # temporary files; a chunk is marked done only once complete), and they end with their children.
+        workers = active_children()  # the pool's (the build starts no other processes)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            with suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+        raise
+    pool.shutdown(cancel_futures=True)
 
 
 def _as_completed(pending: dict[Future, Any]) -> Iterator[tuple[Any, Any]]:
