@@ -170,7 +170,7 @@ def check_shared(run: RunDir) -> None:
         nodes: dict[str, list[int]] = {}
         for r in apart:
             nodes.setdefault(views[r]["host"], []).append(r)
-        named = "; ".join(f"{h} (rank{'s' * (len(rs) > 1)} {', '.join(map(str, rs))})" for h, rs in nodes.items())
+        named = "; ".join(f"{node} ({_ranks(rs)})" for node, rs in nodes.items())
         raise ConfigError(f"output_dir: {run.checkpoints} is not one directory shared by every node: {named} and "
                           f"rank 0 on {views[0]['host']} do not see each other's files there; put output_dir on "
                           "storage every node mounts (a node-local path gives each node a directory of its own)")
@@ -178,6 +178,15 @@ def check_shared(run: RunDir) -> None:
         for stale in run.checkpoints.glob(f"{SHARED_MARKER_PREFIX}*"):
             if f"{SHARED_MARKER_PREFIX}{token[0]}." not in stale.name:
                 stale.unlink(missing_ok=True)
+
+
+def _ranks(ranks: list[int]) -> str:
+    """``rank 3``, ``ranks 8-15`` (a node's ranks, as launchers number them), or ``ranks 2, 5``."""
+    if len(ranks) == 1:
+        return f"rank {ranks[0]}"
+    if ranks[-1] - ranks[0] == len(ranks) - 1:
+        return f"ranks {ranks[0]}-{ranks[-1]}"
+    return f"ranks {', '.join(map(str, ranks))}"
 
 
 def _visible(paths: list[Path], wait: float) -> list[bool]:
