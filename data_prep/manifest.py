@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from data_prep.files import write_atomically
+from data_prep.tokenizer import tokenizer_sha256
 
 FORMAT = "weam-ds-dataset"
 FORMAT_VERSION = 1
@@ -88,6 +89,18 @@ def read_manifest(dataset_dir: str | Path, require_complete: bool = True) -> dic
             if is_monolingual(entry) and (shard["tgt_tokens"] or shard["links"]):
                 raise ManifestError(f"{path}: pairs.{pair}.shards[{i}]: target tokens or links in monolingual text")
     return manifest
+
+
+def tokenizer_dir(dataset_dir: str | Path, manifest: dict) -> Path:
+    """The dataset's tokenizer directory, checked against the manifest's hash: the shards' token ids mean
+    what that tokenizer says only if it is the one data_prep built them with."""
+    directory = Path(dataset_dir) / manifest["tokenizer"]["path"]
+    if not directory.is_dir():
+        raise ManifestError(f"{directory}: the dataset's tokenizer is missing (rebuild the dataset with data_prep)")
+    if tokenizer_sha256(directory) != manifest["tokenizer"]["sha256"]:
+        raise ManifestError(f"{directory}: the tokenizer's files do not match the sha256 in "
+                            f"{manifest_path(dataset_dir)} (changed since data_prep built the dataset)")
+    return directory
 
 
 def is_monolingual(entry: dict) -> bool:

@@ -2,10 +2,16 @@
 
 Every key must be a field, every value must have the field's type, and every error names the file and
 the key's full path (``prep.yaml: pairs[1].format: ...``). Later stages build their configs with this too.
+
+Every YAML file the project reads goes through ``read_yaml``: safe loading (no Python objects), a key written
+twice is an error naming both lines (YAML would keep the last one silently), and aliases (``*name``) are
+refused, so a file of nested aliases (a "billion laughs") fails at once instead of expanding until memory runs
+out. Error messages show a bounded summary of a value, never the repr of a whole one.
 """
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -20,16 +26,58 @@ class ConfigError(ValueError):
     """A config value is missing, unknown or of the wrong type; the message names the key."""
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Read ``path`` with ``yaml.safe_load`` and build ``cls`` from it."""
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without its two silent surprises: duplicate keys and alias expansion."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"{_line(event.start_mark)}: alias *{event.anchor} is not allowed "
+                              "(write the value out)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so below
+                continue
+            if first is not key_node:
+                raise ConfigError(f"{_line(key_node.start_mark)}: duplicate key {_summary(key)} "
+                                  f"(first at {_line(first.start_mark)})")
+        return super().construct_mapping(node, deep)
+
+
+def _line(mark) -> str:
+    return f"{mark.name}:{mark.line + 1}"
+
+
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The content of YAML file ``path``; any problem is a ConfigError naming the file (and the line)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return from_dict(cls, raw, where=str(path))
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid YAML (not UTF-8: {exc.reason})") from None
+    loader = _StrictLoader(text)
+    loader.name = str(path)  # the marks in error messages name the file, not "<unicode string>"
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({f'line {mark.line + 1}: ' if mark else ''}{problem})") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read ``path`` with ``read_yaml`` and build ``cls`` from it."""
+    return from_dict(cls, read_yaml(path), where=str(path))
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
@@ -56,6 +104,8 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
                 return _convert(option, value, where, key)
             except ConfigError as exc:
                 errors.append(exc)
+        if len(errors) == 1:  # X or null, given something: X's own error says what is wrong inside it
+            raise errors[0]
         raise ConfigError(f"{where}{key or '<root>'}: expected {_type_name(tp)}, got {_value_name(value)}")
     if origin is list:
         if not isinstance(value, list):
@@ -110,5 +160,12 @@ def _type_name(tp: Any) -> str:
     return "a mapping" if dataclasses.is_dataclass(tp) else getattr(tp, "__name__", str(tp))
 
 
+def _summary(value: Any) -> str:
+    """A value as an error shows it: reprlib stops at these sizes instead of formatting all of it."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxdict, short.maxlist, short.maxstring, short.maxother = 2, 4, 4, 60, 60
+    return short.repr(value)
+
+
 def _value_name(value: Any) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
+    return "null" if value is None else f"{type(value).__name__} {_summary(value)}"

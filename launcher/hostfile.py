@@ -20,6 +20,8 @@ class Host:
     slots: int
 
 
+MAX_SLOTS = 1024
+"""More slots than any node has GPUs: a larger count is a typo (and would size the job by it)."""
 HOST_NAME = regex.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LINE = regex.compile(r"(?P<name>[^\s#=]+)\s+slots\s*=\s*(?P<slots>\d+)")
 
@@ -37,6 +39,8 @@ def read_hostfile(path: str | Path) -> list[Host]:
         m = _LINE.fullmatch(line)
         if not m or int(m["slots"]) < 1:
             raise HostfileError(f"{path}:{lineno}: expected '<host> slots=<n>' with n >= 1, got {line!r}")
+        if int(m["slots"]) > MAX_SLOTS:
+            raise HostfileError(f"{path}:{lineno}: slots={m['slots']} is more than {MAX_SLOTS} processes on one host")
         if not HOST_NAME.fullmatch(m["name"]):
             raise HostfileError(f"{path}:{lineno}: {m['name']!r} is not a host name (letters, digits, '.', '-', '_')")
         if any(h.name == m["name"] for h in hosts):

@@ -25,10 +25,27 @@ def _score(args) -> int:
     return 0
 
 
+def _model_dir(path: Path) -> Path:
+    """--model is a local directory: a missing one is an error here, never a name looked up on a model hub."""
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"--model: {path} is not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds: {text!r} is not a comma-separated list of integers") from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: {text} names a seed twice (the spread over seeds needs distinct runs)")
+    return seeds
+
+
 def _tatoeba(args) -> int:
     from weam_ds.xtreme_r.tatoeba import evaluate_dataset
 
-    evaluate_dataset(args.model, args.dataset, args.out, layer=args.layer, batch_size=args.batch_size)
+    evaluate_dataset(_model_dir(args.model), args.dataset, args.out, layer=args.layer, batch_size=args.batch_size)
     return 0
 
 
@@ -36,7 +53,8 @@ def _run(args) -> int:
     from weam_ds.xtreme_r.recipe import RECIPES
     from weam_ds.xtreme_r.run import run
 
-    results = run(args.model, args.data, args.tasks.split(","), args.out, [int(s) for s in args.seeds.split(",")],
+    seeds = _seeds(args.seeds)
+    results = run(_model_dir(args.model), args.data, args.tasks.split(","), args.out, seeds,
                   args.recipes or RECIPES, args.languages.split(",") if args.languages else None, args.deepspeed,
                   args.tatoeba_encoder)
     for task, value in results.items():

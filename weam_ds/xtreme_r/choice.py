@@ -29,7 +29,7 @@ class MultipleChoice(Tuner):
     def model(self):
         from transformers import AutoModelForMultipleChoice
 
-        return AutoModelForMultipleChoice.from_pretrained(str(self.model_dir))
+        return AutoModelForMultipleChoice.from_pretrained(str(self.model_dir), local_files_only=True)
 
     def collator(self):
         from transformers import DataCollatorForMultipleChoice

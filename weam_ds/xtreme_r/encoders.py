@@ -30,9 +30,9 @@ def load_encoder(model_dir: Path):
     try:
         try:
             encoder, info = AutoModel.from_pretrained(str(model_dir), add_pooling_layer=False,
-                                                      output_loading_info=True)
+                                                      output_loading_info=True, local_files_only=True)
         except TypeError:  # an encoder class without a pooler option
-            encoder, info = AutoModel.from_pretrained(str(model_dir), output_loading_info=True)
+            encoder, info = AutoModel.from_pretrained(str(model_dir), output_loading_info=True, local_files_only=True)
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(k for k in info["missing_keys"] if not k.startswith("pooler."))

@@ -31,7 +31,7 @@ class QuestionAnswering(Tuner):
     def model(self):
         from transformers import AutoModelForQuestionAnswering
 
-        return AutoModelForQuestionAnswering.from_pretrained(str(self.model_dir))
+        return AutoModelForQuestionAnswering.from_pretrained(str(self.model_dir), local_files_only=True)
 
     def collator(self):
         from transformers import default_data_collator

@@ -125,8 +125,8 @@ class Tuner:
         import transformers
 
         return getattr(transformers, self.auto_class).from_pretrained(
-            str(self.model_dir), num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
-            label2id={x: i for i, x in enumerate(self.labels)})
+            str(self.model_dir), local_files_only=True, num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)), label2id={x: i for i, x in enumerate(self.labels)})
 
     def logits(self, rows: list[dict]) -> np.ndarray:
         return self.trainer.predict(rows).predictions
