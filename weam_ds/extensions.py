@@ -9,7 +9,9 @@ killed mid-way (Ctrl-C during start-up) leaves it, and every later launch on the
   (``deepspeed_shm_comm``), which serve only inference's all-reduce; training all-gathers and reduces through
   gloo. It is marked unavailable, as DeepSpeed does for an op this machine cannot build, and never compiled.
 - ``take_over_stale_locks``: before an op training does build (DeepSpeedCPUAdam when offloading), a lock that
-  no process holds open is removed, with a warning naming it.
+  no process holds open is removed, with a warning naming it. On a shared file system (NFS, Lustre, ...) a
+  build on another node holds it where this node cannot see: there only a lock older than any build
+  (``SHARED_LOCK_STALE_S``) is taken over.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 UNUSED_ON_CPU = ("deepspeed_shm_comm",)
 LOCK_SETTLE_S = 1.0
 """A finishing build closes its lock, then removes it: one seen unheld twice this far apart was left behind."""
+SHARED_LOCK_STALE_S = 1800.0
+SHARED_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs", "9p")
 
 
 def skip_unused_ops() -> None:
@@ -60,8 +64,27 @@ def _held(paths: set[Path]) -> set[Path]:
     return held
 
 
+def _file_system(path: Path) -> str:
+    """The type of the file system ``path`` is on (/proc/mounts' longest mount point above it)."""
+    best, kind = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, point, fs_type, *_ = line.split()
+        if (str(path) + "/").startswith(point.rstrip("/") + "/") and len(point) > len(best):
+            best, kind = point, fs_type
+    return kind
+
+
+def _may_be_held_elsewhere(lock: Path) -> bool:
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:  # its build just finished
+        return True
+    return _file_system(lock) in SHARED_FILE_SYSTEMS and age < SHARED_LOCK_STALE_S
+
+
 def _unheld_locks() -> set[Path]:
     locks = {lock.resolve() for root in _extension_roots() for lock in root.glob("*/lock")}
+    locks = {lock for lock in locks if not _may_be_held_elsewhere(lock)}
     return locks - _held(locks) if locks else set()
 
 
