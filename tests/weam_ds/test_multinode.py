@@ -118,6 +118,14 @@ def test_two_nodes_share_the_run_directory_or_the_job_ends_touching_no_checkpoin
     assert not list(run.checkpoints.glob(f"{SHARED_MARKER_PREFIX}*"))
 
 
+def test_a_run_whose_checkpoints_are_gone_says_so_before_starting_afresh(tmp_path):
+    # What rank 0 saw when a node-local prune had deleted every checkpoint: latest, and nothing it names.
+    run = RunDir(tmp_path)
+    run.checkpoints.mkdir()
+    (run.checkpoints / "latest").write_text("step8")
+    assert run.resume_tag() == (None, ["latest names step8, which does not exist"])
+
+
 class _Reads:
     """Counts, through the real functions, the shards hashed and the dev samples read and decoded."""
 
