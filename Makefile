@@ -6,7 +6,13 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 DEMO_DIR ?= out/demo
 
-.PHONY: venv test demo bench clean
+# The real services the launcher's tests start: a two-node SLURM cluster (tests/slurm_cluster.py) and sshd with pdsh
+# for the DeepSpeed runner (tests/sshd_hosts.py). Installed where this runs as root with apt (as CI does); elsewhere
+# their tests skip and say why.
+TEST_PACKAGES := slurm-wlm munge openssh-server openssh-client pdsh
+TEST_PROGRAMS := slurmctld slurmd munged sshd ssh pdsh
+
+.PHONY: venv test test-services demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -16,8 +22,17 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install --quiet -e ".[test,demo]"
 	touch $@
 
-test: venv
+test: venv test-services
 	$(PY) -m pytest -q tests
+
+test-services:
+	@missing=""; for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(TEST_PACKAGES) (missing:$$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    $(TEST_PACKAGES) >/dev/null; \
+	else echo "not installed:$$missing; the SLURM and DeepSpeed-runner tests will skip (apt-get install $(TEST_PACKAGES))"; fi
 
 demo: venv
 	$(PY) -m data_prep.demo_corpus --out $(DEMO_DIR)

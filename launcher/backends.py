@@ -128,14 +128,18 @@ def _local(req: Request) -> Launch:
     return _torchrun(req, ["--standalone", "--nnodes=1", f"--nproc-per-node={per_node}"], [])
 
 
-def _hosts_store(host: str) -> bool | None:
-    """Whether the rendezvous store belongs on this machine: its address is one of this machine's. None for a
-    loopback endpoint, where torchrun decides (several agents on one machine share it)."""
+def _addresses(host: str, key: str = "rdzv_endpoint") -> set[str]:
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
-        raise ConfigError(f"rdzv_endpoint: {host} does not resolve on this machine ({exc.strerror})") from None
-    addresses = {info[4][0] for info in infos}
+        raise ConfigError(f"{key}: {host} does not resolve on this machine ({exc.strerror})") from None
+    return {info[4][0] for info in infos}
+
+
+def _hosts_store(host: str) -> bool | None:
+    """Whether the rendezvous store belongs on this machine: its address is one of this machine's. None for a
+    loopback endpoint, where torchrun decides (several agents on one machine share it)."""
+    addresses = _addresses(host)
     if all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
         return None
     for address in addresses:
@@ -161,8 +165,13 @@ def _torchrun_nodes(req: Request) -> Launch:
                  "--rdzv-backend=c10d",
                  f"--rdzv-endpoint={c.rdzv_endpoint}", f"--rdzv-id={run_id}"]
     notes = []
+    if c.local_addr is not None:
+        placement.append(f"--local-addr={c.local_addr}")
     hosts_store = _hosts_store(host)
-    if hosts_store is None:
+    if hosts_store is None and c.local_addr is not None:
+        # Agents on one machine, each with its own address: the one whose address is the endpoint's holds it.
+        placement.append(f"--rdzv-conf=is_host={int(_addresses(c.local_addr, 'local_addr') <= _addresses(host))}")
+    elif hosts_store is None:
         notes.append(f"the rendezvous endpoint {host} is a loopback address: only agents on this machine can join")
     else:
         # torchrun guesses this from host names, and every node waits forever when the endpoint's address is

@@ -56,8 +56,8 @@ def _plan_parser(commands) -> None:
                                                      "is within (1 - headroom) of it (default 0.10)")
 
 
-_CLUSTER_FLAGS = ("backend", "nnodes", "nproc_per_node", "hostfile", "rdzv_endpoint", "max_restarts", "gpu_mem",
-                  "cpu_mem", "nvme")
+_CLUSTER_FLAGS = ("backend", "nnodes", "nproc_per_node", "hostfile", "rdzv_endpoint", "local_addr", "max_restarts",
+                  "gpu_mem", "cpu_mem", "nvme")
 _SLURM_FLAGS = ("partition", "account", "time", "gpus_per_node", "cpus_per_task", "exclusive")
 
 
@@ -123,6 +123,8 @@ def _run_parser(commands) -> None:
     run.add_argument("--hostfile", help="deepspeed: '<host> slots=<n>' per line")
     run.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="torchrun: the rendezvous store, the same on "
                                                                   "every node; deepspeed: the master address")
+    run.add_argument("--local-addr", metavar="ADDRESS", help="torchrun: this node's address that the others reach "
+                                                             "(default: torchrun's guess from the host name)")
     run.add_argument("--max-restarts", type=int, help="torchrun's elastic restarts (default 3 on several nodes)")
     run.add_argument("--env", nargs="+", action="extend", type=_key_value, metavar="KEY=VALUE",
                      help="environment variables for the training processes on every node")

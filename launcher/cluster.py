@@ -100,6 +100,9 @@ class ClusterConfig:
     rdzv_endpoint: str | None = None
     """torchrun: HOST:PORT of the rendezvous store, the same on every node; required for more than one node.
     deepspeed: the master address and port (default: the hostfile's first host, port 29500)."""
+    local_addr: str | None = None
+    """torchrun: this node's address that the others reach (torchrun's ``--local-addr``), where its host name
+    does not resolve to it (several interfaces, several agents on one machine); default torchrun's guess."""
     max_restarts: int | None = None
     """torchrun's elastic restarts of a failed worker group (each resumes from the newest checkpoint);
     default 3 with more than one node, else 0."""
@@ -135,6 +138,8 @@ class ClusterConfig:
         self.env = {key: str(value) for key, value in self.env.items()}
         if self.rdzv_endpoint is not None:
             parse_endpoint(self.rdzv_endpoint)
+        if self.local_addr is not None:
+            parse_host(self.local_addr, "local_addr")
         self._check_backend_settings()
 
     def _check_backend_settings(self) -> None:
@@ -150,6 +155,8 @@ class ClusterConfig:
         if backend == "local" and (self.nnodes or 1) > 1:
             raise ConfigError(f"nnodes: local runs on this machine only (got {self.nnodes}); use torchrun, "
                               "deepspeed or slurm")
+        if self.local_addr is not None and backend != "torchrun":
+            raise ConfigError(f"local_addr: only the torchrun backend takes this node's address (backend is {backend})")
         if backend == "local" and self.rdzv_endpoint is not None:
             raise ConfigError("rdzv_endpoint: local picks a free port on this machine; use torchrun for an endpoint")
         if backend == "slurm" and self.rdzv_endpoint is not None:
@@ -250,15 +257,27 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     """HOST:PORT or [IPv6]:PORT; the host must be a host name or an address, so it is data wherever it goes."""
     m = _ENDPOINT.fullmatch(endpoint)
     problem = f"rdzv_endpoint: {endpoint!r} is not HOST:PORT (a host name or address, and a port)"
-    if not m or not 0 < int(m["port"]) < 65536:
+    if not m or not 0 < int(m["port"]) < 65536 or (m["v6"] and not _is_address(m["v6"])):
         raise ConfigError(problem)
     host = m["v6"] or m["host"]
+    if not _is_address(host) and not HOST_NAME.fullmatch(host):
+        raise ConfigError(problem)
+    return host, int(m["port"])
+
+
+def parse_host(host: str, key: str) -> str:
+    """A host name or an address (never anything a shell or torchrun could read as more)."""
+    if not _is_address(host) and not HOST_NAME.fullmatch(host):
+        raise ConfigError(f"{key}: {host!r} is not a host name or an address")
+    return host
+
+
+def _is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if m["v6"] or not HOST_NAME.fullmatch(host):
-            raise ConfigError(problem) from None
-    return host, int(m["port"])
+        return False
+    return True
 
 
 def _slurm_seconds(limit: str) -> int:

@@ -1,7 +1,7 @@
 """``python -m launcher run`` as users launch: real torchrun jobs of the tiny preset on CPU (gloo) for the
-local, torchrun and SLURM backends (the SLURM script executed with stand-ins for srun, scontrol and scancel
-that start one task per "node" on this machine), dry runs for every backend, and hostile values (a host name
-with ``;touch``, ``$(...)`` in YAML values) that must stay data."""
+local and torchrun backends, dry runs for every backend, and hostile values (a host name with ``;touch``,
+``$(...)`` in YAML values) that must stay data. The SLURM backend runs on a real cluster in test_slurm_cluster.py,
+the DeepSpeed runner over real sshd and pdsh in test_deepspeed_runner.py."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,6 @@ import yaml
 
 from conftest import free_port
 from launcher.cli import main
-from slurm_stand_ins import STAND_INS
 from weam_ds.run_dir import RunDir, checkpoint_problem
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -94,40 +93,39 @@ def wait_for(condition, job: subprocess.Popen, seconds: float = 300) -> None:
 # --- torchrun -------------------------------------------------------------------------------------------
 
 
-def test_two_agents_on_one_machine_train_as_two_nodes(small_dataset, tmp_path, start):
-    dataset, _, _ = small_dataset
-    out = tmp_path / "run"
-    config = write_run_config(tmp_path, dataset, out, steps=4)
-    cmd = [*LAUNCH, "--config", str(config), "--backend", "torchrun", "--nnodes", "2", "--nproc-per-node", "1",
-           "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
-    agents = [start(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for _ in range(2)]
-    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
-    assert [agent.returncode for agent in agents] == [0, 0], "\n".join(o[-3000:] for o in outputs)
-    assert all("--rdzv-backend=c10d" in o and "--max-restarts=3" in o for o in outputs)  # the command it ran
-    run = RunDir(out)
-    rank0, rank1 = logged_losses(run.log(0)), logged_losses(run.log(1))
-    assert [step for step, _ in rank0] == [1, 2, 3, 4] and rank0 == rank1  # one job: the same global loss
-    assert "rank 1 of 2" in run.log(1).read_text()
-
-
-def test_a_killed_worker_is_restarted_and_the_job_resumes_from_its_checkpoint(small_dataset, tmp_path, start):
+def test_two_agents_with_their_own_addresses_meet_at_an_address_and_restart_elastically_after_a_kill(
+        small_dataset, tmp_path, start):
+    """Two torchrun agents, as two nodes would run them: each with its own --local-addr (127.0.0.1 and
+    127.0.0.2), meeting through c10d at an endpoint given as an address, not the host's name. A worker killed
+    after the first checkpoint: both agents restart their workers (the default 3 restarts across nodes), the job
+    resumes from that checkpoint and runs to its end, each step once."""
     dataset, _, _ = small_dataset
     out = tmp_path / "run"
     config = write_run_config(tmp_path, dataset, out, steps=10, checkpoint_interval=3)
-    job = start([*LAUNCH, "--config", str(config), "--backend", "torchrun", "--nproc-per-node", "2",
-                 "--max-restarts", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = [start([*LAUNCH, "--config", str(config), "--backend", "torchrun", "--nnodes", "2", "--nproc-per-node",
+                     "1", "--rdzv-endpoint", endpoint, "--local-addr", address], cwd=tmp_path, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True)
+              for address in ("127.0.0.1", "127.0.0.2")]
     run = RunDir(out)
-    wait_for(lambda: run.latest_tag() is not None, job)
-    agent = next(p for p in psutil.Process(job.pid).children() if "torch.distributed.run" in p.cmdline())
-    workers = [p for p in agent.children() if "weam_ds.train" in p.cmdline()]
-    assert len(workers) == 2
-    workers[1].send_signal(signal.SIGKILL)
-    _, stderr = job.communicate(timeout=300)
-    assert job.returncode == 0, stderr[-4000:]
+    wait_for(lambda: run.latest_tag() is not None, agents[1])
+    workers = [p for p in psutil.Process(agents[1].pid).children(recursive=True)
+               if "torch.distributed.run" in p.parent().cmdline()]
+    assert len(workers) == 1
+    workers[0].send_signal(signal.SIGKILL)
+    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    for output, address in zip(outputs, ("127.0.0.1", "127.0.0.2")):
+        command = shlex.split(output.splitlines()[[i for i, line in enumerate(output.splitlines())
+                                                   if "torch.distributed.run" in line][0]])
+        assert {"--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--local-addr={address}",
+                "--max-restarts=3", f"--rdzv-conf=is_host={int(address == '127.0.0.1')}"} <= set(command)
     resumed = re.findall(r"resumed from \S+ at step (\d+)", run.log(0).read_text())
     assert len(resumed) == 1 and int(resumed[0]) >= 3 and int(resumed[0]) % 3 == 0
     assert metric_steps(run) == list(range(1, 11)) and run.latest_tag() == "step10"
+    rank0, rank1 = logged_losses(run.log(0)), logged_losses(run.log(1))
+    assert rank0[-3:] == rank1[-3:]  # one job: the same global loss
+    assert "rank 1 of 2" in run.log(1).read_text() and "2 ranks on 2 nodes" in run.log(0).read_text()
 
 
 def test_a_failed_job_exits_non_zero_with_the_failing_ranks_last_log_lines(small_dataset, tmp_path):
@@ -161,71 +159,6 @@ def test_sigterm_to_the_launcher_stops_the_training_with_a_checkpoint(small_data
     assert "launcher: stopped by SIGTERM" in stderr and "failed; the last lines" not in stderr
 
 
-# --- SLURM, with stand-ins for its commands ---------------------------------------------------------------
-
-@pytest.fixture
-def slurm_job(tmp_path):
-    """Stand-ins on PATH and the variables SLURM sets in the batch script of a 2-node job. One node's name
-    carries a command, as data from scontrol."""
-    bin_dir, state = tmp_path / "bin", tmp_path / "standin"
-    bin_dir.mkdir()
-    state.mkdir()
-    for name in ("srun", "scontrol", "scancel"):
-        source = STAND_INS[name]
-        path = bin_dir / name
-        path.write_text(f"#!{sys.executable}\n{source}")
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STANDIN": str(state),
-           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node-a;touch pwned-node,node-b", "SLURM_JOB_NUM_NODES": "2",
-           "SLURM_NNODES": "2"}
-    return env, state
-
-
-def write_slurm_script(tmp: Path, config: Path, port: int) -> Path:
-    cluster = tmp / "cluster.yaml"
-    cluster.write_text(yaml.safe_dump({"backend": "slurm", "nnodes": 2, "nproc_per_node": 1,
-                                       "env": {"WEAM_PROBE": HOSTILE},
-                                       "slurm": {"rdzv_port": port, "job_name": HOSTILE, "time": "01:00:00"}}))
-    dry = subprocess.run([*LAUNCH, "--config", str(config), "--cluster", str(cluster), "--dry-run"], cwd=tmp,
-                         capture_output=True, text=True, timeout=120)
-    assert dry.returncode == 0, dry.stderr
-    script = RunDir(Path(yaml.safe_load(config.read_text())["output_dir"])).root / "slurm.sbatch"
-    assert dry.stdout.count("#SBATCH --signal=B:USR1@300") == 1 and shlex.join(["sbatch", str(script)]) in dry.stdout
-    return script
-
-
-def test_the_slurm_script_trains_stops_on_sigterm_with_a_checkpoint_and_resumes_when_run_again(
-        small_dataset, tmp_path, slurm_job, start):
-    dataset, _, _ = small_dataset
-    env, state = slurm_job
-    out = tmp_path / f"run {HOSTILE}"
-    config = write_run_config(tmp_path, dataset, out, steps=10)
-    script = write_slurm_script(tmp_path, config, free_port())
-    run = RunDir(out)
-
-    job = start(["bash", str(script)], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True)
-    wait_for(lambda: run.metrics.exists() and len(run.metrics.read_text().splitlines()) >= 3, job)
-    job.send_signal(signal.SIGTERM)  # to the batch shell, as SLURM's --signal=B: and preemption do
-    output = job.communicate(timeout=300)[0]
-    tag = run.latest_tag()
-    assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None, output[-3000:]
-    stopped_at = int(tag[4:])
-    assert 3 <= stopped_at < 10  # the SIGTERM checkpoint: checkpoint_interval is 1000
-    assert "scancel --signal=TERM 4242" in (state / "calls").read_text()
-    assert "SIGTERM" in run.log(0).read_text() and "SIGTERM" in run.log(1).read_text()
-
-    rerun = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert re.search(f"resumed from .* at step {stopped_at}$", run.log(0).read_text(), re.M)
-    assert metric_steps(run) == list(range(1, 11)) and run.latest_tag() == "step10"
-    assert logged_losses(run.log(0))[-4:] == logged_losses(run.log(1))[-4:]
-    logs = sorted(p.name for p in run.log(0).parent.glob("slurm-4242-*.out"))
-    assert logs == ["slurm-4242-node-a;touch pwned-node.out", "slurm-4242-node-b.out"]  # one log per node
-    assert "rendezvous on the head node node-a;touch pwned-node" in rerun.stdout
-    assert_nothing_ran(tmp_path)
-
-
 def test_slurm_submits_the_script_with_sbatch_and_says_so_when_sbatch_is_missing(workdir, capsys, monkeypatch):
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
@@ -242,38 +175,6 @@ def test_slurm_submits_the_script_with_sbatch_and_says_so_when_sbatch_is_missing
     assert main(args) == 2
     assert capsys.readouterr().err == ("launcher: error: sbatch: not found on PATH (is this a SLURM login node? "
                                        "--dry-run writes the script without submitting it)\n")
-
-
-FAKE_TASK = '''
-import os, pathlib, signal, sys, time
-state = pathlib.Path(os.environ["STANDIN"])
-signal.signal(signal.SIGTERM, lambda *_: ((state / ("term-" + os.environ["SLURM_PROCID"])).touch(), sys.exit(0)))
-(state / ("up-" + os.environ["SLURM_PROCID"])).touch()
-time.sleep(60)
-sys.exit(1)
-'''
-
-
-@pytest.mark.parametrize("sig, requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
-def test_the_slurm_script_stops_the_training_through_the_job_steps_and_requeues_at_the_time_limit(
-        small_dataset, tmp_path, slurm_job, start, sig, requeued):
-    """The script's own signal handling, with a stand-in task in place of torchrun: the time-limit signal
-    (USR1) and SIGTERM reach every task as SIGTERM, never through srun (which would kill them), and only the
-    time limit requeues the job."""
-    dataset, _, _ = small_dataset
-    env, state = slurm_job
-    config = write_run_config(tmp_path, dataset, tmp_path / "run", steps=10)
-    script = write_slurm_script(tmp_path, config, free_port())
-    job = start(["bash", str(script)], env={**env, "STANDIN_TASK": FAKE_TASK}, cwd=tmp_path, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: (state / "up-0").exists() and (state / "up-1").exists(), job, 60)
-    job.send_signal(sig)
-    output = job.communicate(timeout=60)[0]
-    assert (state / "term-0").exists() and (state / "term-1").exists(), output
-    calls = (state / "calls").read_text().splitlines()
-    assert calls[-2 if requeued else -1] == "scancel --signal=TERM 4242"
-    assert (calls[-1] == "scontrol requeue 4242") == requeued
-    assert job.returncode == 0
 
 
 # --- dry runs -----------------------------------------------------------------------------------------------
