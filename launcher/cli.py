@@ -107,7 +107,7 @@ def _run(args) -> int:
         print(fit.report(), file=sys.stderr)
         print("launcher: error: the run does not fit (plan above); nothing launched", file=sys.stderr)
         return 1
-    host_memory = fit.totals["host"] if fit is not None else None
+    host_memory = fit.host_bytes_per_node if fit is not None else None
     launch = BACKENDS[cluster.backend](Request(Path(os.path.abspath(args.config)), cfg, cluster, host_memory))
     return execute(launch, RunDir(Path(cfg.output_dir)), args.dry_run)
 

@@ -132,14 +132,15 @@ def test_nvme_offload_is_checked_on_the_nodes_not_where_the_job_is_submitted(sma
 
 
 def test_slurm_requests_the_planned_host_memory_per_node(workdir, capsys):
-    """--mem: slurm.mem, else the memory plan's host memory per node rounded up to GiB, else 0 (all) with
-    --exclusive, else nothing (the site's default)."""
+    """--mem: slurm.mem, else the memory plan's host memory per node (its headroom included) rounded up to GiB,
+    else 0 (all) with --exclusive, else nothing (the site's default)."""
     base = ["--backend", "slurm", "--nnodes", "2", "--gpus-per-node", "8"]
     code, _, err = launch(capsys, *base, "--gpu-mem", "80GB", "--cpu-mem", "1TB", "--exclusive")
     assert code == 0, err
     text = sbatch_text(workdir)
-    need = plan(load_run_config(workdir / "run.yaml"), 2, 8, parse_size("80GB"), parse_size("1TB")).totals["host"]
-    assert f"--mem={math.ceil(need / 2**30)}G" in sbatch_options(text)
+    planned = plan(load_run_config(workdir / "run.yaml"), 2, 8, parse_size("80GB"), parse_size("1TB"))
+    assert planned.host_bytes_per_node > planned.totals["host"]
+    assert f"--mem={math.ceil(planned.host_bytes_per_node / 2**30)}G" in sbatch_options(text)
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 
     (workdir / "cluster.yaml").write_text(yaml.safe_dump({"backend": "slurm", "slurm": {"mem": "500G"}}))
