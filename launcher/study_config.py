@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from data_prep.manifest import read_manifest
-from data_prep.typed_config import ConfigError, from_dict, load_yaml
+from data_prep.typed_config import ConfigError, from_dict, load_yaml, read_yaml
 from launcher.cluster import ClusterConfig
 from weam_ds.config import RunConfig, load_run_config
 from weam_ds.registry import cell_name
@@ -94,6 +94,8 @@ class XtremeConfig:
     def __post_init__(self):
         if not self.tasks or not self.seeds:
             raise ConfigError("tasks, seeds: name at least one of each")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: {self.seeds} names a seed twice (the spread over seeds needs distinct runs)")
         if not Path(self.data).is_dir():
             raise ConfigError(f"data: {self.data} is not a directory")
 
@@ -123,6 +125,9 @@ class StudyConfig:
     def __post_init__(self):
         if not self.axes:
             raise ConfigError("axes: name at least one axis")
+        if "output_dir" in self.axes:
+            raise ConfigError("axes.output_dir: the study sets each cell's output_dir (cells/<cell>/run), so it "
+                              "cannot be an axis")
         for key, values in self.axes.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"axes.{key}: expected a non-empty list of values")
@@ -177,9 +182,9 @@ def _base(study: StudyConfig, where: str) -> dict:
     if isinstance(study.base, dict):
         return copy.deepcopy(study.base)
     try:
-        base = yaml.safe_load(Path(study.base).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: base: cannot read {study.base} ({str(exc).splitlines()[0]})") from None
+        base = read_yaml(study.base, "run config")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: base: {exc}") from None
     if not isinstance(base, dict):
         raise ConfigError(f"{where}: base: {study.base} is not a run config (a mapping)")
     return base
@@ -210,7 +215,7 @@ def expand(study: StudyConfig, where: str) -> list[CellPlan]:
     cells_dir = Path(study.study_dir) / "cells"
     keys = list(study.axes)
     _check_nested(study.languages)
-    plans = []
+    plans, resolved = [], {}
     for values in itertools.product(*(study.axes[k] for k in keys)):
         config = copy.deepcopy(base)
         subset = None
@@ -232,12 +237,25 @@ def expand(study: StudyConfig, where: str) -> list[CellPlan]:
         directory = cells_dir / name
         config["output_dir"] = str(directory / "run")
         _apply_budget(study.budget, config, cfg, pairs, study.launch)
+        _refuse_twin(resolved, config, dict(zip(keys, values)), where)
         plans.append(CellPlan(name, axes, config, pairs, directory))
     for plan in plans:  # every cell is checked before any runs: a bad one costs nothing
         plan.directory.mkdir(parents=True, exist_ok=True)
         plan.config_file.write_text(yaml.safe_dump(plan.run, sort_keys=False), encoding="utf-8")
         load_run_config(plan.config_file)
     return plans
+
+
+def _refuse_twin(resolved: dict[str, dict], config: dict, values: dict, where: str) -> None:
+    """Two cells with one run config (the study overrides what their axis values set, e.g. train.steps by
+    the budget, or two language subsets list the same pairs) would train the same run twice as two results."""
+    same = json.dumps({k: v for k, v in config.items() if k != "output_dir"}, sort_keys=True)
+    first = resolved.setdefault(same, values)
+    if first is not values:
+        axis = next(k for k in values if values[k] != first[k])
+        raise ConfigError(f"{where}: axes.{axis}: {first[axis]!r} and {values[axis]!r} give the same run config "
+                          "once the study resolves the cells (the study sets this key itself, or the values mean "
+                          "the same)")
 
 
 def _check_nested(subsets: dict[str, list[str]]) -> None:
@@ -262,7 +280,7 @@ def _apply_budget(budget: BudgetConfig, config: dict, cfg: RunConfig, pairs: lis
                 train = entry["splits"]["train"]
                 pair_tokens += train["src_tokens"] + train["tgt_tokens"]
                 samples += train["samples"]
-    ranks = (launch.nnodes or 1) * launch.processes_per_node
+    ranks = launch.shape().world_size
     if cfg.data.batch_size is not None:
         tokens_per_batch = cfg.data.batch_size * pair_tokens / max(samples, 1)
     else:  # a budget of encoded positions: bucketed batches are nearly all real tokens

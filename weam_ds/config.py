@@ -4,6 +4,7 @@ it points at, merged with its overrides."""
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,16 +220,32 @@ class RunConfig:
             raise ConfigError(f"model_vocab: {self.model_vocab!r} is not one of {', '.join(MODEL_VOCAB)}")
 
 
-def load_run_config(path: str | Path) -> RunConfig:
+def load_run_config(path: str | Path, nvme_here: bool = True) -> RunConfig:
     """The run config, checked against everything it names (datasets and their pairs, the model, the output
-    directory, the DeepSpeed JSON) so that a mistake is a one-line error before any process starts work."""
+    directory, the DeepSpeed JSON) so that a mistake is a one-line error before any process starts work.
+    ``nvme_here=False`` skips the NVMe offload path, a node's own mount, where the run starts on other nodes
+    (a SLURM login node has none): each node's training checks it when it loads the config."""
     cfg = load_yaml(RunConfig, path)
     _check_output_dir(cfg.output_dir, str(path))
+    _check_apart(cfg.output_dir, cfg.data.datasets, str(path))
     _check_pairs(cfg.data, str(path))
     _check_model(cfg.model, str(path))
     _check_model_vocabulary(cfg, str(path))
-    deepspeed_config(cfg, where=str(path))  # validates the DeepSpeed section early
+    ds = deepspeed_config(cfg, where=str(path))  # validates the DeepSpeed section early
+    if nvme_here:
+        _check_nvme_paths(ds, str(path))
     return cfg
+
+
+def _check_nvme_paths(ds: dict, where: str) -> None:
+    """ZeRO's NVMe offload paths are directories on this node (the message names the node)."""
+    zero = ds.get("zero_optimization", {})
+    for kind in ("offload_optimizer", "offload_param"):
+        offload = zero.get(kind, {})
+        if offload.get("device") == "nvme" and not Path(str(offload.get("nvme_path", ""))).is_dir():
+            raise ConfigError(f"{where}: deepspeed.zero_optimization.{kind}.nvme_path: "
+                              f"{offload.get('nvme_path')!r} is not a directory on node {socket.gethostname()} "
+                              "(set it to a local NVMe mount)")
 
 
 def _check_output_dir(output_dir: str, where: str) -> None:
@@ -239,15 +256,29 @@ def _check_output_dir(output_dir: str, where: str) -> None:
             raise ConfigError(f"{where}: output_dir: {out}{under} is a file, not a directory")
 
 
+def _check_apart(output_dir: str, datasets: list[str], where: str) -> None:
+    """The run directory and the datasets must not nest: run files would mix into a dataset, or a dataset into
+    the run directory (the run's commands would then write, or refuse to write, inside it)."""
+    out = Path(output_dir).resolve()
+    for i, d in enumerate(datasets):
+        data = Path(d).resolve()
+        if out == data or data in out.parents or out in data.parents:
+            relation = "is" if out == data else "lies inside" if data in out.parents else "holds"
+            raise ConfigError(f"{where}: output_dir: {output_dir} {relation} the dataset data.datasets[{i}] ({d}); "
+                              "the run directory and the datasets must be apart")
+
+
 def _check_pairs(data: DataConfig, where: str) -> None:
-    from data_prep.manifest import ManifestError, read_manifest
+    from data_prep.manifest import ManifestError, read_manifest, tokenizer_dir
 
     available = set()
     for i, d in enumerate(data.datasets):
         if not (Path(d) / "manifest.json").is_file():
             raise ConfigError(f"{where}: data.datasets[{i}]: {d} has no manifest.json (build it with data_prep)")
         try:
-            available.update(read_manifest(d)["pairs"])
+            manifest = read_manifest(d)
+            tokenizer_dir(d, manifest)
+            available.update(manifest["pairs"])
         except ManifestError as exc:
             raise ConfigError(f"{where}: data.datasets[{i}]: {exc}") from None
     unknown = [p for p in data.pairs or [] if p not in available]
@@ -312,11 +343,6 @@ def deepspeed_config(cfg: RunConfig, where: str = "config", world_size: int = 1,
         raise ConfigError(f"{where}: deepspeed.zero_optimization.stage: must be 0, 1, 2 or 3")
     if zero.get("stage") == 3 and ds.get("pipeline", {}).get("stages", 1) != 1:
         raise ConfigError(f"{where}: deepspeed.pipeline.stages: ZeRO-3 cannot be combined with pipeline parallelism")
-    for kind in ("offload_optimizer", "offload_param"):
-        offload = zero.get(kind, {})
-        if offload.get("device") == "nvme" and not Path(str(offload.get("nvme_path", ""))).is_dir():
-            raise ConfigError(f"{where}: deepspeed.zero_optimization.{kind}.nvme_path: "
-                              f"{offload.get('nvme_path')!r} is not a directory (set it to a local NVMe mount)")
     if cpu and (ds.get("fp16", {}).get("enabled") or any(zero.get(k, {}).get("device") == "nvme"
                                                          for k in ("offload_optimizer", "offload_param"))):
         raise ConfigError(f"{where}: deepspeed: fp16 and NVMe offload need a GPU; use ds_configs/cpu.json")

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from data_prep.manifest import is_monolingual, read_manifest
+from data_prep.manifest import is_monolingual, read_manifest, tokenizer_dir
 from data_prep.shard_format import ShardFormatError, decode_sample
 from data_prep.shards import ShardReadError, file_sha256, read_samples
 from data_prep.typed_config import ConfigError
@@ -91,7 +91,7 @@ class Corpus:
             if tokenizer_sha not in (None, sha):
                 raise ConfigError(f"data.datasets: {directory} has another tokenizer than {tokenizer}; "
                                   "datasets trained together must share one")
-            tokenizer, tokenizer_sha = directory / manifest["tokenizer"]["path"], sha
+            tokenizer, tokenizer_sha = tokenizer_dir(directory, manifest), sha
             for key, entry in manifest["pairs"].items():
                 if cfg.pairs is None or key in cfg.pairs:
                     if is_monolingual(entry):

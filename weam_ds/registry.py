@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -64,14 +65,20 @@ import numpy as np
 from weam_ds.config import OBJECTIVES
 from weam_ds.run_dir import RunDir
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 REGISTRY_FILE = "registry.sqlite"
-STATES = ("pending", "running", "trained", "exported", "evaluated", "failed")
+STATES = ("pending", "running", "interrupted", "trained", "exported", "evaluated", "failed")
 NAMED_AXES = ("model", "languages", "objective", "seed")
 """Axes every cell has (one-valued when the study does not vary them): the model, the language subset's name,
 the objective and the train seed. A study may add more (e.g. ``exchange``)."""
 BUSY_TIMEOUT_S = 120.0
 """How long a write waits for another process's transaction before giving up."""
+LOCK_NOTICE_S = 2.0
+"""How long a process waits for another's lock in silence. A reader then gives up: under WAL a reader never
+waits for writers, so only a process holding the file exclusively blocks it. A writer says it is waiting
+and waits up to ``BUSY_TIMEOUT_S`` (other writers' transactions are short)."""
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -261,14 +268,16 @@ class Registry:
         try:
             if readonly:
                 target = self.path.resolve().as_uri() + "?mode=ro"
-                self._conn = sqlite3.connect(target, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                self._conn = sqlite3.connect(target, uri=True, timeout=LOCK_NOTICE_S, isolation_level=None)
             else:
-                self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                self._conn = sqlite3.connect(self.path, timeout=LOCK_NOTICE_S, isolation_level=None)
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._check_schema()
         except sqlite3.DatabaseError as exc:
+            if _busy(exc):
+                raise RegistryError(self._locked(LOCK_NOTICE_S)) from None
             raise RegistryError(f"{self.path}: not a usable SQLite registry ({exc})") from None
 
     def close(self) -> None:
@@ -282,16 +291,36 @@ class Registry:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy timeout): a deferred
-        # transaction that reads first and writes later can fail at once under WAL when another writer
-        # committed in between, instead of waiting.
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield self._conn
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+
+    def _begin(self) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front: a deferred transaction that reads first and writes
+        # later can fail at once under WAL when another writer committed in between, instead of waiting.
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+        log.warning("%s is locked by another process: waiting up to %.0f s for it", self.path, BUSY_TIMEOUT_S)
+        self._conn.execute(f"PRAGMA busy_timeout = {round((BUSY_TIMEOUT_S - LOCK_NOTICE_S) * 1000)}")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise RegistryError(self._locked(BUSY_TIMEOUT_S)) from None
+            raise
+        finally:
+            self._conn.execute(f"PRAGMA busy_timeout = {round(LOCK_NOTICE_S * 1000)}")
+
+    def _locked(self, waited: float) -> str:
+        return f"{self.path}: locked by another process (waited {waited:.0f} s); let it finish, then retry"
 
     def _check_schema(self) -> None:
         if self.readonly:
@@ -307,11 +336,17 @@ class Registry:
     def _check_version(self) -> None:
         try:
             row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                raise
             row = None
         if row is None:
             raise RegistryError(f"{self.path}: an SQLite file, but not a weam-ds registry (no schema_version)")
-        version = int(row[0])
+        try:
+            version = int(row[0])
+        except ValueError:
+            raise RegistryError(f"{self.path}: schema_version {row[0]!r} is not a number: not a registry this "
+                                "weam-ds wrote") from None
         if version > SCHEMA_VERSION:
             raise RegistryError(f"{self.path}: registry schema version {version} is newer than this weam-ds reads "
                                 f"({SCHEMA_VERSION}): upgrade weam-ds")
@@ -480,6 +515,11 @@ def _check_number(key: str, value, signed: bool = False) -> None:
             or (not signed and value < 0):
         kind = "finite number" if signed else "finite non-negative number"
         raise RegistryError(f"{key}: {value!r} is not a {kind}")
+
+
+def _busy(exc: sqlite3.DatabaseError) -> bool:
+    """Another connection holds a lock that this one waited for in vain."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _now() -> str:
