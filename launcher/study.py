@@ -32,7 +32,6 @@ import logging
 import platform
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
