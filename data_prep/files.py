@@ -28,6 +28,8 @@ def write_failure(exc: BaseException, path: Path) -> str | None:
     writer: "unexpected pos"), so a nearly full file system after the failure counts as the cause."""
     cause = _CAUSES.get(getattr(exc, "errno", None))
     where = getattr(exc, "filename", None) or path
+    if cause is None and os.strerror(errno.ENOSPC) in str(exc):  # safetensors: "I/O error: No space left on device"
+        cause = _CAUSES[errno.ENOSPC]
     if cause is None and isinstance(exc, (OSError, RuntimeError)):
         free = _free_bytes(Path(path))
         if free is not None and free < NEARLY_FULL_BYTES:

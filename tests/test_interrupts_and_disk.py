@@ -72,7 +72,9 @@ def ctrl_c_when(job: subprocess.Popen, ready, seconds: float = 300) -> tuple[int
     try:
         _, stderr = job.communicate(timeout=STOP_S)
     finally:
-        left = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        # A moment for processes already on their way out (a worker mid-exit shows no command line yet).
+        _, alive = psutil.wait_procs(family, timeout=5)
+        left = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         for p in left:
             p.kill()
     assert not left, f"left running: {[p.cmdline() for p in left]}"

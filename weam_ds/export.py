@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from data_prep.files import write_failure
 from data_prep.output_dirs import replacing
 from weam_ds.run_dir import PROBE_FILE, RunDir, checkpoint_problem
 from weam_ds.run_lock import holding_enclosing
@@ -132,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         difference = export(args.checkpoints, args.out, args.tag, args.dtype, args.force)
-    except (ExportError, OSError, ValueError) as exc:
-        print(f"weam_ds.export: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a full disk reaches here from safetensors or torch as anything
+        problem = write_failure(exc, args.out)
+        if problem is None and not isinstance(exc, (ExportError, OSError, ValueError)):
+            raise
+        print(f"weam_ds.export: error: {problem or exc}", file=sys.stderr)
         return 2
     checked = "not checked (no probe)" if difference is None else f"max |Δ logit| vs the engine {difference:.2e}"
     print(f"exported {args.out} ({checked})")

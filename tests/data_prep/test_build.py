@@ -21,6 +21,7 @@ from data_prep import PrepError
 from data_prep.build import build
 from data_prep.config import config_from_dict
 from data_prep.manifest import read_manifest, shard_paths
+from data_prep.output_dirs import claim
 from data_prep.shard_format import SAMPLE_FILES, decode_sample
 from data_prep.shards import file_sha256
 
@@ -178,6 +179,7 @@ def test_build_killed_while_aligning_keeps_finished_alignments(tmp_path, ja_pair
 def test_build_stopped_while_encoding_does_not_redo_finished_chunks(tmp_path, ja_pairs):
     cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
     # Chunk 3 cannot write its first shard: a directory is in the way.
+    claim(dataset, "data_prep")  # data_prep's directory (as a build marks it first), the blocker in it
     blocker = dataset / "ja-en" / "train" / "ja-en-train-00003-0000.tar"
     blocker.mkdir(parents=True)
     with pytest.raises(OSError, match="ja-en-train-00003-0000.tar"):
@@ -212,6 +214,7 @@ def test_failed_build_does_not_lock_its_config(tmp_path, ja_pairs, caplog):
 
 def test_unfinished_build_from_another_config_leaves_no_stale_shards(tmp_path, ja_pairs):
     cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
+    claim(dataset, "data_prep")  # data_prep's directory (as a build marks it first), the blocker in it
     blocker = dataset / "ja-en" / "train" / "ja-en-train-00003-0000.tar"
     blocker.mkdir(parents=True)
     with pytest.raises(OSError):
@@ -245,8 +248,8 @@ def test_a_second_build_into_the_same_directory_is_refused_while_one_runs(tmp_pa
     import fcntl
 
     cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
-    dataset.mkdir()
-    with open(dataset / ".build.lock", "w") as running:  # what a running build holds
+    claim(dataset, "data_prep")  # what a running build marked and holds
+    with open(dataset / ".build.lock", "w") as running:
         fcntl.flock(running, fcntl.LOCK_EX)
         with pytest.raises(PrepError, match="another data_prep build is running there"):
             build(config_from_dict(cfg))

@@ -105,6 +105,10 @@ def test_a_two_node_job_trains_stops_at_the_time_limit_signal_requeues_and_resum
     stopped_at = int(tag[4:])
     assert 3 <= stopped_at < 12  # the SIGTERM checkpoint: checkpoint_interval is 1000
 
+    # Released once both nodes have cleaned up, and a second after the requeue: slurmd refuses a credential issued
+    # in the same second as the revocation the requeue made ("Job credential revoked").
+    slurm.wait_for_nodes_idle()
+    time.sleep(2)
     slurm.command("scontrol", "update", f"JobId={job}", "StartTime=now")
     assert slurm.wait_for_state(job, {"COMPLETED", "FAILED", "CANCELLED"}, 300) == "COMPLETED", \
         batch_log(run, job)[-3000:]

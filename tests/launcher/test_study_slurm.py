@@ -35,9 +35,10 @@ def launcher(*args: str) -> tuple[int, str]:
     return code, console.getvalue()
 
 
-def queued_jobs(slurm) -> list[str]:
-    """Every job SLURM knows of (pending, running or ended within MinJobAge), by id."""
-    return sorted(slurm.command("squeue", "-h", "--states=all", "-o", "%i").stdout.split(), key=int)
+def queued_jobs(slurm, before: frozenset[str] = frozenset()) -> list[str]:
+    """The jobs SLURM knows of (pending, running or ended within MinJobAge) but ``before``, by id."""
+    jobs = slurm.command("squeue", "-h", "--states=all", "-o", "%i").stdout.split()
+    return sorted((job for job in jobs if job not in before), key=int)
 
 
 def job_field(slurm, job: str, name: str) -> str:
@@ -63,6 +64,7 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
     # No fixed rendezvous port: both cells' jobs may run at once, and this cluster's nodes share one machine.
     path = slurm_study(tmp_path, dataset, "grid", {"partition": "debug", "time": "01:00:00"})
     study_dir = tmp_path / "grid"
+    earlier = frozenset(queued_jobs(slurm))  # other tests' jobs
 
     # study run: per cell, the launcher's training script, then the step script after it. It does not wait.
     code, console = launcher("study", "run", str(path))
@@ -70,7 +72,7 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
     cells, _ = registry_rows(study_dir)
     assert [c.state for c in cells] == ["running", "running"]
     cell = {c.axes["optimizer.lr"]: c for c in cells}
-    submitted = queued_jobs(slurm)
+    submitted = queued_jobs(slurm, earlier)
     assert len(submitted) == 4
     jobs = {c.axes["optimizer.lr"]: json.loads((study_dir / "cells" / c.name / "jobs.json").read_text())
             for c in cells}
@@ -122,16 +124,16 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
 
     # A second run submits nothing (one cell evaluated, the other failed) ...
     code, console = launcher("study", "run", str(path))
-    assert code == 1 and queued_jobs(slurm) == submitted and registry_rows(study_dir) == before
+    assert code == 1 and queued_jobs(slurm, earlier) == submitted and registry_rows(study_dir) == before
     # ... unless told to retry the failed cell (a dry run first: only that cell's commands, nothing submitted) ...
     code, console = launcher("study", "run", str(path), "--retry-failed", "--dry-run")
     assert code == 0 and f"# {bad.name}\n" in console and good.name not in console
-    assert queued_jobs(slurm) == submitted and registry_rows(study_dir) == before
+    assert queued_jobs(slurm, earlier) == submitted and registry_rows(study_dir) == before
     # ... then both its jobs again, the step after the new training.
     code, console = launcher("study", "run", str(path), "--retry-failed")
     assert code == 0, console
     again = json.loads((bad_dir / "jobs.json").read_text())
-    assert set(queued_jobs(slurm)) - set(submitted) == {again["train"], again["step"]}
+    assert set(queued_jobs(slurm, earlier)) - set(submitted) == {again["train"], again["step"]}
     assert job_field(slurm, again["step"], "Dependency") in (f"afterok:{again['train']}(unfulfilled)",
                                                              f"afterok:{again['train']}(failed)", "(null)")
     for kind in ("train", "step"):
@@ -148,7 +150,7 @@ HOSTILE = "study $(touch pwned-dollar) `touch pwned-tick` 'q' ;touch pwned-semi"
 def test_dry_run_writes_job_scripts_whose_values_stay_data_and_submits_nothing(small_dataset, tmp_path, monkeypatch,
                                                                               slurm):
     dataset, _, _ = small_dataset
-    queued = queued_jobs(slurm)
+    earlier = frozenset(queued_jobs(slurm))
     hostile = tmp_path / HOSTILE
     hostile.mkdir()
     monkeypatch.chdir(hostile)  # the jobs' working directory too
@@ -156,7 +158,7 @@ def test_dry_run_writes_job_scripts_whose_values_stay_data_and_submits_nothing(s
     code, console = launcher("study", "run", str(path), "--dry-run")
     assert code == 0 and console.endswith("launcher: dry run: nothing submitted\n"), console
     study_dir = hostile / "grid"
-    assert queued_jobs(slurm) == queued and not (study_dir / REGISTRY_FILE).exists()
+    assert queued_jobs(slurm, earlier) == [] and not (study_dir / REGISTRY_FILE).exists()
     cells = sorted(p for p in (study_dir / "cells").iterdir())
     assert len(cells) == 2
     for directory in cells:

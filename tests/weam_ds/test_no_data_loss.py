@@ -19,6 +19,7 @@ import pytest
 import yaml
 from conftest import small_config
 from runs import run_config, write_config
+from test_interrupts_and_disk import tmpfs
 
 from data_prep.cli import main as prep_main
 from data_prep.output_dirs import MARKER
@@ -134,6 +135,15 @@ def test_export_replaces_only_an_earlier_export_and_only_with_force(dead_run, tm
     assert export_main([str(dead_run / "checkpoints"), str(earlier), "--force"]) == 0
     assert (earlier / "model.safetensors").is_file() and not (earlier / "stray.txt").exists()
     assert not [p for p in dead_run.iterdir() if p.name.startswith(".export.")]  # the swap left nothing beside
+
+
+def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing_looking_complete(dead_run, tmp_path, capsys):
+    with tmpfs(tmp_path / "small_disk", "256k") as disk:
+        assert export_main([str(dead_run / "checkpoints"), str(disk / "model")]) == 2
+        err = capsys.readouterr().err
+        (line,) = [line for line in err.splitlines() if line.startswith("weam_ds.export: error:")]
+        assert "no space left on the device" in line.lower() and str(disk) in line
+        assert "Traceback" not in err and not list(disk.iterdir())  # nothing half-written left there
 
 
 def test_report_into_the_run_keeps_its_tensorboard_and_replaces_only_its_own(dead_run, tmp_path, capsys):

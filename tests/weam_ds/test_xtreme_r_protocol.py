@@ -95,7 +95,10 @@ def test_a_batch_that_does_not_divide_is_refused_before_training(tmp_path, monke
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match=r"xnli\.yaml: batch_size 32 does not divide over 3 devices"):
         run(tmp_path / "model", tmp_path / "data", ["xnli"], tmp_path / "out", seeds=[1])
-    argv = ["run", "--model", str(tmp_path), "--data", str(tmp_path), "--tasks", "panx", "--out", str(tmp_path / "o")]
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # a model directory: the recipe is checked before it is loaded
+    argv = ["run", "--model", str(model), "--data", str(tmp_path), "--tasks", "panx", "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "panx.yaml: batch_size 32 does not divide over 3 devices" in err
