@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "pyyaml>=6.0,<7",
     "eflomal>=2.0,<3",
     "tqdm>=4.66,<5",
+    "psutil>=5.9,<8",  # the launcher stops and inspects the job's process tree
     "numpy>=1.26,<3",
     "regex>=2023.0",
     "polib>=1.2,<2",

@@ -74,6 +74,9 @@ class Launch:
     notes: list[str] = field(default_factory=list)
     shows: Path | None = None
     """A file that a dry run prints whole (the sbatch script)."""
+    stops_its_ranks: bool = False
+    """``argv`` itself, given SIGTERM, stops the ranks on every node (the DeepSpeed runner: its kill command
+    through pdsh); otherwise the launcher stops the ranks below the agent (torchrun)."""
 
 
 def run_environment(cluster: ClusterConfig) -> dict[str, str]:
@@ -224,7 +227,7 @@ def _deepspeed(req: Request) -> Launch:
     if not shape.equal:
         notes.insert(1, f"the hosts have unequal slots: the DeepSpeed runner starts each host's slots, and the "
                         f"memory plan counts {shape.processes_per_node} processes on every node (the most on one)")
-    return Launch(argv, files=[LaunchFile(env_file, text)], notes=notes)
+    return Launch(argv, files=[LaunchFile(env_file, text)], notes=notes, stops_its_ranks=True)
 
 
 def _slurm(req: Request) -> Launch:

@@ -3,9 +3,10 @@ for the job, and on failure print the failing ranks' last log lines.
 
 Stopping: the job runs in a session of its own, so a terminal's Ctrl-C reaches the launcher alone (torchrun
 would otherwise take it as a failure, print two tracebacks and kill the ranks in their save). SIGINT and
-SIGTERM to the launcher send SIGTERM to the job's processes below its agent (the ranks, under torchrun):
-they checkpoint and stop, the agent sees them end, and the launcher says so in one line. A second Ctrl-C
-kills the job outright; ``latest`` still names a complete checkpoint (weam_ds.checkpoint)."""
+SIGTERM to the launcher send SIGTERM to the job's processes below its agent (the ranks, under torchrun), or to
+the DeepSpeed runner, which stops the ranks on every host through pdsh (its kill command): they checkpoint
+and stop, and the launcher says so in one line. A second Ctrl-C kills the job here outright; ``latest`` still
+names a complete checkpoint (weam_ds.checkpoint)."""
 from __future__ import annotations
 
 import contextlib
@@ -87,7 +88,12 @@ def execute(launch: Launch, run: RunDir, dry_run: bool, output: Path | None = No
 
         def stop(signum, _frame):
             stopped.append(signum)
-            (_stop_ranks if len(stopped) == 1 else _kill)(job.pid)
+            if len(stopped) > 1:
+                _kill(job.pid)
+            elif launch.stops_its_ranks:
+                job.terminate()
+            else:
+                _stop_ranks(job.pid)
 
         handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -106,8 +112,8 @@ def execute(launch: Launch, run: RunDir, dry_run: bool, output: Path | None = No
 
 
 def _stop_ranks(agent: int) -> None:
-    """SIGTERM to the agent's children (torchrun's ranks; the DeepSpeed runner's local launcher, which
-    passes it on): each checkpoints and stops, and the agent ends as after a finished run."""
+    """SIGTERM to the agent's children (torchrun's ranks): each checkpoints and stops, and the agent ends as
+    after a finished run."""
     with contextlib.suppress(psutil.NoSuchProcess):
         for child in psutil.Process(agent).children():
             with contextlib.suppress(psutil.NoSuchProcess):
