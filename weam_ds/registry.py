@@ -67,7 +67,9 @@ from weam_ds.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: the cells' states include ``interrupted`` (a study stopped by Ctrl-C). A version-1 registry is migrated when
+a writer opens it (``_migrate_v1``); readers read it as it is."""
 REGISTRY_FILE = "registry.sqlite"
 STATES = ("pending", "running", "interrupted", "trained", "exported", "evaluated", "failed")
 NAMED_AXES = ("model", "languages", "objective", "seed")
@@ -331,9 +333,32 @@ class Registry:
                     conn.execute(statement)
                 conn.executemany("INSERT INTO meta VALUES (?, ?)",
                                  [("schema_version", str(SCHEMA_VERSION)), ("created_at", _now())])
-        self._check_version()
+        if self._check_version() == 1:
+            self._migrate_v1()
 
-    def _check_version(self) -> None:
+    def _migrate_v1(self) -> None:
+        """Version 1's cells table allows no ``interrupted`` state, and SQLite cannot change a CHECK in place: the
+        table is rebuilt (SQLite's documented procedure), with foreign keys off so that dropping the old table
+        cascades to no cost or score, and checked before the commit."""
+        conn = self._conn
+        conn.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: set before it
+        try:
+            with self._transaction():
+                if int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]) != 1:
+                    return  # another process migrated it meanwhile
+                conn.execute(_SCHEMA[1].replace("CREATE TABLE cells (", "CREATE TABLE cells_v2 (", 1))
+                conn.execute("INSERT INTO cells_v2 SELECT * FROM cells")
+                conn.execute("DROP TABLE cells")
+                conn.execute("ALTER TABLE cells_v2 RENAME TO cells")
+                if conn.execute("PRAGMA foreign_key_check").fetchall():
+                    raise RegistryError(f"{self.path}: migrating schema version 1 would break its references")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            log.info("%s: registry migrated from schema version 1 to %d", self.path, SCHEMA_VERSION)
+        finally:
+            conn.execute("PRAGMA foreign_keys=ON")
+
+    def _check_version(self) -> int:
+        """The registry's schema version, one this weam-ds reads (1 or 2)."""
         try:
             row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.OperationalError as exc:
@@ -350,9 +375,10 @@ class Registry:
         if version > SCHEMA_VERSION:
             raise RegistryError(f"{self.path}: registry schema version {version} is newer than this weam-ds reads "
                                 f"({SCHEMA_VERSION}): upgrade weam-ds")
-        if version < SCHEMA_VERSION:
+        if version < 1:
             raise RegistryError(f"{self.path}: registry schema version {version} is older than this weam-ds's "
                                 f"({SCHEMA_VERSION}) and no migration from it exists")
+        return version
 
     # Writes: each one transaction.
 

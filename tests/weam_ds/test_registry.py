@@ -209,6 +209,37 @@ def test_an_error_inside_a_write_rolls_it_back(tmp_path):
     assert len(reg.scores()) == 3
 
 
+def test_a_version_1_registry_is_read_as_it_is_and_migrated_by_a_writer_keeping_every_row(tmp_path):
+    """Version 1 (before the ``interrupted`` state): its cells table checks states without it. Made here as
+    version 1 wrote it: the same tables, the cells table rebuilt with version 1's CHECK."""
+    path = tmp_path / "registry.sqlite"
+    with Registry(path) as reg:
+        cell = reg.put_cell(AXES, CONFIG, parameters=10, pairs=["de-en"])
+        reg.put_cost(cell, steps=100, tokens=51_200, train_flops=7.9e11, wall_seconds=30.5, gpu_hours=0.0,
+                     world_size=2, hardware="2x cpu")
+        reg.put_scores(cell, "xnli", "de", 1, "dev", {"accuracy": 50.0}, per_example={"accuracy": [0.0, 100.0]})
+        reg.set_state(cell, "running")
+    raw = sqlite3.connect(path, isolation_level=None)
+    (cells_sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'cells'").fetchone()
+    assert "'interrupted', " in cells_sql
+    raw.executescript("BEGIN; " + cells_sql.replace("CREATE TABLE cells (", "CREATE TABLE v1 (").replace(
+        "'interrupted', ", "") + "; INSERT INTO v1 SELECT * FROM cells; DROP TABLE cells; "
+        "ALTER TABLE v1 RENAME TO cells; UPDATE meta SET value = '1' WHERE key = 'schema_version'; COMMIT;")
+    with pytest.raises(sqlite3.IntegrityError):  # what version 1 refuses
+        raw.execute("UPDATE cells SET state = 'interrupted'")
+    raw.close()
+
+    with Registry(path, readonly=True) as reg:  # a reader leaves it as it is
+        assert reg.study().schema_version == 1 and [c.state for c in reg.cells()] == ["running"]
+    with Registry(path) as reg:
+        reg.set_state(cell, "interrupted")
+        (c,) = reg.cells()
+        assert reg.study().schema_version == SCHEMA_VERSION == 2 and c.state == "interrupted"
+        assert c.cost.tokens == 51_200 and np.array_equal(reg.per_example(cell, "xnli", "de", 1, "accuracy"),
+                                                           [0.0, 100.0])
+    Registry(path).close()  # opened again: nothing more to migrate
+
+
 def test_schema_versions_and_foreign_files_are_refused(tmp_path):
     path = tmp_path / "registry.sqlite"
     Registry(path).close()
