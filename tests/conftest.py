@@ -82,6 +82,25 @@ def write_tmx(path: Path, pairs: list[tuple[str, str]], src_lang: str, tgt_lang:
     return path
 
 
+def launched_run(dataset: Path, out: Path, steps: int, **sections) -> dict:
+    """A tiny CPU run as the launcher tests start it: every step logged, checkpoints only at the end or on a
+    stop; ``sections`` are merged into the config's top-level sections."""
+    cfg = {
+        "output_dir": str(out),
+        "model": "tiny",
+        "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
+                 "shuffle_buffer": 64},
+        "optimizer": {"lr": 2e-3},
+        "schedule": {"warmup_steps": 2},
+        "train": {"steps": steps, "log_interval": 1, "eval_interval": 1000, "checkpoint_interval": 1000,
+                  "keep_checkpoints": 1},
+        "deepspeed": {"config": "ds_configs/cpu.json"},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def fr_pairs() -> list[tuple[str, str]]:
     return catalog_pairs("fr", 600)

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import small_config
+from conftest import launched_run, small_config
 
 from data_prep.manifest import read_manifest
 from launcher.cli import main as launcher_main
@@ -34,21 +34,8 @@ STOP_S = 60
 
 
 def run_config(tmp: Path, dataset: Path, out: Path, name: str, **sections) -> Path:
-    cfg = {
-        "output_dir": str(out),
-        "model": "tiny",
-        "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
-                 "shuffle_buffer": 64},
-        "optimizer": {"lr": 2e-3},
-        "schedule": {"warmup_steps": 2},
-        "train": {"steps": 200, "log_interval": 1, "eval_interval": 1000, "checkpoint_interval": 1000,
-                  "keep_checkpoints": 1},
-        "deepspeed": {"config": "ds_configs/cpu.json"},
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(launched_run(dataset, out, 200, **sections)))
     return path
 
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import free_port
+from conftest import free_port, launched_run
 from launcher.cli import main
 from weam_ds.run_dir import RunDir, checkpoint_problem
 
@@ -31,19 +31,8 @@ HOSTILE = "$(touch pwned-dollar) `touch pwned-tick` 'q' ;touch pwned-semi"
 
 
 def write_run_config(tmp: Path, dataset: Path, out: Path, steps: int, **train) -> Path:
-    cfg = {
-        "output_dir": str(out),
-        "model": "tiny",
-        "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
-                 "shuffle_buffer": 64},
-        "optimizer": {"lr": 2e-3},
-        "schedule": {"warmup_steps": 2},
-        "train": {"steps": steps, "log_interval": 1, "eval_interval": 1000, "checkpoint_interval": 1000,
-                  "keep_checkpoints": 1, **train},
-        "deepspeed": {"config": "ds_configs/cpu.json"},
-    }
     path = tmp / f"{out.name.split()[0]}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(launched_run(dataset, out, steps, train=train)))
     return path
 
 
