@@ -138,8 +138,8 @@ class ClusterConfig:
         self.env = {key: str(value) for key, value in self.env.items()}
         if self.rdzv_endpoint is not None:
             parse_endpoint(self.rdzv_endpoint)
-        if self.local_addr is not None:
-            parse_host(self.local_addr, "local_addr")
+        if self.local_addr is not None and not _is_host(self.local_addr):
+            raise ConfigError(f"local_addr: {self.local_addr!r} is not a host name or an address")
         self._check_backend_settings()
 
     def _check_backend_settings(self) -> None:
@@ -260,16 +260,14 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     if not m or not 0 < int(m["port"]) < 65536 or (m["v6"] and not _is_address(m["v6"])):
         raise ConfigError(problem)
     host = m["v6"] or m["host"]
-    if not _is_address(host) and not HOST_NAME.fullmatch(host):
+    if not _is_host(host):
         raise ConfigError(problem)
     return host, int(m["port"])
 
 
-def parse_host(host: str, key: str) -> str:
-    """A host name or an address (never anything a shell or torchrun could read as more)."""
-    if not _is_address(host) and not HOST_NAME.fullmatch(host):
-        raise ConfigError(f"{key}: {host!r} is not a host name or an address")
-    return host
+def _is_host(host: str) -> bool:
+    """A host name or an address: never anything a shell or torchrun could read as more."""
+    return _is_address(host) or HOST_NAME.fullmatch(host) is not None
 
 
 def _is_address(host: str) -> bool:

@@ -303,6 +303,10 @@ def test_dry_run_slurm_writes_the_sbatch_script_with_every_value_quoted(workdir,
      "cluster.yaml: slurm.gpus_per_node: a setting of the slurm backend (backend is torchrun)"),
     ("backend: local\n", ["--backend", "slurm", "--partition", "gpu"],
      "cluster.yaml: nproc_per_node: set --nproc-per-node, or --gpus-per-node"),
+    ("backend: torchrun\n", ["--local-addr", "10.0.0.1;touch pwned-addr"],
+     "cluster.yaml: local_addr: '10.0.0.1;touch pwned-addr' is not a host name or an address"),
+    ("backend: slurm\nnproc_per_node: 1\nlocal_addr: 10.0.0.1\n", [],
+     "cluster.yaml: local_addr: only the torchrun backend takes this node's address (backend is slurm)"),
 ])
 def test_a_bad_cluster_description_is_one_line_naming_the_key(workdir, capsys, cluster, flags, message):
     (workdir / "cluster.yaml").write_text(cluster)
