@@ -316,24 +316,20 @@ def _worker_pool(workers: int) -> Iterator[Executor]:
     except BaseException:
         # Interrupted, or a stage failed: the workers' running chunks are not waited for (what they leave is
         # temporary files; a chunk is marked done only once complete), and they end with their children.
-        workers = active_children()  # the pool's (the build starts no other processes)
-        pool.shutdown(wait=False, cancel_futures=True)
-        for worker in workers:
+        # Killed first, then shut down: the pool sees its workers gone and fails their futures itself. (Cancelling
+        # the futures first makes Python 3.11's pool thread fail on them, InvalidStateError, with a traceback.)
+        for worker in active_children():  # the pool's (the build starts no other processes)
             with suppress(ProcessLookupError):
                 os.killpg(worker.pid, signal.SIGKILL)
+        pool.shutdown(wait=False)
         raise
     pool.shutdown(cancel_futures=True)
 
 
 def _as_completed(pending: dict[Future, Any]) -> Iterator[tuple[Any, Any]]:
     """Yields ``(pending.pop(f), f.result())`` as futures finish, including futures added to
-    ``pending`` meanwhile; the first error cancels every call not yet started."""
-    try:
-        while pending:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for future in [f for f in pending if f in done]:  # in submission order
-                yield pending.pop(future), future.result()
-    except BaseException:
-        for future in pending:
-            future.cancel()
-        raise
+    ``pending`` meanwhile. On an error the pool's workers are killed (``_worker_pool``), which ends every call."""
+    while pending:
+        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        for future in [f for f in pending if f in done]:  # in submission order
+            yield pending.pop(future), future.result()

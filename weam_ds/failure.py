@@ -89,21 +89,21 @@ def record_for_torchrun(message: str) -> None:
             pass
 
 
-def _announce(message: str, wait: float) -> str | None:
-    """Tells the peers. Returns the failure that came first in the job (``message`` when it is this one),
-    or None when the store could not be reached within ``wait`` seconds."""
+def _announce(message: str, wait: float) -> tuple[str, bool] | None:
+    """Tells the peers. Returns the failure that came first in the job and whether it is this rank's, or None
+    when the store could not be reached within ``wait`` seconds."""
     store = _store()
     if store is None:
         return None
     failed, count = _keys()
-    first: list[str] = []
+    first: list[tuple[str, bool]] = []
 
     def tell():
         if store.add(count, 1) == 1:
             store.set(failed, message)
-            first.append(message)
+            first.append((message, True))
         else:
-            first.append(store.get(failed).decode("utf-8", "replace"))
+            first.append((store.get(failed).decode("utf-8", "replace"), False))
 
     thread = threading.Thread(target=tell, daemon=True)  # a store whose host died would block
     thread.start()
@@ -125,12 +125,15 @@ def end_rank(message: str, code: int, traceback_text: str | None, timeout: float
     threading.Timer(timeout, os._exit, (code,)).start()  # whatever hangs below, the rank still ends
     if traceback_text:
         log.error("%s", traceback_text.rstrip(), extra=FILE_ONLY)
-    first = _announce(message, wait=min(5.0, timeout / 4))
+    announced = _announce(message, wait=min(5.0, timeout / 4))
     record_for_torchrun(message)
-    if first not in (None, message):  # the job failed before, elsewhere: that rank has said so
-        log.error("%s; it failed first: %s", message, first, extra=FILE_ONLY)
-    elif code != EXIT_BAD_INPUT or env_rank() == 0:  # every rank sees the same bad config: say it once
+    if announced is None:  # no store: every rank says its own failure, a bad input (the same on all) rank 0
+        if code != EXIT_BAD_INPUT or env_rank() == 0:
+            print(f"{prog}: error: {message}", file=sys.stderr)
+    elif announced[1]:  # the job's first failure says why, on whichever rank: rank 0 may be stopped first
         print(f"{prog}: error: {message}", file=sys.stderr)
+    elif announced[0] != message:  # the job failed before, elsewhere: that rank has said so
+        log.error("%s; it failed first: %s", message, announced[0], extra=FILE_ONLY)
     _leave(code)
 
 
