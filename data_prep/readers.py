@@ -3,13 +3,17 @@
 A parallel reader yields ``(src, tgt)`` tuples, a monolingual one ``(sentence,)`` tuples (its formats are
 in ``MONOLINGUAL_FORMATS``); either may yield a string naming why an input record was dropped (for
 example ``"malformed"``) so that cleaning can count it. Readers stream: memory does not grow with the
-file, except for gettext catalogs, which polib reads whole (catalogs are small).
+file, except for gettext catalogs, which polib reads whole (catalogs are small). Every file may come
+compressed (gzip, xz, bzip2, zstd: data_prep.compression); it is decompressed as it is read.
 """
 from __future__ import annotations
 
 import codecs
 import logging
+import zipfile
 from collections.abc import Callable, Iterator
+from itertools import zip_longest
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 import polib
@@ -17,6 +21,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, iterparse
 
 from data_prep import PrepError
+from data_prep.compression import CorruptInput, open_input, open_member
 from data_prep.sentences import split_sentences
 
 if TYPE_CHECKING:
@@ -29,16 +34,22 @@ Reader = Callable[["PairConfig | MonolingualConfig"], Iterator[Record]]
 READERS: dict[str, Reader] = {}
 MONOLINGUAL_FORMATS: set[str] = set()
 """The formats of READERS that read one language's text (configured under ``monolingual:``)."""
+PARALLEL_FORMATS: set[str] = set()
+"""The formats of READERS that read language pairs (configured under ``pairs:``); a format may be both."""
 # Formats read as bytes with an ASCII-compatible encoding (UTF-8 lines; a .po's charset): a UTF-16 or
 # UTF-32 file would come out as noise, so the config refuses it (see encoding_problem).
 TEXT_FORMATS = ("moses", "tsv", "po", "text")
 
 
-def reader(name: str, monolingual: bool = False):
+def reader(name: str, monolingual: bool = False, parallel: bool | None = None):
+    """Registers a reader of language pairs, or of one language's text (``monolingual``), or of both
+    (``monolingual`` and ``parallel``: formats whose sources name their columns, data_prep.tabular)."""
     def register(fn: Reader) -> Reader:
         READERS[name] = fn
         if monolingual:
             MONOLINGUAL_FORMATS.add(name)
+        if parallel or (parallel is None and not monolingual):
+            PARALLEL_FORMATS.add(name)
         return fn
     return register
 
@@ -55,12 +66,15 @@ _BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "UTF-32", "little"), (codecs.BOM_UTF3
 
 def encoding_problem(path: str) -> str | None:
     """Why ``path`` is no UTF-8 text at all (UTF-16 or UTF-32), or None. Single bad lines are only
-    dropped by the readers; a whole file in another encoding is an error to fix."""
+    dropped by the readers; a whole file in another encoding is an error to fix. A compressed file is
+    judged by its decompressed head (its own bytes are full of NULs)."""
     try:
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             head = f.read(1 << 16)
     except OSError as exc:
         return f"cannot read ({exc.strerror})"
+    except CorruptInput as exc:
+        return exc.problem
     for mark, encoding, order in _BYTE_ORDER_MARKS:
         if head.startswith(mark):
             return (f"{encoding} ({order}-endian byte-order mark), not UTF-8; "
@@ -72,61 +86,102 @@ def encoding_problem(path: str) -> str | None:
 
 
 def _lines(path: str) -> Iterator[str | None]:
+    """The lines of the file at ``path``, decompressed if it is compressed (see _decoded_lines)."""
+    try:
+        with open_input(path) as f:
+            yield from _decoded_lines(path, f)
+    except OSError as exc:
+        raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _decoded_lines(name: str, stream) -> Iterator[str | None]:
     """Lines split on '\\n' only (a lone '\\r' inside a line is text, as in `wc -l`), decoded as UTF-8.
 
     A line that is not valid UTF-8 comes as None (the reader drops its record as malformed), and the
-    count and first line numbers of such lines are logged once the file has been read.
+    count and first line numbers of such lines are logged once the stream has been read.
     """
     n_bad, first_bad = 0, []
-    try:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\n").rstrip("\r")
-                except UnicodeDecodeError:
-                    n_bad += 1
-                    if len(first_bad) < 5:
-                        first_bad.append(lineno)
-                    line = None
-                yield line
-    except OSError as exc:
-        raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
+    for lineno, raw in enumerate(stream, 1):
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\n").rstrip("\r")
+        except UnicodeDecodeError:
+            n_bad += 1
+            if len(first_bad) < 5:
+                first_bad.append(lineno)
+            line = None
+        yield line
     if n_bad:
         shown = ", ".join(map(str, first_bad)) + (", ..." if n_bad > len(first_bad) else "")
-        log.warning("%s: %d lines are not valid UTF-8, dropped as malformed (lines %s)", path, n_bad, shown)
+        log.warning("%s: %d lines are not valid UTF-8, dropped as malformed (lines %s)", name, n_bad, shown)
 
 
-def count_lines(path: str) -> int:
-    try:
-        with open(path, "rb") as f:
-            n, last = 0, b"\n"
-            for block in iter(lambda: f.read(1 << 20), b""):
-                n += block.count(b"\n")
-                last = block[-1:]
-            return n + (last != b"\n")
-    except OSError as exc:
-        raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
+_ENDED = object()
+
+
+def _line_pairs(key: str, src: tuple[str, Iterator], tgt: tuple[str, Iterator]) -> Iterator[Record]:
+    """Line i of one (name, lines) with line i of the other, both read once, side by side (a second pass
+    to count lines first would decompress a large corpus twice). If one ends first, the rest of the other
+    is counted for the error, which a clean stage raises before marking anything complete."""
+    n_src = n_tgt = 0
+    # Both are read to their end, so both report their undecodable lines.
+    for s, t in zip_longest(src[1], tgt[1], fillvalue=_ENDED):
+        n_src, n_tgt = n_src + (s is not _ENDED), n_tgt + (t is not _ENDED)
+        if n_src == n_tgt:
+            yield "malformed" if s is None or t is None else (s, t)
+    if n_src != n_tgt:
+        raise PrepError(f"{key}: line counts differ: {src[0]} has {n_src} lines, {tgt[0]} has {n_tgt}")
 
 
 @reader("moses")
 def read_moses(pair: PairConfig) -> Iterator[Record]:
     """Two files, line i of one translating line i of the other."""
-    n_src, n_tgt = count_lines(pair.src), count_lines(pair.tgt)
-    if n_src != n_tgt:
-        raise PrepError(f"{pair.key}: line counts differ: {pair.src} has {n_src} lines, {pair.tgt} has {n_tgt}")
-    # strict: both files are read to their end, so both report their undecodable lines.
-    for src, tgt in zip(_lines(pair.src), _lines(pair.tgt), strict=True):
-        yield "malformed" if src is None or tgt is None else (src, tgt)
+    return _line_pairs(pair.key, (pair.src, _lines(pair.src)), (pair.tgt, _lines(pair.tgt)))
+
+
+@reader("opus_moses")
+def read_opus_moses(pair: PairConfig) -> Iterator[Record]:
+    """OPUS Moses downloads: a zip holding ``<Corpus>.<l1>-<l2>.<l1>`` and ``.<l2>`` (read as moses, the
+    members streamed) beside a README and a LICENSE, which are ignored."""
+    for path in pair.path:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                src, tgt = (_opus_member(path, archive, lang) for lang in (pair.src_lang, pair.tgt_lang))
+                with open_member(archive, src) as src_stream, open_member(archive, tgt) as tgt_stream:
+                    src_name, tgt_name = f"{path}: {src}", f"{path}: {tgt}"
+                    yield from _line_pairs(pair.key, (src_name, _decoded_lines(src_name, src_stream)),
+                                           (tgt_name, _decoded_lines(tgt_name, tgt_stream)))
+        except zipfile.BadZipFile as exc:
+            raise PrepError(f"{path}: not a zip archive ({exc})") from None
+        except OSError as exc:
+            raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _opus_member(path: str, archive: zipfile.ZipFile, lang: str) -> str:
+    """The one member whose suffix is ``lang`` (compared as TMX compares language tags)."""
+    members = [m for m in archive.namelist() if not m.endswith("/")]
+    found = [m for m in members if _same_language(PurePosixPath(m).suffix[1:], lang)]
+    if len(found) != 1:
+        raise PrepError(f"{path}: expected one file ending in .{lang}, found {len(found)} among "
+                        f"{', '.join(members) or 'no files'}")
+    return found[0]
 
 
 @reader("tsv")
 def read_tsv(pair: PairConfig) -> Iterator[Record]:
-    """One pair per line: src<TAB>tgt. Lines with another number of fields (or not UTF-8) are dropped as
-    malformed."""
+    """One pair per line: src<TAB>tgt, or with ``score_column`` (the score's field index) three fields, such
+    as WikiMatrix's score<TAB>src<TAB>tgt: a pair under ``min_score`` is dropped as low_score. Lines with
+    another number of fields, a score that is no number, or not UTF-8 are dropped as malformed."""
+    scored = pair.score_column is not None
     for path in pair.path:
         for line in _lines(path):
             fields = [] if line is None else line.split("\t")
-            yield (fields[0], fields[1]) if len(fields) == 2 else "malformed"
+            if len(fields) != 2 + scored:
+                yield "malformed"
+            elif not scored:
+                yield fields[0], fields[1]
+            else:
+                score = fields.pop(pair.score_column)
+                yield pair.score_drop(score) or (fields[0], fields[1])
 
 
 _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
@@ -153,25 +208,8 @@ def read_tmx(pair: PairConfig) -> Iterator[Record]:
     """TMX translation memories, parsed incrementally with entity expansion refused (defusedxml)."""
     for path in pair.path:
         try:
-            events = iterparse(path, events=("start", "end"))
-            body = None
-            for event, elem in events:
-                if event == "start":
-                    if elem.tag == "body":
-                        body = elem
-                    continue
-                if elem.tag != "tu":
-                    continue
-                segs = {}
-                for tuv in elem.iter("tuv"):
-                    lang = tuv.get(_XML_LANG) or tuv.get("lang") or ""
-                    seg = tuv.find("seg")
-                    for side, want in (("src", pair.src_lang), ("tgt", pair.tgt_lang)):
-                        if seg is not None and _same_language(lang, want) and side not in segs:
-                            segs[side] = _segment_text(seg)
-                yield (segs["src"], segs["tgt"]) if len(segs) == 2 else "missing_language"
-                if body is not None:
-                    body.clear()  # processed units are dropped, so memory stays flat
+            with open_input(path) as f:
+                yield from _tmx_pairs(f, pair)
         except ParseError as exc:
             raise PrepError(f"{path}: not valid TMX ({exc})") from None
         except DefusedXmlException as exc:
@@ -180,10 +218,34 @@ def read_tmx(pair: PairConfig) -> Iterator[Record]:
             raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _catalog_pairs(pair: PairConfig, load) -> Iterator[Record]:
+def _tmx_pairs(stream, pair: PairConfig) -> Iterator[Record]:
+    """The translation units of one TMX stream, each a pair or the reason it is dropped."""
+    events = iterparse(stream, events=("start", "end"))
+    body = None
+    for event, elem in events:
+        if event == "start":
+            if elem.tag == "body":
+                body = elem
+            continue
+        if elem.tag != "tu":
+            continue
+        segs = {}
+        for tuv in elem.iter("tuv"):
+            lang = tuv.get(_XML_LANG) or tuv.get("lang") or ""
+            seg = tuv.find("seg")
+            for side, want in (("src", pair.src_lang), ("tgt", pair.tgt_lang)):
+                if seg is not None and _same_language(lang, want) and side not in segs:
+                    segs[side] = _segment_text(seg)
+        yield (segs["src"], segs["tgt"]) if len(segs) == 2 else "missing_language"
+        if body is not None:
+            body.clear()  # processed units are dropped, so memory stays flat
+
+
+def _catalog_pairs(pair: PairConfig, load: Callable[[bytes], polib.POFile | polib.MOFile]) -> Iterator[Record]:
     for path in pair.path:
         try:
-            catalog = load(path)
+            with open_input(path) as f:
+                catalog = load(f.read())
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise PrepError(f"{path}: cannot read gettext catalog ({str(exc).splitlines()[0]})") from None
         for entry in catalog:
@@ -205,7 +267,13 @@ def _catalog_pairs(pair: PairConfig, load) -> Iterator[Record]:
 @reader("po")
 def read_po(pair: PairConfig) -> Iterator[Record]:
     """gettext source catalogs: msgid → msgstr; fuzzy and untranslated entries are counted and dropped."""
-    return _catalog_pairs(pair, polib.pofile)
+    return _catalog_pairs(pair, _po_catalog)
+
+
+def _po_catalog(content: bytes) -> polib.POFile:
+    """polib takes a catalog's content as text only: decode it in the charset its header names."""
+    encoding = polib.detect_encoding(content)
+    return polib.pofile(content.decode(encoding), encoding=encoding)
 
 
 @reader("mo")
