@@ -1,14 +1,20 @@
 """The data_prep config tree (``prep.yaml``), validated before any work starts."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from data_prep.readers import MONOLINGUAL_FORMATS, READERS, TEXT_FORMATS, encoding_problem
+from data_prep import PrepError
+from data_prep.readers import MONOLINGUAL_FORMATS, PARALLEL_FORMATS, READERS, TEXT_FORMATS, encoding_problem
 from data_prep.symmetrize import SYMMETRIZERS
+# Importing data_prep.tabular registers its readers (parquet, jsonl, arrow): every source is checked here first.
+from data_prep.tabular import TABULAR_FORMATS, arrow_data_files, column_problem
 from data_prep.typed_config import ConfigError, from_dict, load_yaml, to_dict
 
 
@@ -108,19 +114,46 @@ class ShardConfig:
             raise ConfigError("max_samples/max_bytes: must be at least 1 sample and 4096 bytes")
 
 
+class _Scored:
+    """``score_drop`` for a source config with ``score_column`` and ``min_score`` fields."""
+
+    def score_drop(self, value: Any) -> str | None:
+        """Why a record scored ``value`` (a number, or a number's text as TSV holds it) is dropped:
+        ``malformed`` (no number), ``low_score`` (under ``min_score``), or None to keep it."""
+        score = _number(value)
+        if score is None:
+            return "malformed"
+        return "low_score" if self.min_score is not None and score < self.min_score else None
+
+
 @dataclass
-class PairConfig:
+class PairConfig(_Scored):
     src_lang: str
     tgt_lang: str
     format: str
-    """One of the input formats in data_prep.readers: moses, tsv, tmx, po, mo."""
+    """One of the parallel input formats in data_prep.readers and data_prep.tabular: moses, tsv, tmx, po, mo,
+    parquet, jsonl, arrow."""
     src: str | None = None
     tgt: str | None = None
     """moses: the two line-aligned files."""
     path: str | list[str] | None = None
-    """tsv, tmx, po, mo: one file or a list of files."""
+    """Every format but moses: one file, a list of files, or glob patterns (``*``, ``?``, ``[...]``, and ``**``
+    across folders), expanded in sorted order; a pattern matching nothing is an error. arrow: a Hugging Face
+    ``save_to_disk`` folder (one split) or ``.arrow`` stream files."""
     msgid_side: str = "tgt"
     """po/mo: which side of the pair the msgid (the catalog's source text) is."""
+    src_column: str | None = None
+    tgt_column: str | None = None
+    """parquet, jsonl, arrow (required there, refused elsewhere): the columns of the two sides, dotted into
+    struct columns or nested objects (``translation.en``). A null or non-string value drops the row as
+    malformed."""
+    score_column: str | int | None = None
+    """Optional. parquet, jsonl, arrow: the (dotted) column of a score per pair, such as a mined pair's margin
+    score. tsv: the score's field index, the other two fields being src and tgt (0 for WikiMatrix's
+    ``score<TAB>src<TAB>tgt``). A score that is no number drops the pair as malformed; without ``min_score``
+    every other pair is kept."""
+    min_score: float | None = None
+    """Pairs scored under this are dropped and counted as ``low_score``; needs ``score_column``."""
 
     def __post_init__(self):
         for key in ("src_lang", "tgt_lang"):
@@ -130,49 +163,61 @@ class PairConfig:
         _check_format(self.format, monolingual=False)
         if self.msgid_side not in ("src", "tgt"):
             raise ConfigError("msgid_side: must be 'src' or 'tgt'")
+        _check_columns(self, ("src_column", "tgt_column"))
         if self.format == "moses":
             if self.src is None or self.tgt is None or self.path is not None:
                 raise ConfigError("src: format 'moses' takes 'src' and 'tgt' files (and no 'path')")
-            files = {"src": [self.src], "tgt": [self.tgt]}
+            for key in ("src", "tgt"):
+                _check_files(key, [getattr(self, key)], self.format)
         else:
             if self.path is None or self.src is not None or self.tgt is not None:
-                raise ConfigError(f"path: format {self.format!r} takes 'path' (a file or a list of files)")
-            if isinstance(self.path, str):
-                self.path = [self.path]
-            if not self.path:
-                raise ConfigError("path: the list of files is empty")
-            files = {"path": self.path}
-        for key, paths in files.items():
-            _check_files(key, paths, self.format)
+                raise ConfigError(f"path: format {self.format!r} takes 'path' (a file, a list of files, or a glob)")
+            self.path = _expand_paths(self.path)
+            _check_inputs(self, ("src_column", "tgt_column"))
 
     @property
     def key(self) -> str:
         return f"{self.src_lang}-{self.tgt_lang}"
 
     @property
+    def text_columns(self) -> list[str | None]:
+        return [self.src_column, self.tgt_column]
+
+    @property
     def files(self) -> list[str]:
-        return [self.src, self.tgt] if self.format == "moses" else list(self.path)
+        """The input files, as read: a glob's matches, an arrow folder's data files."""
+        return [self.src, self.tgt] if self.format == "moses" else _input_files(self.format, self.path)
 
 
 @dataclass
-class MonolingualConfig:
+class MonolingualConfig(_Scored):
     """One language's text: MLM-only samples (source side only, no target, no links) in the same dataset."""
     lang: str
     format: str
-    """A monolingual input format of data_prep.readers: text."""
+    """A monolingual input format of data_prep.readers and data_prep.tabular: text, parquet, jsonl, arrow."""
     path: str | list[str]
-    """One file or a list of files."""
+    """One file, a list of files, or glob patterns, as for pairs (arrow: a ``save_to_disk`` folder)."""
     documents: bool = False
     """text: false, one sentence per line; true, documents separated by blank lines, split into sentences
     (data_prep.sentences)."""
+    text_column: str | None = None
+    """parquet, jsonl, arrow (required there, refused elsewhere): the (dotted) column of the text, one
+    sentence per row. A null or non-string value drops the row as malformed."""
+    score_column: str | None = None
+    """Optional, parquet, jsonl, arrow: the (dotted) column of a score per row (e.g. a language-identification
+    score). A score that is no number drops the row as malformed."""
+    min_score: float | None = None
+    """Rows scored under this are dropped and counted as ``low_score``; needs ``score_column``."""
 
     def __post_init__(self):
         _check_language("lang", self.lang)
         _check_format(self.format, monolingual=True)
-        self.path = [self.path] if isinstance(self.path, str) else self.path
-        if not self.path:
-            raise ConfigError("path: the list of files is empty")
-        _check_files("path", self.path, self.format)
+        if self.documents and self.format != "text":
+            raise ConfigError(f"documents: format {self.format!r} reads one sentence per row; "
+                              "only format 'text' splits documents")
+        _check_columns(self, ("text_column",))
+        self.path = _expand_paths(self.path)
+        _check_inputs(self, ("text_column",))
 
     @property
     def key(self) -> str:
@@ -189,8 +234,13 @@ class MonolingualConfig:
         return None
 
     @property
+    def text_columns(self) -> list[str | None]:
+        return [self.text_column]
+
+    @property
     def files(self) -> list[str]:
-        return list(self.path)
+        """The input files, as read: a glob's matches, an arrow folder's data files."""
+        return _input_files(self.format, self.path)
 
 
 def _check_language(key: str, lang: str) -> None:
@@ -199,14 +249,93 @@ def _check_language(key: str, lang: str) -> None:
 
 
 def _check_format(name: str, monolingual: bool) -> None:
-    """``name`` must be a reader of the source's kind; one of the other kind says where it belongs."""
-    known = [f for f in READERS if (f in MONOLINGUAL_FORMATS) == monolingual]
-    if name in READERS and name not in known:
+    """``name`` must be a reader of the source's kind (a format may serve both); one of the other kind only
+    says where it belongs."""
+    here, there = (MONOLINGUAL_FORMATS, PARALLEL_FORMATS) if monolingual else (PARALLEL_FORMATS, MONOLINGUAL_FORMATS)
+    known = [f for f in READERS if f in here]
+    if name in known:
+        return
+    if name in there:
         kind, section = ("parallel", "pairs") if monolingual else ("monolingual", "monolingual")
         raise ConfigError(f"format: {name!r} is a {kind} format: list this source under {section} "
                           f"(formats here: {', '.join(known)})")
-    if name not in READERS:
-        raise ConfigError(f"format: unknown input format {name!r} (known: {', '.join(known)})")
+    raise ConfigError(f"format: unknown input format {name!r} (known: {', '.join(known)})")
+
+
+def _check_columns(source: PairConfig | MonolingualConfig, text_keys: tuple[str, ...]) -> None:
+    """The column keys a source's format takes: tabular formats name their text columns and may name a
+    score column; tsv may give its score's field index; the others take none."""
+    fmt, score_column = source.format, source.score_column
+    if fmt in TABULAR_FORMATS:
+        missing = [k for k in text_keys if not getattr(source, k)]
+        if missing:
+            raise ConfigError(f"{missing[0]}: format {fmt!r} needs {' and '.join(text_keys)}, the columns to read "
+                              "(dotted into struct columns, e.g. translation.en)")
+        if score_column is not None and not isinstance(score_column, str):
+            raise ConfigError(f"score_column: format {fmt!r} takes a column name, not {score_column!r}")
+    else:
+        given = [k for k in text_keys if getattr(source, k) is not None]
+        if given:
+            raise ConfigError(f"{given[0]}: format {fmt!r} has no columns to name "
+                              f"(formats with columns: {', '.join(TABULAR_FORMATS)})")
+        if fmt == "tsv":
+            if score_column is not None and (isinstance(score_column, str) or score_column not in (0, 1, 2)):
+                raise ConfigError(f"score_column: format 'tsv' takes the score's field index: 0, 1 or 2, "
+                                  f"not {score_column!r}")
+        elif score_column is not None:
+            raise ConfigError(f"score_column: format {fmt!r} has no scores "
+                              f"(formats with scores: tsv, {', '.join(TABULAR_FORMATS)})")
+    if source.min_score is not None and score_column is None:
+        raise ConfigError("min_score: needs score_column, the column that holds the scores")
+
+
+def _expand_paths(path: str | list[str]) -> list[str]:
+    """``path`` as a list: a file (or folder), a list, glob patterns expanded in sorted order."""
+    paths = []
+    for p in [path] if isinstance(path, str) else path:
+        if glob.escape(p) == p or Path(p).exists():  # no pattern, or a file whose name holds [ or *
+            paths.append(p)
+            continue
+        matches = sorted(glob.glob(p, recursive=True))
+        if not matches:
+            raise ConfigError(f"path: no file matches {p!r}")
+        paths += matches
+    if not paths:
+        raise ConfigError("path: the list of files is empty")
+    return paths
+
+
+def _check_inputs(source: PairConfig | MonolingualConfig, text_keys: tuple[str, ...]) -> None:
+    """A source's ``path`` entries exist and hold what its format reads: UTF-8 text, or the named columns."""
+    if source.format != "arrow":
+        _check_files("path", source.path, source.format)
+    elif missing := next((p for p in source.path if not Path(p).exists()), None):
+        raise ConfigError(f"path: not found: {missing}")
+    if source.format not in TABULAR_FORMATS:
+        return
+    try:
+        files = source.files
+    except PrepError as exc:  # an arrow folder that is not one split's save_to_disk
+        raise ConfigError(f"path: {exc}") from None
+    columns = {k: getattr(source, k) for k in (*text_keys, "score_column") if getattr(source, k) is not None}
+    for f in files:
+        if problem := column_problem(source.format, f, columns):
+            raise ConfigError(problem)
+
+
+def _input_files(fmt: str, paths: list[str]) -> list[str]:
+    return [f for p in paths for f in arrow_data_files(p)] if fmt == "arrow" else list(paths)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a score: a number, or text that reads as one; None for anything else (NaN, a bool)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
 
 
 def _check_files(key: str, paths: list[str], fmt: str) -> None:
@@ -215,6 +344,10 @@ def _check_files(key: str, paths: list[str], fmt: str) -> None:
             raise ConfigError(f"{key}: file not found: {p}")
         if fmt in TEXT_FORMATS and (problem := encoding_problem(p)):
             raise ConfigError(f"{key}: {p}: {problem}")
+
+
+_COLUMN_KEYS = ("src_column", "tgt_column", "text_column", "score_column", "min_score")
+"""Source keys added after datasets were first built: left out of the fingerprint while unset."""
 
 
 @dataclass
@@ -269,6 +402,10 @@ class PrepConfig:
         """Hash of everything that decides the output; ``workers`` only decides speed."""
         content = to_dict(self)
         content.pop("workers")
+        for source in [*content["pairs"], *content["monolingual"]]:
+            for key in _COLUMN_KEYS:  # datasets built before these keys existed keep their hash
+                if source.get(key, "") is None:
+                    del source[key]
         if not self.monolingual:
             content.pop("monolingual")  # datasets built before monolingual sources existed keep their hash
         # Input files are identified by path, size and modification time, so an edited corpus rebuilds.

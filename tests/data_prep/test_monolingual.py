@@ -61,7 +61,8 @@ def test_monolingual_config_mistakes_are_one_line_errors_naming_the_key(tmp_path
     base = {"output_dir": str(tmp_path / "out"), "tokenizer": {"train": {"vocab_size": 100}}}
     cases = [
         ({"monolingual": [{"lang": "sw", "format": "moses", "path": str(text)}]},
-         "monolingual[0].format: 'moses' is a parallel format: list this source under pairs (formats here: text)"),
+         "monolingual[0].format: 'moses' is a parallel format: list this source under pairs "
+         "(formats here: text, parquet, jsonl, arrow)"),
         ({"pairs": [{"src_lang": "sw", "tgt_lang": "en", "format": "text", "path": str(text)}]},
          "pairs[0].format: 'text' is a monolingual format: list this source under monolingual"),
         ({"monolingual": [{"lang": "sw", "format": "text", "path": str(tmp_path / "missing.txt")}]},
