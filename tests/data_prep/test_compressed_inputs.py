@@ -25,8 +25,15 @@ from data_prep.readers import read_pairs
 from data_prep.typed_config import ConfigError
 from test_errors import assert_nothing_listed, assert_one_line_error, run_prep
 
-COMPRESSORS = {"gzip": gzip.compress, "xz": lzma.compress, "bzip2": bz2.compress,
-               "zstd": zstandard.ZstdCompressor().compress}
+
+
+def in_two_parts(compress):
+    """Two streams back to back, as bgzip, pigz and zstd -T write them."""
+    return lambda data: compress(data[:len(data) // 2]) + compress(data[len(data) // 2:])
+
+
+COMPRESSORS = {"gzip": in_two_parts(gzip.compress), "xz": lzma.compress, "bzip2": bz2.compress,
+               "zstd": in_two_parts(zstandard.ZstdCompressor().compress)}
 
 
 def compressed(path: Path | str, kind: str, target: Path) -> str:
@@ -88,10 +95,11 @@ def test_the_encoding_check_reads_the_decompressed_head(tmp_path, fr_pairs):
     utf8 = compressed(write_moses(tmp_path, "c", fr_pairs[:50])[1], "gzip", tmp_path / "c.tgt.gz")
     with pytest.raises(ConfigError, match=r"utf16\.src\.gz: NUL bytes.*UTF-16"):
         PairConfig("fr", "en", "moses", src=str(utf16), tgt=utf8)
-    cut = tmp_path / "cut.src.gz"
-    cut.write_bytes(gzip.compress(text.encode())[:40])
-    with pytest.raises(ConfigError, match=r"cut\.src\.gz: truncated gzip data after line \d+ \(at compressed byte"):
-        PairConfig("fr", "en", "moses", src=str(cut), tgt=utf8)
+    for kind, compress in COMPRESSORS.items():
+        cut = tmp_path / f"cut-{kind}"
+        cut.write_bytes(compress(text.encode())[:-20])
+        with pytest.raises(ConfigError, match=rf"cut-{kind}: truncated {kind} data after line \d+ \(at compressed byte"):
+            PairConfig("fr", "en", "moses", src=str(cut), tgt=utf8)
 
 
 def opus_zip(path: Path, members: dict[str, str]) -> str:
@@ -158,7 +166,7 @@ def test_a_cut_off_or_corrupt_archive_stops_the_build_in_one_line_with_nothing_c
 
 def test_a_build_from_compressed_files_equals_the_plain_build(tmp_path, ja_pairs, small_dataset):
     plain_dir, plain_cfg, _ = small_dataset
-    cfg = small_config(tmp_path, ja_pairs)
+    cfg = small_config(tmp_path, ja_pairs, workers=1)  # workers decide speed only; one spares starting a pool
     fr, ja = cfg["pairs"]
     fr["path"] = [compressed(p, "gzip", tmp_path / f"fr{i}.po.gz") for i, p in enumerate(fr["path"])]
     ja.update(src=compressed(ja["src"], "xz", tmp_path / "ja.xz"), tgt=compressed(ja["tgt"], "gzip", tmp_path / "en.gz"))
