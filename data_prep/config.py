@@ -131,8 +131,8 @@ class PairConfig(_Scored):
     src_lang: str
     tgt_lang: str
     format: str
-    """One of the parallel input formats in data_prep.readers and data_prep.tabular: moses, tsv, tmx, po, mo,
-    parquet, jsonl, arrow."""
+    """One of the parallel input formats in data_prep.readers and data_prep.tabular: moses, opus_moses, tsv,
+    tmx, po, mo, parquet, jsonl, arrow (text formats may come compressed: data_prep.compression)."""
     src: str | None = None
     tgt: str | None = None
     """moses: the two line-aligned files."""
