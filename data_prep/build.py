@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep import PrepError, __version__
-from data_prep.chunks import ChunkTask, align_chunk, encode_chunk, read_spool
+from data_prep.chunks import ChunkResult, ChunkTask, align_chunk, encode_chunk, read_spool
 from data_prep.cleaning import Cleaner
 from data_prep.config import MonolingualConfig, PairConfig, PrepConfig
 from data_prep.files import write_atomically
@@ -42,6 +42,7 @@ from data_prep.manifest import (FORMAT, FORMAT_VERSION, SPLITS, ManifestError, r
                                 write_manifest)
 from data_prep.output_dirs import claim
 from data_prep.readers import read_pairs
+from data_prep.shards import file_sha256, read_samples
 from data_prep.tokenizer import copy_tokenizer, tokenizer_sha256, train_tokenizer
 from data_prep.typed_config import to_dict
 
@@ -72,13 +73,154 @@ def build(cfg: PrepConfig) -> BuildReport:
     return report
 
 
+# --- A build spread over jobs (launcher.prep_slurm submits them) -------------------------------------------
+# prepare (one job): clean, split, tokenizer, and a plan of chunk groups; chunks (one job per group, at once):
+# align and encode, each chunk leaving its own result file; finish (one job): merge, verify, complete.
+
+
+def is_complete(cfg: PrepConfig) -> bool:
+    """Whether ``cfg``'s dataset is built already; a complete dataset of another config is an error, as for build."""
+    out = Path(cfg.output_dir)
+    try:
+        manifest = read_manifest(out, require_complete=False)
+    except ManifestError:
+        if (out / "manifest.json").exists():
+            raise
+        return False
+    if manifest["complete"] and manifest["config_sha256"] != cfg.fingerprint():
+        raise PrepError(f"{out}: was built from another config or other input files; "
+                        "use a new output_dir or delete this one")
+    return bool(manifest["complete"])
+
+
+def prepare(cfg: PrepConfig, nodes: int, chunks_per_task: int | None = None) -> int:
+    """Stages 1-3 (clean, split, tokenizer) and the plan of the chunks still to do, in groups of
+    ``chunks_per_task`` (default: as many as spread them over ``nodes``); returns the number of groups."""
+    out = Path(cfg.output_dir)
+    claim(out, "data_prep", earlier="manifest.json")
+    with _exclusive(out):
+        manifest = _open_manifest(out, cfg)
+        if manifest["complete"]:
+            log.info("%s is complete; nothing to do", out)
+            return 0
+        with _worker_pool(cfg.n_workers) as pool:
+            cleaned = _clean(cfg, manifest, pool)
+        heldout = _heldout(cfg, cleaned)
+        _prepare_tokenizer(cfg, manifest, cleaned, heldout, out)
+        write_manifest(out, manifest)
+        chunks = [(t.pair, t.chunk) for t in _chunk_tasks(cfg, manifest, cleaned, heldout)]
+        per_task = chunks_per_task or max(1, -(-len(chunks) // nodes))
+        groups = [chunks[i:i + per_task] for i in range(0, len(chunks), per_task)]
+        write_atomically(out / _PLAN, json.dumps({"config_sha256": manifest["config_sha256"], "groups": groups}))
+    log.info("%d chunks to align and encode, in %d groups of up to %d", len(chunks), len(groups), per_task)
+    return len(groups)
+
+
+def run_chunk_group(cfg: PrepConfig, group: int) -> None:
+    """Aligns and encodes the chunks of one group of the plan that are not done yet; each finished chunk leaves
+    its shard records in a result file of its own (groups run at once, so none writes the manifest)."""
+    out = Path(cfg.output_dir)
+    with _exclusive(out, shared=True):  # groups run side by side; a local build or a prepare waits its turn
+        manifest = _prepared_manifest(out, cfg)
+        plan = json.loads((out / _PLAN).read_text())
+        if plan["config_sha256"] != manifest["config_sha256"] or not 0 <= group < len(plan["groups"]):
+            raise PrepError(f"{out / _PLAN}: has no group {group} of this build; submit the build again")
+        mine = {tuple(chunk) for chunk in plan["groups"][group]}
+        with _worker_pool(cfg.n_workers) as pool:
+            cleaned = [_cleaned(out, p) for p in cfg.sources]
+            tasks = [t for t in _chunk_tasks(cfg, manifest, cleaned, _heldout(cfg, cleaned))
+                     if (t.pair, t.chunk) in mine and not _chunk_result(out, t.pair, t.chunk).exists()]
+            log.info("group %d: aligning and encoding %d of its %d chunks", group, len(tasks), len(mine))
+            # One worker runs each call as it is submitted, every alignment before any encoding: there the chunks
+            # go one by one instead, so that a task killed in its n-th chunk has finished those before it.
+            for batch in [tasks] if cfg.n_workers > 1 else [[t] for t in tasks]:
+                pending, ready = _start_aligning(batch, pool)
+                _encode(batch, pending, ready, pool, BuildReport(manifest), lambda r: write_atomically(
+                    _chunk_result(out, r.pair, r.chunk),
+                    json.dumps({"pair": r.pair, "chunk": r.chunk, "shards": r.shards})))
+
+
+def finish(cfg: PrepConfig) -> dict:
+    """Lists every group's chunks in the manifest, checks each shard against its record (sha256 and samples),
+    and marks the dataset complete; a chunk not done or a shard that fails is an error naming it."""
+    out = Path(cfg.output_dir)
+    with _exclusive(out):
+        manifest = _prepared_manifest(out, cfg)
+        if manifest["complete"]:
+            return manifest
+        _merge_chunk_results(out, manifest)
+        write_manifest(out, manifest)
+        missing = [f"{key} chunk {i}" for key, entry in manifest["pairs"].items()
+                   for i in range(entry["chunks"]) if i not in entry["chunks_done"]]
+        if missing:
+            raise PrepError(f"{out}: not done: {', '.join(missing)}; the same command does them")
+        shards = [shard for entry in manifest["pairs"].values() for shard in entry["shards"]]
+        with _worker_pool(cfg.n_workers) as pool:
+            pending = {pool.submit(_shard_problem, out, shard): shard["path"] for shard in shards}
+            problems = [f"{path}: {problem}" for path, problem in _as_completed(pending) if problem]
+        if problems:
+            raise PrepError(f"{out}: {len(problems)} of {len(shards)} shards fail their check: {problems[0]}"
+                            + (" ..." if len(problems) > 1 else ""))
+        log.info("%d shards verified (sha256 and samples)", len(shards))
+        _complete(out, manifest)
+    return manifest
+
+
+_PLAN = Path(".work") / "plan.json"
+"""The chunk groups of the last prepare, ``{"config_sha256": ..., "groups": [[[pair, chunk], ...], ...]}``."""
+
+
+def _chunk_result(out: Path, pair: str, chunk: int) -> Path:
+    """A finished chunk's shard records, written whole (then renamed) by the group that did it."""
+    return out / ".work" / pair / f"chunk-{chunk:05d}.json"
+
+
+def _merge_chunk_results(out: Path, manifest: dict) -> None:
+    """Lists in the manifest the chunks whose result files groups left (and it does not list yet)."""
+    for path in sorted((out / ".work").glob("*/chunk-*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        entry = manifest["pairs"].get(result["pair"])
+        if entry is not None and result["chunk"] not in entry["chunks_done"]:
+            _add_chunk(manifest, result["pair"], result["chunk"], result["shards"])
+
+
+def _cleaned(out: Path, pair: PairConfig | MonolingualConfig) -> dict:
+    """Stage 1's result for a source, which the prepare job left (groups never clean: they would race)."""
+    marker = out / ".work" / pair.key / "clean.json"
+    if not marker.is_file():
+        raise PrepError(f"{marker}: missing, so {pair.key} was not cleaned by a prepare; submit the build again")
+    return json.loads(marker.read_text(encoding="utf-8"))
+
+
+def _prepared_manifest(out: Path, cfg: PrepConfig) -> dict:
+    """The manifest a prepare of this config wrote; anything else is an error (the config or inputs changed
+    since the build was submitted)."""
+    manifest = read_manifest(out, require_complete=False)
+    if manifest["config_sha256"] != cfg.fingerprint() or not manifest["tokenizer"]:
+        raise PrepError(f"{out}: not prepared from this config and these input files (changed since the build "
+                        "was submitted?); submit the build again")
+    return manifest
+
+
+def _shard_problem(out: Path, shard: dict) -> str | None:
+    """What is wrong with a shard file against its manifest record, or None."""
+    path = out / shard["path"]
+    if not path.is_file():
+        return "missing"
+    if file_sha256(path) != shard["sha256"]:
+        return "sha256 differs from the record"
+    samples = sum(1 for _ in read_samples(path))
+    return None if samples == shard["samples"] else f"{samples} samples, the record says {shard['samples']}"
+
+
 @contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def _exclusive(out: Path, shared: bool = False) -> Iterator[None]:
     """One build per output directory at a time: a second one would resume, or remove, the first's work.
-    The lock is the kernel's (flock), so a killed build never leaves it held."""
+    ``shared``: one of a build's groups, which run side by side. The lock is the kernel's (flock), so a killed
+    build never leaves it held."""
     with open(out / ".build.lock", "a") as lock:  # "a": a re-run of a complete build changes nothing
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise PrepError(f"{out}: another data_prep build is running there") from None
         yield
@@ -86,47 +228,88 @@ def _exclusive(out: Path) -> Iterator[None]:
 
 def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Executor) -> None:
     out = Path(cfg.output_dir)
-    work = out / ".work"
     clock = time.perf_counter()
+    cleaned = _clean(cfg, manifest, pool)
+    report.wall["clean"] = time.perf_counter() - clock
+
+    heldout = _heldout(cfg, cleaned)
+    tasks = _chunk_tasks(cfg, manifest, cleaned, heldout)
+    # Largest chunks first, so that the last task to finish is a short one (the final chunk of a pair
+    # is usually partial).
+    sizes = {p.key: c["clean_pairs"] for p, c in zip(cfg.sources, cleaned)}
+    tasks.sort(key=lambda t: -min(cfg.chunk_size, sizes[t.pair] - t.first))
+    log.info("aligning and encoding %d chunks with %d workers", len(tasks), cfg.n_workers)
+
+    # Alignment works on words, not subwords: the workers align while this process makes the tokenizer.
+    clock = time.perf_counter()
+    pending, ready = _start_aligning(tasks, pool)
+    _prepare_tokenizer(cfg, manifest, cleaned, heldout, out)
+    write_manifest(out, manifest)
+    report.wall["tokenizer"] = time.perf_counter() - clock
+
+    def listed(result: ChunkResult) -> None:  # this chunk's shards are complete: list them
+        _add_chunk(manifest, result.pair, result.chunk, result.shards)
+        write_manifest(out, manifest)
+
+    _encode(tasks, pending, ready, pool, report, listed)
+    report.wall["align+encode"] = time.perf_counter() - clock
+    _complete(out, manifest)
+
+
+def _clean(cfg: PrepConfig, manifest: dict, pool: Executor) -> list[dict]:
+    """Stage 1 for every source, in parallel; their counts go into the manifest, with the chunks that jobs
+    of a spread build finished (``_merge_chunk_results``)."""
+    out = Path(cfg.output_dir)
     sources = cfg.sources
-    pending = {pool.submit(_clean_pair, p, cfg, work): i for i, p in enumerate(sources)}
+    pending = {pool.submit(_clean_pair, p, cfg, out / ".work"): i for i, p in enumerate(sources)}
     by_index = dict(tqdm(_as_completed(pending), total=len(sources), desc="clean", unit="source", disable=None))
     cleaned = [by_index[i] for i in range(len(sources))]
     for pair, result in zip(sources, cleaned):
         entry = manifest["pairs"].setdefault(pair.key, {"shards": [], "chunks_done": []})
         entry.update(src_lang=pair.src_lang, tgt_lang=pair.tgt_lang, input_records=result["input_records"],
                      clean_pairs=result["clean_pairs"], dropped=result["dropped"], chunks=len(result["chunks"]))
+    _merge_chunk_results(out, manifest)
     write_manifest(out, manifest)
-    report.wall["clean"] = time.perf_counter() - clock
+    return cleaned
 
-    heldout = {p.key: _choose_heldout(p.key, c["clean_pairs"], cfg) for p, c in zip(sources, cleaned)}
-    cleaned_sizes = {p.key: c["clean_pairs"] for p, c in zip(sources, cleaned)}
+
+def _heldout(cfg: PrepConfig, cleaned: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {p.key: _choose_heldout(p.key, c["clean_pairs"], cfg) for p, c in zip(cfg.sources, cleaned)}
+
+
+def _chunk_tasks(cfg: PrepConfig, manifest: dict, cleaned: list[dict],
+                 heldout: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[ChunkTask]:
+    """The chunks still to align and encode (none the manifest lists as done), source by source, in order."""
+    out = Path(cfg.output_dir)
     tasks = []
-    for pair, result in zip(sources, cleaned):
+    for pair, result in zip(cfg.sources, cleaned):
         done = set(manifest["pairs"][pair.key]["chunks_done"])
         dev, test = heldout[pair.key]
         tasks += [ChunkTask(pair.key, pair.src_lang, pair.tgt_lang, i, chunk["path"], chunk["first"], dev, test,
                             str(out), str(out / "tokenizer"), cfg.aligner, cfg.shards)
                   for i, chunk in enumerate(result["chunks"]) if i not in done]
-    # Largest chunks first, so that the last task to finish is a short one (the final chunk of a pair
-    # is usually partial).
-    tasks.sort(key=lambda t: -min(cfg.chunk_size, cleaned_sizes[t.pair] - t.first))
-    log.info("aligning and encoding %d chunks with %d workers", len(tasks), cfg.n_workers)
+    return tasks
 
-    # Alignment works on words, not subwords: the workers align while this process makes the tokenizer.
-    clock = time.perf_counter()
-    ready, to_align = [], []  # to encode (monolingual, or aligned by an interrupted run), or to align first
+
+def _start_aligning(tasks: list[ChunkTask], pool: Executor) -> tuple[dict[Future, Any], list[ChunkTask]]:
+    """The alignments submitted (``{future: ("align", task)}``), and the chunks ready to encode: monolingual
+    ones, and those an interrupted run aligned."""
+    ready, to_align = [], []
     for t in tasks:
         (to_align if t.parallel and not t.aligned.exists() else ready).append(t)
     if any(t.parallel for t in ready):
         log.info("%d chunks were aligned by an earlier run", sum(t.parallel for t in ready))
-    pending = {pool.submit(align_chunk, t): ("align", t) for t in to_align}
-    _prepare_tokenizer(cfg, manifest, cleaned, heldout, out)
-    write_manifest(out, manifest)
-    report.wall["tokenizer"] = time.perf_counter() - clock
+    return {pool.submit(align_chunk, t): ("align", t) for t in to_align}, ready
+
+
+def _encode(tasks: list[ChunkTask], pending: dict[Future, Any], ready: list[ChunkTask], pool: Executor,
+            report: BuildReport, done: Callable[[ChunkResult], None]) -> None:
+    """Encodes the ``ready`` chunks, and each one of ``pending`` once aligned; ``done`` gets each chunk's
+    result once all its shards are whole."""
+    to_align = len(pending)
     pending.update({pool.submit(encode_chunk, t): ("encode", t) for t in ready})
     steps = len(tasks) + sum(t.parallel for t in tasks)  # an align step per chunk of pairs, an encode step each
-    with tqdm(total=steps, initial=steps - len(to_align) - len(pending), desc="align+encode", unit="step",
+    with tqdm(total=steps, initial=steps - to_align - len(pending), desc="align+encode", unit="step",
               disable=None) as bar:
         for (step, task), result in _as_completed(pending):
             bar.update()
@@ -134,17 +317,21 @@ def _run_stages(cfg: PrepConfig, manifest: dict, report: BuildReport, pool: Exec
             if step == "align":
                 pending[pool.submit(encode_chunk, task)] = ("encode", task)
                 continue
-            entry = manifest["pairs"][result.pair]
-            entry["shards"] = sorted(entry["shards"] + result.shards, key=lambda s: s["path"])
-            entry["chunks_done"] = sorted(entry["chunks_done"] + [result.chunk])
-            write_manifest(out, manifest)  # this chunk's shards are complete: list them
-    report.wall["align+encode"] = time.perf_counter() - clock
+            done(result)
 
+
+def _add_chunk(manifest: dict, pair: str, chunk: int, shards: list[dict]) -> None:
+    entry = manifest["pairs"][pair]
+    entry["shards"] = sorted(entry["shards"] + shards, key=lambda s: s["path"])
+    entry["chunks_done"] = sorted(entry["chunks_done"] + [chunk])
+
+
+def _complete(out: Path, manifest: dict) -> None:
     for entry in manifest["pairs"].values():
         entry["splits"] = split_totals(entry["shards"])
     manifest["complete"] = True
     write_manifest(out, manifest)
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(out / ".work", ignore_errors=True)
     log.info("dataset complete: %s", out / "manifest.json")
 
 

@@ -33,10 +33,22 @@ def summarize(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+STAGES = ("prepare", "chunks", "finish")
+"""The stages of a build spread over jobs (data_prep.build), each run by one job: what the SLURM jobs run."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="data_prep", description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--config", required=True, help="prep.yaml (see README: data_prep config)")
     parser.add_argument("--workers", type=int, help="worker processes (overrides the config; 0 = one per core)")
+    parser.add_argument("--backend", choices=("local", "slurm"), default="local",
+                        help="local: build here; slurm: submit the build as SLURM jobs (--cluster)")
+    parser.add_argument("--cluster", help="slurm: the cluster file, as `launcher run --cluster` reads it")
+    parser.add_argument("--chunks-per-task", type=int,
+                        help="slurm: chunks per array task (default: the chunks spread over the cluster's nnodes)")
+    parser.add_argument("--stage", choices=STAGES, help="one stage of a spread build (what its jobs run)")
+    parser.add_argument("--nodes", type=int, default=1, help="--stage prepare: nodes to spread the chunks over")
+    parser.add_argument("--task", type=int, help="--stage chunks: the group of chunks to do (the array task)")
     parser.add_argument("--version", action="version", version=f"weam-ds data_prep {__version__}")
     args = parser.parse_args(argv)
     from data_prep.build import LOG_FORMAT, build
@@ -44,11 +56,19 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
+        _check_arguments(args)
         cfg = load_config(args.config)
         if args.workers is not None:
-            if args.workers < 0:
-                raise ConfigError("--workers: must not be negative")
             cfg.workers = args.workers
+        if args.backend == "slurm":
+            # The launcher imports data_prep (never the reverse at module level): imported where it is used.
+            from launcher.cluster import load_cluster
+            from launcher.prep_slurm import submit
+
+            submit(Path(args.config), cfg, load_cluster(args.cluster, {"backend": "slurm"}), args.chunks_per_task)
+            return 0
+        if args.stage is not None:
+            return _run_stage(args, cfg)
         report = build(cfg)
     except KeyboardInterrupt:
         print("data_prep: interrupted; the same command continues the build (finished chunks are kept)",
@@ -62,4 +82,37 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summarize(report.manifest))
     print(f"manifest: {cfg.output_dir}/manifest.json")
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError("--workers: must not be negative")
+    for name in ("chunks_per_task", "nodes"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
+    if args.backend == "slurm" and args.cluster is None:
+        raise ConfigError("--cluster: the slurm backend needs the cluster file (partition, time, nnodes ...)")
+    if args.backend != "slurm" and args.cluster is not None:
+        raise ConfigError("--cluster: only with --backend slurm")
+    if args.chunks_per_task is not None and args.backend != "slurm" and args.stage != "prepare":
+        raise ConfigError("--chunks-per-task: only with --backend slurm")
+    if args.backend == "slurm" and args.stage is not None:
+        raise ConfigError("--stage: run by the jobs of a spread build, not with --backend slurm")
+    if (args.stage == "chunks") != (args.task is not None):
+        raise ConfigError("--task: with --stage chunks, and only there")
+
+
+def _run_stage(args: argparse.Namespace, cfg) -> int:
+    """One stage of a spread build; prepare prints the number of chunk groups (array tasks) on stdout, alone."""
+    from data_prep.build import finish, prepare, run_chunk_group
+
+    if args.stage == "prepare":
+        print(prepare(cfg, args.nodes, args.chunks_per_task))
+    elif args.stage == "chunks":
+        run_chunk_group(cfg, args.task)
+    else:
+        manifest = finish(cfg)
+        print(summarize(manifest))
+        print(f"manifest: {cfg.output_dir}/manifest.json")
     return 0

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import math
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+from data_prep.typed_config import ConfigError
 from launcher.cluster import CREDENTIAL_NAME, ClusterConfig
 from weam_ds.run_dir import RunDir
 
@@ -55,6 +58,29 @@ directory (``bash -c NODE_MARK node FOLDER``); a node that cannot see the folder
 def log_pattern(directory: Path, name: str) -> str:
     """A SLURM output file name: ``%`` in the directory is literal, the ``%j``/``%n`` of ``name`` are not."""
     return str(directory).replace("%", "%%") + "/" + name
+
+
+def site_options(cluster: ClusterConfig) -> list[str]:
+    """The sbatch options every job of this cluster takes, quoted: partition, account, time limit, and the
+    cluster's own directives."""
+    s = cluster.slurm
+    options = [f"--{name}={shlex.quote(getattr(s, name))}" for name in ("partition", "account", "time")
+               if getattr(s, name) is not None]
+    return options + [shlex.quote(d) for d in s.directives]
+
+
+def sbatch(script: Path, *options: str) -> str:
+    """Submits ``script``; returns its job id."""
+    if shutil.which("sbatch") is None:
+        raise ConfigError("sbatch: not found on PATH (is this a SLURM login node? --dry-run writes the job scripts "
+                          "without submitting them)")
+    argv = ["sbatch", "--parsable", *options, str(script)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    job = done.stdout.strip().split(";")[0]  # --parsable: <job id>[;<cluster>]
+    if done.returncode != 0 or not job.isdigit():
+        raise ConfigError(f"{shlex.join(argv)}: {done.stderr.strip() or done.stdout.strip() or 'no job id'} "
+                          f"(exit status {done.returncode})")
+    return job
 
 
 def node_memory(cluster: ClusterConfig, host_memory: int | None) -> str | None:
@@ -84,13 +110,10 @@ def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: C
     memory = node_memory(cluster, host_memory)
     if memory is not None:
         options.append(f"--mem={memory}")
-    for name in ("partition", "account", "time"):
-        if getattr(s, name) is not None:
-            options.append(f"--{name}={q(getattr(s, name))}")
     if s.exclusive:
         options.append("--exclusive")
     options += ["--requeue", f"--signal=B:USR1@{s.signal_seconds}", "--export=ALL", "--open-mode=append",
-                f"--output={q(log_pattern(logs, 'slurm-%j.out'))}", *(q(d) for d in s.directives)]
+                f"--output={q(log_pattern(logs, 'slurm-%j.out'))}", *site_options(cluster)]
     port = str(s.rdzv_port) if s.rdzv_port is not None else "$((29500 + SLURM_JOB_ID % 1000))"
     rendezvous = ["--rdzv-backend=c10d", '--rdzv-endpoint="$endpoint"', '--rdzv-id="$SLURM_JOB_ID"']
     lines = [

@@ -51,7 +51,7 @@ from data_prep.typed_config import ConfigError, read_yaml
 from launcher.backends import BACKENDS, LaunchFile, Request, run_environment
 from launcher.cluster import ClusterConfig
 from launcher.launch import write_launch_file
-from launcher.slurm import log_pattern
+from launcher.slurm import log_pattern, sbatch as _sbatch
 from launcher.study import (CellFailed, StudyBusy, changed_cells, exclusive, export_cell, register, score_records,
                             training_cost)
 from launcher.study_config import CellPlan, StudyConfig, load_study
@@ -211,20 +211,6 @@ def _submit(plan: CellPlan, train: Path | None, step: Path) -> dict:
         raise
     _write_json(plan.directory / JOBS, jobs)
     return jobs
-
-
-def _sbatch(script: Path, *options: str) -> str:
-    """Submits ``script``; returns its job id."""
-    if shutil.which("sbatch") is None:
-        raise ConfigError("sbatch: not found on PATH (is this a SLURM login node? --dry-run writes the job scripts "
-                          "without submitting them)")
-    argv = ["sbatch", "--parsable", *options, str(script)]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    job = done.stdout.strip().split(";")[0]  # --parsable: <job id>[;<cluster>]
-    if done.returncode != 0 or not job.isdigit():
-        raise ConfigError(f"{shlex.join(argv)}: {done.stderr.strip() or done.stdout.strip() or 'no job id'} "
-                          f"(exit status {done.returncode})")
-    return job
 
 
 def _commands(train: Path | None, step: Path) -> str:
