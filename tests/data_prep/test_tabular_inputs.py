@@ -57,12 +57,12 @@ def hub_pair(path, fmt: str = "parquet", **keys) -> PairConfig:
     return PairConfig("fr", "en", fmt, path=path, src_column="translation.fr", tgt_column="translation.en", **keys)
 
 
-def save_to_disk(folder: Path, rows: list[dict], n_files: int) -> list[Path]:
+def save_to_disk(folder: Path, rows: list[dict], n_files: int, make_table=table) -> list[Path]:
     """A ``Dataset.save_to_disk`` folder as the datasets library writes it: ``state.json`` naming its data files,
     each an Arrow IPC stream of record batches."""
     folder.mkdir(parents=True)
     names = [f"data-{i:05d}-of-{n_files:05d}.arrow" for i in range(n_files)]
-    whole = table(rows)
+    whole = make_table(rows)
     per_file = -(-len(rows) // n_files)
     for i, name in enumerate(names):
         with pa.ipc.new_stream(str(folder / name), whole.schema) as writer:
