@@ -9,6 +9,12 @@
 5. encode:    per aligned chunk (and per monolingual chunk, which has nothing to align): tokenize,
               project links onto subwords, write shards; the manifest lists a chunk's shards once they
               are all complete.
+
+A build spread over jobs (``--backend slurm``, launcher.prep_slurm) runs the same stages in three steps:
+``prepare`` (1, 2, 4 and a plan of chunk groups), ``run_chunk_group`` per group at once (3 and 5; each chunk
+leaves its shard records in a result file of its own, since groups share no manifest) and ``finish`` (the
+results merged into the manifest, every shard checked against its record). A local build takes over what
+such jobs left, and the reverse.
 """
 from __future__ import annotations
 
@@ -129,6 +135,7 @@ def run_chunk_group(cfg: PrepConfig, group: int) -> None:
         with _worker_pool(cfg.n_workers) as pool:
             cleaned = [_cleaned(out, p) for p in cfg.sources]
             tasks = [t for t in _chunk_tasks(cfg, manifest, cleaned, _heldout(cfg, cleaned))
+                     # A task SLURM requeued (its node failed) skips the chunks it finished before.
                      if (t.pair, t.chunk) in mine and not _chunk_result(out, t.pair, t.chunk).exists()]
             log.info("group %d: aligning and encoding %d of its %d chunks", group, len(tasks), len(mine))
             # One worker runs each call as it is submitted, every alignment before any encoding: there the chunks

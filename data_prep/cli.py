@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             from launcher.cluster import load_cluster
             from launcher.prep_slurm import submit
 
-            submit(Path(args.config), cfg, load_cluster(args.cluster, {"backend": "slurm"}), args.chunks_per_task)
+            # One process per job: the training's processes per node (which the file may leave out) mean nothing here.
+            cluster = load_cluster(args.cluster, {"backend": "slurm", "nproc_per_node": 1})
+            submit(Path(args.config), cfg, cluster, args.chunks_per_task)
             return 0
         if args.stage is not None:
             return _run_stage(args, cfg)

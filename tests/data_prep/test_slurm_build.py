@@ -90,7 +90,7 @@ def test_a_slurm_build_equals_the_local_one_and_a_killed_array_task_is_redone_al
     prep = tmp_path / "prep.yaml"
     prep.write_text(yaml.safe_dump(small_config(tmp_path, ja_pairs, output_dir=str(dataset))))
     cluster = tmp_path / "cluster.yaml"
-    cluster.write_text(yaml.safe_dump({"backend": "slurm", "nnodes": 2, "nproc_per_node": 1,
+    cluster.write_text(yaml.safe_dump({"backend": "slurm", "nnodes": 2,
                                        "slurm": {"partition": "debug", "time": "00:10:00", "cpus_per_task": 1}}))
     command = ("--config", str(prep), "--backend", "slurm", "--cluster", str(cluster), "--chunks-per-task", "2")
     logs = dataset / "slurm"
