@@ -143,15 +143,15 @@ def main() -> None:
         report = build(cfg)
         pipelines.append(time.perf_counter() - start)
         baselines.append(eflomal_alone(pairs, cfg.aligner))
-        print(f"run {repeat + 1}: pipeline {pipelines[-1]:.1f} s, eflomal alone {baselines[-1]:.1f} s, "
-              f"ratio {pipelines[-1] / baselines[-1]:.2f}", end="")
+        line = (f"run {repeat + 1}: pipeline {pipelines[-1]:.1f} s, eflomal alone {baselines[-1]:.1f} s, "
+                f"ratio {pipelines[-1] / baselines[-1]:.2f}")
         for method, variant in variants.items():
             shutil.rmtree(variant.output_dir, ignore_errors=True)
             start = time.perf_counter()
             build(variant)
             packed[method].append(time.perf_counter() - start)
-            print(f", {method} input {packed[method][-1]:.1f} s", end="")
-        print()
+            line += f", {method} input {packed[method][-1]:.1f} s"
+        print(line)  # whole, once the run's builds are done (the tokenizer trainer writes to the console too)
     pipeline, baseline = statistics.median(pipelines), statistics.median(baselines)
     n = sum(p["clean_pairs"] for p in report.manifest["pairs"].values())
 
