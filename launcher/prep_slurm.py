@@ -42,7 +42,7 @@ from data_prep.output_dirs import claim
 from data_prep.typed_config import ConfigError
 from launcher.backends import run_environment
 from launcher.cluster import CREDENTIAL_NAME, ClusterConfig
-from launcher.slurm import log_pattern, node_memory, sbatch, site_options
+from launcher.slurm import log_pattern, node_options, sbatch, site_options
 
 SCRIPTS = "slurm"
 """The folder of the output directory that holds the job scripts and their logs."""
@@ -115,16 +115,8 @@ def _prepare_body(prepare: str, chunks: Path, finish: Path, nodes: int) -> list[
 
 def _script(kind: str, name: str, output: str, cluster: ClusterConfig, body: list[str]) -> str:
     q = shlex.quote
-    s = cluster.slurm
-    options = [f"--job-name={q(name)}", "--nodes=1", "--ntasks=1"]
-    if s.cpus_per_task is not None:
-        options.append(f"--cpus-per-task={s.cpus_per_task}")
-    memory = node_memory(cluster, None)
-    if memory is not None:
-        options.append(f"--mem={memory}")
-    if s.exclusive:
-        options.append("--exclusive")
-    options += ["--export=ALL", "--open-mode=append", f"--output={q(output)}", *site_options(cluster)]
+    options = [f"--job-name={q(name)}", "--nodes=1", "--ntasks=1", *node_options(cluster, None), "--export=ALL",
+               "--open-mode=append", f"--output={q(output)}", *site_options(cluster)]
     lines = [
         "#!/bin/bash",
         f"# data_prep's {kind} job, written by `python -m data_prep --backend slurm` (launcher/prep_slurm.py).",

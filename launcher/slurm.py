@@ -94,6 +94,16 @@ def node_memory(cluster: ClusterConfig, host_memory: int | None) -> str | None:
     return "0" if s.exclusive else None
 
 
+def node_options(cluster: ClusterConfig, host_memory: int | None) -> list[str]:
+    """The sbatch options of what a job takes on each node: CPUs per task, memory (``node_memory``), exclusive."""
+    s = cluster.slurm
+    options = [] if s.cpus_per_task is None else [f"--cpus-per-task={s.cpus_per_task}"]
+    memory = node_memory(cluster, host_memory)
+    if memory is not None:
+        options.append(f"--mem={memory}")
+    return options + (["--exclusive"] if s.exclusive else [])
+
+
 def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: ClusterConfig,
                   env: dict[str, str], host_memory: int | None = None) -> str:
     """``torchrun``: torchrun's arguments for every node but the rendezvous, which the script adds.
@@ -105,15 +115,9 @@ def sbatch_script(*, torchrun: list[str], workdir: Path, run: RunDir, cluster: C
     options = [f"--job-name={q(s.job_name or 'weam-' + run.root.name)}", f"--nodes={nnodes}", "--ntasks-per-node=1"]
     if s.gpus_per_node is not None:
         options.append(f"--gpus-per-node={s.gpus_per_node}")
-    if s.cpus_per_task is not None:
-        options.append(f"--cpus-per-task={s.cpus_per_task}")
-    memory = node_memory(cluster, host_memory)
-    if memory is not None:
-        options.append(f"--mem={memory}")
-    if s.exclusive:
-        options.append("--exclusive")
-    options += ["--requeue", f"--signal=B:USR1@{s.signal_seconds}", "--export=ALL", "--open-mode=append",
-                f"--output={q(log_pattern(logs, 'slurm-%j.out'))}", *site_options(cluster)]
+    options += [*node_options(cluster, host_memory), "--requeue", f"--signal=B:USR1@{s.signal_seconds}",
+                "--export=ALL", "--open-mode=append", f"--output={q(log_pattern(logs, 'slurm-%j.out'))}",
+                *site_options(cluster)]
     port = str(s.rdzv_port) if s.rdzv_port is not None else "$((29500 + SLURM_JOB_ID % 1000))"
     rendezvous = ["--rdzv-backend=c10d", '--rdzv-endpoint="$endpoint"', '--rdzv-id="$SLURM_JOB_ID"']
     lines = [
