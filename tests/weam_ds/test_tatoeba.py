@@ -20,7 +20,7 @@ from weam_ds.xtreme_r.pipeline import Seed
 from weam_ds.xtreme_r.recipe import Recipe
 from weam_ds.xtreme_r.score import score
 from weam_ds.xtreme_r.tasks import TASKS
-from weam_ds.xtreme_r.tatoeba import OFFICIAL_MAX_LENGTH, clip_length, official_layer, run_seed
+from weam_ds.xtreme_r.tatoeba import OFFICIAL_MAX_LENGTH, SQUAD_EPOCHS, clip_length, official_layer, run_seed
 
 # English sentence, its German word-for-word translation.
 PAIRS = [
@@ -129,6 +129,7 @@ def test_the_download_layout_scores_100_in_the_official_direction_and_not_revers
     assert details["max_length"] == POSITIONS - 2
     assert any(d.startswith("maximum length: 64 tokens") for d in outcome.differences)
     assert not any(d.startswith("encoder") for d in outcome.differences)
+    assert SQUAD_EPOCHS in outcome.differences  # run_tatoeba.sh's SQuAD model is a 2-epoch one
     json.dumps(details)  # it goes into result.json
 
 
@@ -145,6 +146,7 @@ def test_a_line_aligned_set_is_labelled_and_scored_in_both_directions(stand_ins,
     encoder_line = next(d for d in outcome.differences if d.startswith("encoder"))
     assert "no SQuAD v1.1 in the download" in encoder_line
     assert any("32 tokens" in d and "recipe" in d for d in outcome.differences)
+    assert SQUAD_EPOCHS not in outcome.differences  # no SQuAD model: its departure does not apply
 
 
 def test_squad_encoder_must_be_a_qa_model(stand_ins, tmp_path):
@@ -208,12 +210,13 @@ def test_load_encoder_takes_the_encoder_of_qa_and_masked_lm_checkpoints(stand_in
 
 @pytest.mark.parametrize("task", ["mewslix", "lareqa"])
 def test_dual_encoders_state_their_pooling_as_a_protocol_difference(stand_ins, task):
-    from weam_ds.xtreme_r.dual_encoder import POOLINGS, DualEncoder, RetrievalTuner
+    from weam_ds.xtreme_r.dual_encoder import DUPLICATES_MASKED, POOLINGS, DualEncoder, RetrievalTuner
     from weam_ds.xtreme_r.recipe import RECIPES, load_recipe
 
     recipe = load_recipe(TASKS[task], RECIPES)
     tokenizer = AutoTokenizer.from_pretrained(str(stand_ins["raw"]))
-    assert RetrievalTuner(stand_ins["raw"], tokenizer, recipe).differences == [POOLINGS[recipe.pooling].difference]
+    assert RetrievalTuner(stand_ins["raw"], tokenizer, recipe).differences == [POOLINGS[recipe.pooling].difference,
+                                                                               DUPLICATES_MASKED]
     assert "pooler output" in POOLINGS[recipe.pooling].difference
     # Each pooling named in the registry is the one the model embeds with.
     enc = tokenizer(["the dog sleeps", "birds sing"], padding=True, return_tensors="pt")

@@ -6,15 +6,20 @@ import json
 import statistics
 
 import pytest
-from xtreme_fixtures import save_tiny_model, write_xtreme
+from transformers import AutoTokenizer, XLMRobertaConfig
+from xtreme_fixtures import save_tiny_model, write_qa, write_xtreme
 
 from data_prep.typed_config import ConfigError
+from weam_ds.presets import PRESETS
+from weam_ds.xtreme_r import qa
 from weam_ds.xtreme_r.__main__ import main
-from weam_ds.xtreme_r.aggregate import aggregate
-from weam_ds.xtreme_r.recipe import RECIPES, Recipe, load_recipe
+from weam_ds.xtreme_r.aggregate import OURS_NOT_OFFICIAL, aggregate
+from weam_ds.xtreme_r.dual_encoder import DUPLICATES_MASKED, RetrievalTuner
+from weam_ds.xtreme_r.recipe import RECIPES, Recipe, for_size, load_recipe, model_size_class
 from weam_ds.xtreme_r.run import run
-from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, TASKS, EverySteps
-from weam_ds.xtreme_r.tuners import batch_split
+from weam_ds.xtreme_r.tag_pieces import reserve_differences
+from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, TASKS, VERSIONS, EverySteps
+from weam_ds.xtreme_r.tuners import batch_split, final_weights_difference
 
 _QA = [("learning_rate", 3e-5, "train_qa.sh LR"), ("epochs", 3, "train_qa.sh NUM_EPOCHS"),
        ("max_length", 384, "train_qa.sh MAXL"), ("doc_stride", 128, "train_qa.sh --doc_stride"),
@@ -27,7 +32,7 @@ _TAGGING = [("learning_rate", 2e-5, "LR"), ("epochs", 10, "NUM_EPOCHS"), ("max_l
 _PAIRS = [("learning_rate", 2e-5, "LR"), ("epochs", 5, "EPOCH"), ("max_length", 128, "MAXL"),
           ("batch_size", 32, "BATCH_SIZE 8 x GRAD_ACC 4"), ("warmup_steps", 0, "run_classify.py default"),
           ("weight_decay", 0.0, "run_classify.py default")]
-OFFICIAL = (
+BASE = (
     [("xnli", f, v, f"train_xnli.sh {s}") for f, v, s in _PAIRS]
     + [("xnli", "selection", EverySteps(100), "train_xnli.sh --save_steps 100 --save_only_best_checkpoint")]
     + [("pawsx", f, v, f"train_pawsx.sh {s}") for f, v, s in _PAIRS]
@@ -58,11 +63,59 @@ OFFICIAL = (
        ("tatoeba", "max_length", 512, "run_tatoeba.sh MAXL"),
        ("tatoeba", "batch_size", 100, "run_tatoeba.sh --batch_size 100")])
 
+# The scripts' branch for xlm-roberta-large and xlm-mlm-100-1280 (train_mewslix.sh, train_lareqa.sh: xlm-roberta-large).
+_BRANCH = "in the xlm-roberta-large / xlm-mlm-100-1280 branch"
+_LARGE_BATCH = [("batch_size", 32, f"BATCH_SIZE=2 x GRAD_ACC=16 {_BRANCH}"),
+                ("device_batch", 2, f"BATCH_SIZE=2 {_BRANCH}")]
+LARGE = (
+    [("xnli", "learning_rate", 3e-5, f"train_xnli.sh LR=3e-5 {_BRANCH}"), ("xnli", "epochs", 5, "train_xnli.sh EPOCH")]
+    + [("xnli", f, v, f"train_xnli.sh {s}") for f, v, s in _LARGE_BATCH]
+    + [("xcopa", "learning_rate", 3e-5, f"train_xcopa.sh LR=3e-5 {_BRANCH}"),
+       ("xcopa", "first_stage", "siqa", "train_xcopa.sh: TASK=siqa, then xcopa, for every model")]
+    + [("xcopa", f, v, f"train_xcopa.sh {s}") for f, v, s in _LARGE_BATCH]
+    + [("pawsx", "learning_rate", 2e-5, "train_pawsx.sh LR=2e-5, which its large branch keeps")]
+    + [("pawsx", f, v, f"train_pawsx.sh {s}") for f, v, s in _LARGE_BATCH]
+    + [(task, "learning_rate", 2e-5, f"train_{task}.sh LR=2e-5, which its large branch keeps")
+       for task in ("udpos", "panx")]
+    + [(task, f, v, f"train_{task}.sh {s}") for task in ("udpos", "panx") for f, v, s in _LARGE_BATCH]
+    + [("mewslix", "learning_rate", 1e-5, "train_mewslix.sh LR=1e-5 (xlm-roberta-large)"),
+       ("mewslix", "batch_size", 32, "train_mewslix.sh PER_GPU_BATCH_SIZE=8 x GRAD_ACC_STEPS=4 (xlm-roberta-large)"),
+       ("mewslix", "device_batch", 8, "train_mewslix.sh PER_GPU_BATCH_SIZE=8: 7 in-batch negatives, not 63"),
+       ("mewslix", "epochs", 2, "train_mewslix.sh NUM_EPOCHS, for every model"),
+       ("lareqa", "learning_rate", 2e-5, "train_lareqa.sh LR, for every model"),
+       ("lareqa", "batch_size", 16, "train_lareqa.sh PER_GPU_BATCH_SIZE 4 x GRAD_ACC_STEPS 4, for every model"),
+       ("lareqa", "device_batch", 4, "train_lareqa.sh PER_GPU_BATCH_SIZE, for every model")]
+    + [(task, f, v, f"{s}: one set for every model") for task in ("xquad", "mlqa", "tydiqa") for f, v, s in _QA])
+OFFICIAL = [(t, "base", k, v, s) for t, k, v, s in BASE] + [(t, "large", k, v, s) for t, k, v, s in LARGE]
+"""(task, size class, recipe key, the script's value, the script line it is read from)."""
 
-@pytest.mark.parametrize("task, key, value, source", OFFICIAL, ids=[f"{t}-{k}" for t, k, _, _ in OFFICIAL])
-def test_shipped_recipes_hold_the_official_values(task, key, value, source):
-    recipe = load_recipe(TASKS[task], RECIPES)
-    assert getattr(recipe, key) == value, f"{task}.yaml {key} is {getattr(recipe, key)!r}; {source}: {value!r}"
+
+@pytest.mark.parametrize("task, size, key, value, source", OFFICIAL,
+                         ids=[f"{t}-{z}-{k}" for t, z, k, _, _ in OFFICIAL])
+def test_shipped_recipes_hold_the_official_values(task, size, key, value, source):
+    recipe = for_size(load_recipe(TASKS[task], RECIPES), size)
+    assert recipe.size_class == size
+    assert getattr(recipe, key) == value, f"{task}.yaml {size} {key} is {getattr(recipe, key)!r}; {source}: {value!r}"
+
+
+def _config_dir(folder, **shape):
+    """A model directory with only its config: what model_size_class reads (the weights are never loaded)."""
+    XLMRobertaConfig(vocab_size=1000, **shape).save_pretrained(str(folder))
+    return folder
+
+
+def test_the_size_class_follows_the_scripts_branch(tmp_path):
+    """The scripts give their large values to xlm-roberta-large and xlm-mlm-100-1280 (16 layers of 1280) and the base
+    ones to xlm-roberta-base and xlm-mlm-tlm-xnli15-1024 (12 layers of 1024); the presets fall on the same sides."""
+    shapes = {"xlm-mlm-tlm-xnli15-1024": ("base", dict(num_hidden_layers=12, hidden_size=1024, intermediate_size=4096,
+                                                       num_attention_heads=8)),
+              "xlm-mlm-100-1280": ("large", dict(num_hidden_layers=16, hidden_size=1280, intermediate_size=5120,
+                                                 num_attention_heads=16))}
+    shapes.update({name: (expected, dict(num_hidden_layers=PRESETS[name].layers, hidden_size=PRESETS[name].hidden,
+                                         intermediate_size=PRESETS[name].ffn, num_attention_heads=PRESETS[name].heads))
+                   for name, expected in (("tiny", "base"), ("base", "base"), ("large", "large"))})
+    for name, (expected, shape) in shapes.items():
+        assert model_size_class(_config_dir(tmp_path / name, **shape)) == expected, name
 
 
 def test_every_fine_tuned_task_states_its_official_selection():
@@ -70,7 +123,7 @@ def test_every_fine_tuned_task_states_its_official_selection():
     for name, task in TASKS.items():
         if task.runnable and task.family != "retrieval":
             assert load_recipe(task, RECIPES).selection == task.selection, name
-            assert (name, "selection", task.selection) in {(t, k, v) for t, k, v, _ in OFFICIAL}
+            assert (name, "selection", task.selection) in {(t, k, v) for t, k, v, _ in BASE}
 
 
 def _recipe(**values) -> Recipe:
@@ -85,6 +138,8 @@ def test_the_effective_batch_is_split_over_devices_and_accumulation():
     assert (one.device_batch, one.accumulation) == (8, 4) and (eight.device_batch, eight.accumulation) == (4, 1)
     negatives = batch_split(_recipe(batch_size=256, device_batch=64), 2)
     assert (negatives.device_batch, negatives.accumulation) == (64, 2)
+    large = batch_split(for_size(load_recipe(TASKS["mewslix"], RECIPES), "large"), 1)
+    assert (large.device_batch, large.accumulation) == (8, 4)  # train_mewslix.sh's xlm-roberta-large: 7 negatives
     with pytest.raises(ConfigError, match="batch_size 30 does not divide over 4 devices"):
         batch_split(_recipe(batch_size=30), 4)
     with pytest.raises(ConfigError, match="batch_size 256 is not 8 devices x device_batch 64"):
@@ -134,13 +189,17 @@ def _xnli(tmp, model, data, name: str, selection: str) -> dict:
 
 def test_selection_follows_the_recipes_rule(tiny):
     tmp, model, data = tiny
-    every2 = _xnli(tmp, model, data, "every2", "{every_steps: 2}")
-    chosen = every2["selection"]
-    assert list(chosen["evaluated"]) == ["2", "4", "6", "8"] and chosen["final_step"] == 8  # every N steps
+    every3 = _xnli(tmp, model, data, "every3", "{every_steps: 3}")
+    chosen = every3["selection"]
+    # Every N steps, and the final weights as a candidate too, as the official --eval_all_checkpoints has them
+    # (a transformers whose Trainer does not evaluate them would list that as a difference).
+    assert list(chosen["evaluated"]) == ["3", "6", "8"] and chosen["final_step"] == 8
+    assert not any(d.startswith("selection: the final weights") for d in every3["protocol"]["differences"])
     best = max(chosen["evaluated"].values())
     assert chosen["kept_step"] == int(next(s for s, v in chosen["evaluated"].items() if v == best))
-    assert every2["scores"]["accuracy"]["en"] == pytest.approx(best)  # the kept weights are the selected ones
-    assert every2["protocol"]["selection"] == "best on English dev, evaluated every 2 steps"
+    assert every3["scores"]["accuracy"]["en"] == pytest.approx(best)  # the kept weights are the selected ones
+    assert every3["protocol"]["selection"] == "best on English dev, evaluated every 3 steps"
+    assert every3["recipe"]["size_class"] == "base"  # the tiny model takes the base values
 
     last = _xnli(tmp, model, data, "last", "last")
     assert last["selection"]["evaluated"] == {} and last["selection"]["kept_step"] == 8
@@ -172,7 +231,8 @@ def test_official_aggregates_when_every_task_of_a_version_is_scored(tmp_path):
     results = aggregate(tmp_path, list(version), [1])
     avg = {name: statistics.fmean(scores[name].values()) for name in version}
     found = results["official_aggregates"]["xtreme-r"]
-    assert found["all_task"] == pytest.approx(statistics.fmean(avg.values())) and "caveats" not in found
+    assert found["all_task"] == pytest.approx(statistics.fmean(avg.values()))
+    assert found["caveats"] == [OURS_NOT_OFFICIAL["lareqa"]]  # evaluate.py cannot score LAReQA: all_task is ours
     for category, members in CATEGORIES["xtreme-r"].items():
         assert found[category] == pytest.approx(statistics.fmean(avg[m] for m in members))
     assert results["mean_of_scored_tasks"] == pytest.approx(statistics.fmean(avg.values()))
@@ -186,3 +246,55 @@ def test_official_aggregates_when_every_task_of_a_version_is_scored(tmp_path):
     assert set(found) == {"tagging", "caveats"}  # xcopa was not run: no classification, no all_task
     assert found["caveats"] == ["panx: the dev split scored (test labels withheld)",
                                 f"udpos: scored on 2 languages, xtreme-r lists {len(LANGUAGES['xtreme-r']['udpos'])}"]
+
+
+def test_the_tasks_are_in_the_official_scorers_order():
+    # evaluate.py: XTREME_TASK2LANGS and XTREME_R_TASK2LANGS, whose key order is the scorer's output order
+    assert VERSIONS["xtreme"] == ["pawsx", "xnli", "panx", "udpos", "bucc2018", "tatoeba", "xquad", "mlqa", "tydiqa"]
+    assert VERSIONS["xtreme-r"] == ["xnli", "panx", "udpos", "tatoeba", "xcopa", "lareqa", "mewslix", "xquad", "mlqa",
+                                    "tydiqa"]
+
+
+def test_every_departure_is_listed_where_it_applies(tiny):
+    """The departures checked against the official code, each in the differences of the runs it applies to."""
+    _, model, _ = tiny
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    lareqa, mewslix = (load_recipe(TASKS[t], RECIPES) for t in ("lareqa", "mewslix"))
+    # LAReQA's candidates: weam-ds's sentence regex on SQuAD, sentence and paragraph joined with a space.
+    assert any("sb_sed.py" in d for d in lareqa.differences)
+    assert any("joined with a space" in d for d in lareqa.differences)
+    # The in-batch duplicates masked, for both dual encoders.
+    for recipe in (lareqa, mewslix):
+        assert DUPLICATES_MASKED in RetrievalTuner(model, tokenizer, recipe).differences
+    # The large branch's --do_lower_case, only for large models.
+    for recipe in (lareqa, mewslix):
+        assert not any("--do_lower_case" in d for d in recipe.differences)
+        assert any("--do_lower_case" in d for d in for_size(recipe, "large").differences)
+    # Tagging pieces: the official preprocessing reserves 3 tokens for XLM-R models, 2 for the others.
+    ours = tokenizer.num_special_tokens_to_add(pair=False)
+    assert ours == 2
+    assert [d for d in reserve_differences(tokenizer, "xlm-roberta") if "max_length - 3" in d]
+    assert reserve_differences(tokenizer, "bert") == []
+    # The final weights: a difference only where the Trainer left them out of the candidates.
+    assert final_weights_difference({"evaluated": {"3": 1.0, "6": 2.0}, "final_step": 8, "kept_step": 6})
+    assert final_weights_difference({"evaluated": {3: 1.0, 6: 2.0, 8: 0.5}, "final_step": 8, "kept_step": 6}) == []
+    assert final_weights_difference({"evaluated": {}, "final_step": 8, "kept_step": 8}) == []  # last weights kept
+
+
+def test_a_reused_squad_model_is_fine_tuned_again_when_its_recipe_changed(tiny):
+    """One English-SQuAD model per seed is shared by XQuAD, MLQA and Tatoeba: reused as long as the recipe it was
+    fine-tuned under is the one asked for, fine-tuned again otherwise (here: the large models' values)."""
+    tmp, model, _ = tiny
+    data, out = write_qa(tmp / "qa-data"), tmp / "squad-run"
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    base = Recipe(learning_rate=1e-3, epochs=1, batch_size=8, max_length=48, doc_stride=16, max_query_length=16,
+                  selection="last")
+    weights = qa.train_squad(model, data, base, 1, out, None, tokenizer) / "model.safetensors"
+    first = weights.stat().st_mtime_ns
+    assert qa.train_squad(model, data, base, 1, out, None, tokenizer).joinpath("model.safetensors").stat() \
+        .st_mtime_ns == first  # the same recipe: kept
+    large = for_size(base, "large")
+    qa.train_squad(model, data, large, 1, out, None, tokenizer)
+    assert weights.stat().st_mtime_ns != first
+    record = json.loads((qa.squad_dir(out, 1) / "selection.json").read_text())
+    assert record["recipe"]["size_class"] == "large" and record["recipe_sha256"] == qa.recipe_hash(large)

@@ -54,6 +54,11 @@ POOLINGS = {
 }
 """The recipe's ``pooling`` choices."""
 
+DUPLICATES_MASKED = ("in-batch negatives: a batch's candidates that are the same item (one entity mentioned twice, "
+                     "one sentence answering two questions) are masked out of each other's negatives; the official "
+                     "loss (third_party/bert.py: cross-entropy over every candidate of the batch) counts them")
+"""``DualEncoder.forward``'s ``a_key`` mask, a departure result.json lists."""
+
 
 class DualEncoder(torch.nn.Module):
     def __init__(self, encoder, pooling: str = "cls", scale: float = 100.0):
@@ -112,7 +117,7 @@ class RetrievalTuner:
         self.model_dir, self.tokenizer, self.recipe = model_dir, tokenizer, recipe
         self.query_length = recipe.query_length or recipe.max_length
         self.split = batch_split(recipe, device_count())
-        self.differences = [POOLINGS[recipe.pooling].difference]
+        self.differences = [POOLINGS[recipe.pooling].difference, DUPLICATES_MASKED]
         """Where this tuner departs from the official protocol, for result.json."""
 
     def fit(self, train: RetrievalSet, dev: RetrievalSet, checkpoints: Path, seed: int, deepspeed: str | None) -> None:

@@ -8,8 +8,11 @@ do (``train_qa.sh`` trains it once, ``predict_qa.sh`` predicts both): ``train_sq
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from weam_ds.xtreme_r import metrics
@@ -112,13 +115,26 @@ def squad_dir(out: Path, seed: int) -> Path:
     return out / "squad" / f"seed{seed}"
 
 
+def recipe_hash(recipe: Recipe) -> str:
+    """What a reused SQuAD model is checked against: the sha256 of the recipe's values (its size class's)."""
+    values = {k: v for k, v in asdict(recipe).items() if k != "differences"}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def train_squad(model_dir: Path, data: Path, recipe: Recipe, seed: int, out: Path, deepspeed: str | None,
                 tokenizer) -> Path:
     """The seed's English-SQuAD QA model, fine-tuned once and reused (``selection.json``, written after the
-    weights, marks it complete). Returns its ``from_pretrained`` folder."""
+    weights with the recipe's hash, marks it complete); one fine-tuned under another recipe (or before the hash
+    was recorded) is fine-tuned again. Returns its ``from_pretrained`` folder."""
     folder = squad_dir(out, seed)
-    if (folder / "selection.json").is_file():
-        return folder / "model"
+    done = folder / "selection.json"
+    if done.is_file():
+        if json.loads(done.read_text(encoding="utf-8")).get("recipe_sha256") == recipe_hash(recipe):
+            return folder / "model"
+        log.warning("English SQuAD seed %d: %s was fine-tuned under another recipe: fine-tuning it again", seed,
+                    folder / "model")
+        done.unlink()  # first: a run cut off from here on finds no finished model
+        shutil.rmtree(folder)
     train, dev = english_sets(data, TASKS["xquad"])
     log.info("English SQuAD seed %d: fine-tuning on %d questions (the model of %s and Tatoeba)", seed, len(train),
              " and ".join(SQUAD_TRAINED))
@@ -126,7 +142,7 @@ def train_squad(model_dir: Path, data: Path, recipe: Recipe, seed: int, out: Pat
     record = tuner.fit(dev, folder / "checkpoints", seed, deepspeed)
     tuner.save_selected(folder / "model")
     tuner.release()
-    write_json(folder / "selection.json", {"selection": record})
+    write_json(done, {"selection": record, "recipe": asdict(recipe), "recipe_sha256": recipe_hash(recipe)})
     return folder / "model"
 
 

@@ -1,5 +1,11 @@
 """A task's fine-tuning recipe (``recipes/<task>.yaml``): the official protocol's values, the same for every
-model evaluated, so that differences come from the models.
+model of a size class, so that differences come from the models.
+
+Size classes: the official scripts branch on the model (``train_xnli.sh``: xlm-roberta-large and xlm-mlm-100-1280
+get lr 3e-5 and batch 2 x 16, every other model lr 2e-5 and 8 x 4). A recipe's top-level values are the base
+ones; its ``large`` block holds what the scripts change for large models. ``model_size_class`` decides, in one
+place, which class a model is in; ``for_size`` gives the recipe's values for that class, and result.json's
+``recipe.size_class`` says which applied.
 
 ``batch_size`` is the effective batch (examples per optimizer step over every device and accumulation step),
 as the official scripts' per-GPU batch times gradient accumulation on their one GPU; ``tuners.batch_split``
@@ -9,8 +15,9 @@ or weam-ds departs from the official scripts; each run's ``result.json`` repeats
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from data_prep.typed_config import ConfigError, load_yaml
 from weam_ds.xtreme_r.tasks import EverySteps, Task
@@ -20,6 +27,25 @@ RECIPES = Path(__file__).with_name("recipes")
 
 FIRST_STAGES = {"xcopa": ("siqa",)}
 """The first stages a task's recipe may name."""
+
+SizeClass = Literal["base", "large"]
+SIZE_CLASSES: tuple[SizeClass, ...] = ("base", "large")
+LARGE_NON_EMBEDDING = 200_000_000
+"""Non-embedding parameters from which a model is ``large``. The scripts' large branch is xlm-roberta-large (24
+layers of 1024: about 300M) and xlm-mlm-100-1280 (16 of 1280: about 315M); they give the base values to mBERT and
+xlm-roberta-base (about 85M) and to xlm-mlm-tlm-xnli15-1024 (12 of 1024: about 150M). Of the presets, tiny, mini
+and base are base; large, xl and xxl are large. Embeddings are left out: they grow with the vocabulary, not with
+what the scripts' branch is about (depth and width, hence memory and the learning rate that trains stably)."""
+
+
+@dataclass
+class SizeValues:
+    """What the official script changes for a size class; an absent key keeps the recipe's (base) value."""
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    device_batch: int | None = None
+    differences: list[str] = field(default_factory=list)
+    """Departures from the script's branch for this class, beside the recipe's own."""
 
 
 @dataclass
@@ -55,11 +81,35 @@ class Recipe:
     or null for COPA alone."""
     differences: list[str] = field(default_factory=list)
     """Where this recipe, or weam-ds for this task, departs from the official protocol, in words."""
+    large: SizeValues | None = None
+    """The script's values for large models where they differ from the base ones (``LARGE_NON_EMBEDDING``);
+    absent: the script has one set of values for every model."""
+    size_class: SizeClass = "base"
+    """The size class whose values the recipe holds: set by ``for_size`` from the model, not by the file."""
+
+
+def model_size_class(model_dir: Path) -> SizeClass:
+    """The size class of the model in ``model_dir`` (the one place that decides it): ``large`` from
+    ``LARGE_NON_EMBEDDING`` non-embedding parameters, counted on the meta device (no weights read)."""
+    from weam_ds.presets import build_model, count_parameters  # torch and transformers: only to count a model
+
+    non_embedding = count_parameters(build_model(model_dir, 0, meta=True))["non_embedding"]
+    return "large" if non_embedding >= LARGE_NON_EMBEDDING else "base"
+
+
+def for_size(recipe: Recipe, size: SizeClass) -> Recipe:
+    """The recipe's values for a model of size class ``size``: its own, or those its ``large`` block changes."""
+    values = recipe.large if size == "large" else None
+    if values is None:
+        return replace(recipe, size_class=size)
+    changed = {key: getattr(values, key) for key in ("learning_rate", "batch_size", "device_batch")
+               if getattr(values, key) is not None}
+    return replace(recipe, **changed, size_class=size, differences=recipe.differences + values.differences)
 
 
 def load_recipe(task: Task, recipes: Path) -> Recipe:
-    """The task's recipe from ``recipes``, checked, with its selection rule resolved (the official one when
-    the file gives none)."""
+    """The task's recipe from ``recipes`` (its base values; ``for_size`` gives another class's), checked, with
+    its selection rule resolved (the official one when the file gives none)."""
     path = recipes / f"{task.name}.yaml"
     recipe = load_yaml(Recipe, path)
     from weam_ds.xtreme_r.dual_encoder import POOLINGS  # here: dual_encoder imports the tuners, which import this
@@ -69,12 +119,16 @@ def load_recipe(task: Task, recipes: Path) -> Recipe:
     if recipe.first_stage is not None and recipe.first_stage not in FIRST_STAGES.get(task.name, ()):
         allowed = " or ".join(FIRST_STAGES.get(task.name, ()) + ("null",))
         raise ConfigError(f"{path}: first_stage {recipe.first_stage!r} (expected {allowed})")
+    if recipe.size_class != "base":
+        raise ConfigError(f"{path}: size_class {recipe.size_class!r} is the model's to set, not the file's "
+                          f"(the large models' values go under large:)")
     if isinstance(recipe.selection, str) and recipe.selection != "last":
         raise ConfigError(f"{path}: selection {recipe.selection!r} (expected last or {{every_steps: N}})")
-    for key in ("batch_size", "device_batch", "max_length"):
-        value = getattr(recipe, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{path}: {key} {value} (expected at least 1)")
+    for prefix, values in (("", recipe), ("large.", recipe.large)):
+        for key in ("batch_size", "device_batch", "max_length"):
+            value = getattr(values, key, None)
+            if value is not None and value < 1:
+                raise ConfigError(f"{path}: {prefix}{key} {value} (expected at least 1)")
     if recipe.selection is None:
         recipe.selection = task.selection
     return recipe

@@ -17,6 +17,10 @@ weam-ds follows that greedy rule, with two deliberate differences:
 """
 from __future__ import annotations
 
+OFFICIAL_XLMR_TYPES = frozenset({"xlm-roberta", "xlm-roberta-xl"})
+"""Model types the official preprocessing tokenizes with ``XLMRobertaTokenizer``, for which it reserves 3 tokens
+(``special_tokens_count = 3 if isinstance(tokenizer, XLMRobertaTokenizer) else 2``); 2 for every other."""
+
 
 def split_sentences(tokenizer, sentences: list[list[str]], max_length: int) -> tuple[list[list[str]], list[int]]:
     """Cut each sentence (a list of words) into consecutive pieces whose subwords, with the special tokens
@@ -63,3 +67,13 @@ def _subword_counts(tokenizer, sentences: list[list[str]]) -> list[list[int]]:
                 if word is not None:
                     counts[i][word] += 1
     return counts
+
+
+def reserve_differences(tokenizer, model_type: str) -> list[str]:
+    """The reserve as a protocol difference for result.json, where it is not the official one for ``model_type``."""
+    ours, official = tokenizer.num_special_tokens_to_add(pair=False), 3 if model_type in OFFICIAL_XLMR_TYPES else 2
+    if ours == official:
+        return []
+    return [f"tagging pieces: cut at max_length - {ours} subwords (the special tokens weam-ds adds to one sentence); "
+            f"the official preprocessing (utils_preprocess.py) cuts at max_length - {official} for a {model_type} "
+            f"model"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from weam_ds.batch import IGNORE
 from weam_ds.xtreme_r import metrics
 from weam_ds.xtreme_r.pipeline import Outcome, Seed, fine_tune_split_files
-from weam_ds.xtreme_r.tag_pieces import join_pieces, split_sentences
+from weam_ds.xtreme_r.tag_pieces import join_pieces, reserve_differences, split_sentences
 from weam_ds.xtreme_r.tuners import Encoded, Tuner
 
 
@@ -81,5 +81,10 @@ class Tagger(Tuner):
 
 
 def run_seed(seed: Seed, tokenizer) -> Outcome:
-    return fine_tune_split_files(seed, tokenizer, Tagger,
-                                 lambda examples: [line for e in examples for line in e.tags + [""]], "sentences")
+    from transformers import AutoConfig
+
+    outcome = fine_tune_split_files(seed, tokenizer, Tagger,
+                                    lambda examples: [line for e in examples for line in e.tags + [""]], "sentences")
+    model_type = AutoConfig.from_pretrained(str(seed.model_dir), local_files_only=True).model_type
+    outcome.differences += reserve_differences(tokenizer, model_type)
+    return outcome

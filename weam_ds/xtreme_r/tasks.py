@@ -138,9 +138,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
 
 VERSIONS: dict[str, list[str]] = {
     "xtreme": ["pawsx", "xnli", "panx", "udpos", "bucc2018", "tatoeba", "xquad", "mlqa", "tydiqa"],
-    "xtreme-r": ["xnli", "xcopa", "udpos", "panx", "xquad", "mlqa", "tydiqa", "tatoeba", "mewslix", "lareqa"],
+    "xtreme-r": ["xnli", "panx", "udpos", "tatoeba", "xcopa", "lareqa", "mewslix", "xquad", "mlqa", "tydiqa"],
 }
-"""Each version's tasks in the official scorer's output order."""
+"""Each version's tasks in the official scorer's order (evaluate.py's XTREME_TASK2LANGS, XTREME_R_TASK2LANGS)."""
 
 LANGUAGES: dict[str, dict[str, list[str]]] = {
     version: {name: TASKS[name].languages[version] for name in names} for version, names in VERSIONS.items()}

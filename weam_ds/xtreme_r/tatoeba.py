@@ -163,6 +163,11 @@ class _Embedder:
         return {OFFICIAL_DIRECTION: retrieve(e, f), EXTRA_DIRECTION: retrieve(f, e)}
 
 
+SQUAD_EPOCHS = ("English-SQuAD model: the one XQuAD and MLQA use (train_qa.sh's recipe: 3 epochs, batch 4 x 8); "
+                "run_tatoeba.sh embeds with a 2-epoch model (its MODEL: ..._LR3e-5_EPOCH2.0_maxlen384_batchsize2_"
+                "gradacc16), which no official script trains")
+"""The departure of every Tatoeba run that embeds with the run's English-SQuAD model."""
+
 ENCODERS = {
     "squad": "the English-SQuAD v1.1 fine-tuned model, as XTREME-R's run_tatoeba.sh",
     "raw": "the raw pre-trained model",
@@ -190,7 +195,7 @@ def run_seed(seed: Seed, tokenizer, why_raw: str | None = None) -> Outcome:
             raise ScoreError(f"{tatoeba_files(data, lang)[0]}: {len(foreign)} lines but its English side has "
                              f"{len(english)}")
     if seed.squad_model is not None:
-        encoder, encoder_dir, differences = "squad", seed.squad_model, []
+        encoder, encoder_dir, differences = "squad", seed.squad_model, [SQUAD_EPOCHS]
         _require_qa_model(encoder_dir)
     else:
         encoder, encoder_dir = "raw", seed.model_dir

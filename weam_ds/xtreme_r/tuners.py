@@ -163,9 +163,22 @@ class Tuner:
             torch.cuda.empty_cache()
 
 
-def protocol_record(recipe: Recipe, split: BatchSplit | None, script: str | None, differences: list[str]) -> dict:
+def final_weights_difference(selection: dict | None) -> list[str]:
+    """The official scripts' ``--eval_all_checkpoints`` scores the final weights on English dev beside the
+    ``--save_steps`` checkpoints. The Trainer makes the final step a candidate only in transformers versions that
+    evaluate at the end of training (the installed one does): a selection record whose candidates miss it says so.
+    Steps are compared as text: a record read back from JSON has them as keys."""
+    if not selection or not selection["evaluated"] or str(selection["final_step"]) in map(str, selection["evaluated"]):
+        return []
+    return [f"selection: the final weights (step {selection['final_step']}) were not a candidate: this transformers "
+            f"version's Trainer evaluates only every --save_steps, the official scripts' --eval_all_checkpoints "
+            f"scores the final weights too"]
+
+
+def protocol_record(recipe: Recipe, split: BatchSplit | None, script: str | None, differences: list[str],
+                    selection: dict | None = None) -> dict:
     """result.json's ``protocol`` block: the official script the values follow, the batch as run, and every
-    difference from the official protocol (the recipe's and the run's)."""
+    difference from the official protocol (the recipe's, the run's, and the ``selection`` record's)."""
     return {"official_script": script and f"google-research/xtreme scripts/{script}",
             "selection": selection_text(recipe.selection), "batch": split and asdict(split),
-            "differences": list(recipe.differences) + differences}
+            "differences": list(recipe.differences) + differences + final_weights_difference(selection)}
