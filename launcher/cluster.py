@@ -14,6 +14,7 @@ from typing import Any
 
 from data_prep.typed_config import ConfigError, from_dict, read_yaml
 from launcher.hostfile import HOST_NAME, read_hostfile
+from weam_ds.monitor import PEAK_TFLOPS
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENDPOINT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:]+)):(?P<port>\d{1,5})")
@@ -117,6 +118,9 @@ class ClusterConfig:
     """CPU memory per node ("1TB"), for the memory planner."""
     nvme: str | None = None
     """NVMe space per node for ZeRO offload ("3.5TB"), for the memory planner."""
+    gpu: str | None = None
+    """The GPU model (one of weam_ds.monitor.PEAK_TFLOPS: H100, A100 ...), for the study plan's GPU-hours at
+    its peak FLOP/s."""
 
     def __post_init__(self):
         from launcher.backends import BACKENDS  # the registry imports this module
@@ -138,6 +142,8 @@ class ClusterConfig:
         self.env = {key: str(value) for key, value in self.env.items()}
         if self.rdzv_endpoint is not None:
             parse_endpoint(self.rdzv_endpoint)
+        if self.gpu is not None and self.gpu not in PEAK_TFLOPS:
+            raise ConfigError(f"gpu: {self.gpu!r} is not one of {', '.join(PEAK_TFLOPS)} (their peak FLOP/s are known)")
         if self.local_addr is not None and not _is_host(self.local_addr):
             raise ConfigError(f"local_addr: {self.local_addr!r} is not a host name or an address")
         self._check_backend_settings()

@@ -59,6 +59,7 @@ from transformers import PreTrainedModel
 
 from data_prep.manifest import ManifestError, read_manifest
 from data_prep.typed_config import ConfigError
+from launcher.cluster import ClusterConfig, LaunchShape
 from weam_ds.config import DeepSpeedSection, RunConfig, deepspeed_config, training_precision
 from weam_ds.objective import PretrainingObjective
 from weam_ds.presets import build_model
@@ -490,6 +491,22 @@ def plan(cfg: RunConfig, nnodes: int, gpus_per_node: int, gpu_mem: int, cpu_mem:
         result.suggestions = _suggestions(cfg, shape, nnodes, gpus_per_node, capacity, device)
     return result
 
+
+def plan_launch(cfg: RunConfig, cluster: ClusterConfig, shape: LaunchShape) -> Plan | None:
+    """The memory plan of launching ``cfg`` on ``cluster`` in ``shape``, against the cluster's ``gpu_mem``,
+    ``cpu_mem`` and ``nvme`` (ConfigError naming the key that is no size); for a local run without ``gpu_mem``
+    this machine's GPU. None where no GPU memory is known (CPU processes, or a cluster without ``gpu_mem``)."""
+    sizes = {}
+    for key in ("gpu_mem", "cpu_mem", "nvme"):
+        try:
+            sizes[key] = None if getattr(cluster, key) is None else parse_size(getattr(cluster, key))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    if sizes["gpu_mem"] is None and cluster.backend == "local" and torch.cuda.is_available():
+        sizes["gpu_mem"] = torch.cuda.get_device_properties(0).total_memory
+    if sizes["gpu_mem"] is None:
+        return None
+    return plan(cfg, shape.nodes, shape.processes_per_node, sizes["gpu_mem"], sizes["cpu_mem"], sizes["nvme"])
 
 def _setup(cfg: RunConfig, shape: ModelShape, world: int, device: str) -> _Setup:
     ds = deepspeed_config(cfg, world_size=world, hidden_size=shape.config.hidden_size, cpu=device == "cpu")

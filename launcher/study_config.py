@@ -273,6 +273,13 @@ def _apply_budget(budget: BudgetConfig, config: dict, cfg: RunConfig, pairs: lis
     if budget.rule == "steps":
         config.setdefault("train", {})["steps"] = budget.steps or cfg.train.steps
         return
+    languages = len({side for p in pairs for side in p.split("-") if side != "en"}) or 1
+    steps = math.ceil(budget.tokens_per_language * languages / tokens_per_step(cfg, pairs, launch))
+    config.setdefault("train", {})["steps"] = max(1, steps)
+
+
+def train_tokens(cfg: RunConfig, pairs: list[str]) -> tuple[int, int]:
+    """The real tokens (both sides) and the pairs of ``pairs``' train data in the run's datasets' manifests."""
     pair_tokens, samples = 0, 0
     for dataset in cfg.data.datasets:
         for key, entry in read_manifest(dataset)["pairs"].items():
@@ -280,12 +287,15 @@ def _apply_budget(budget: BudgetConfig, config: dict, cfg: RunConfig, pairs: lis
                 train = entry["splits"]["train"]
                 pair_tokens += train["src_tokens"] + train["tgt_tokens"]
                 samples += train["samples"]
-    ranks = launch.shape().world_size
+    return pair_tokens, samples
+
+
+def tokens_per_step(cfg: RunConfig, pairs: list[str], launch: ClusterConfig) -> float:
+    """Real tokens one optimizer step trains on over every rank: pairs per step × the mean tokens of its pairs'
+    train data, or with a budget of encoded positions that budget (bucketed batches are nearly all real tokens)."""
     if cfg.data.batch_size is not None:
+        pair_tokens, samples = train_tokens(cfg, pairs)
         tokens_per_batch = cfg.data.batch_size * pair_tokens / max(samples, 1)
-    else:  # a budget of encoded positions: bucketed batches are nearly all real tokens
+    else:
         tokens_per_batch = cfg.data.batch_tokens
-    languages = len({side for p in pairs for side in p.split("-") if side != "en"}) or 1
-    steps = math.ceil(budget.tokens_per_language * languages
-                      / (tokens_per_batch * cfg.train.gradient_accumulation * ranks))
-    config.setdefault("train", {})["steps"] = max(1, steps)
+    return tokens_per_batch * cfg.train.gradient_accumulation * launch.shape().world_size
