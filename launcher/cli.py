@@ -10,10 +10,11 @@ from pathlib import Path
 from data_prep.typed_config import ConfigError
 from launcher import __version__
 from launcher.backends import BACKENDS, Request
-from launcher.cluster import ClusterConfig, LaunchShape, load_cluster
+from launcher.cluster import load_cluster
 from launcher.hostfile import HostfileError, read_hostfile
 from launcher.launch import execute
-from weam_ds.config import RunConfig, load_run_config
+from weam_ds.config import load_run_config
+from weam_ds.monitor import PEAK_TFLOPS
 from weam_ds.registry import RegistryError
 from weam_ds.run_dir import RunDir
 
@@ -68,30 +69,9 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _check_fits(cfg: RunConfig, cluster: ClusterConfig, shape: LaunchShape):
-    """The memory planner's plan of this launch (launcher.planner), or None where no GPU memory is known: a
-    cluster's ``gpu_mem`` (or ``--gpu-mem``), else this machine's GPU for a local run."""
-    import torch
-
-    from launcher.planner import parse_size, plan
-
-    sizes = {}
-    for key in ("gpu_mem", "cpu_mem", "nvme"):
-        try:
-            sizes[key] = None if getattr(cluster, key) is None else parse_size(getattr(cluster, key))
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    if sizes["gpu_mem"] is None and cluster.backend == "local":
-        if not torch.cuda.is_available():
-            return None  # CPU processes: nothing to plan against
-        sizes["gpu_mem"] = torch.cuda.get_device_properties(0).total_memory
-    if sizes["gpu_mem"] is None:
-        print("launcher: memory not planned (give gpu_mem in the cluster file, or --gpu-mem)")
-        return None
-    return plan(cfg, shape.nodes, shape.processes_per_node, sizes["gpu_mem"], sizes["cpu_mem"], sizes["nvme"])
-
-
 def _run(args) -> int:
+    from launcher.planner import plan_launch
+
     flags = {name: getattr(args, name) for name in _CLUSTER_FLAGS if getattr(args, name) is not None}
     if args.env:
         flags["env"] = dict(args.env)
@@ -102,7 +82,9 @@ def _run(args) -> int:
     shape = cluster.shape()  # with deepspeed, the hostfile is read and checked here
     # An NVMe mount is a node's: the training checks it on every node when the processes start elsewhere.
     cfg = load_run_config(args.config, nvme_here=cluster.runs_here)
-    fit = _check_fits(cfg, cluster, shape)
+    fit = plan_launch(cfg, cluster, shape)
+    if fit is None and cluster.backend != "local":
+        print("launcher: memory not planned (give gpu_mem in the cluster file, or --gpu-mem)")
     if fit is not None and not fit.fits:
         print(fit.report(), file=sys.stderr)
         print("launcher: error: the run does not fit (plan above); nothing launched", file=sys.stderr)
@@ -152,6 +134,11 @@ def _study(args) -> int:
         from launcher.study_slurm import step
 
         return step(Path(args.study_file), args.cell)
+    if args.study_command == "plan":
+        from launcher import study_plan
+
+        mfu = study_plan.MFU if args.mfu is None else args.mfu
+        return study_plan.main(Path(args.study_file), mfu, args.gpu, args.peak_tflops)
     return study.run(Path(args.study_file), retry_failed=args.retry_failed, dry_run=args.dry_run)
 
 
@@ -166,6 +153,16 @@ def _study_parser(commands) -> None:
                                                             "commands; submit nothing")
     status = steps.add_parser("status", help="every cell's state, step, cost and headline score")
     status.add_argument("study_file", help="study.yaml")
+    plan = steps.add_parser("plan", help="what the study will cost, running nothing: per cell steps, tokens, "
+                                         "training FLOPs and GPU-hours, the memory planner's verdict, and the "
+                                         "evaluation's fine-tuning FLOPs and GPU-hours (exit 1 when a cell is "
+                                         "refused)")
+    plan.add_argument("study_file", help="study.yaml")
+    plan.add_argument("--mfu", type=float, help="the model FLOPs utilisation the GPU-hours assume, as a share "
+                                                "(default 0.4)")
+    plan.add_argument("--gpu", choices=list(PEAK_TFLOPS), help="the GPU model, for its peak FLOP/s (default: "
+                                                               "the study's launch.gpu)")
+    plan.add_argument("--peak-tflops", type=float, help="dense peak TFLOP/s per GPU, for a GPU not listed")
     step = steps.add_parser("step", help="slurm: one cell's export and evaluation, inside the job that `study run` "
                                          "submits after its training; leaves results.json or error.json")
     step.add_argument("study_file", help="study.yaml")

@@ -42,6 +42,7 @@ from launcher.backends import BACKENDS, Request
 from launcher.cluster import ClusterConfig
 from launcher.launch import STOPPED_CODES, execute
 from launcher.study_config import CellPlan, StudyConfig, expand, load_study, study_sha256
+from launcher.study_plan import cost_plan
 from weam_ds.config import load_run_config
 from weam_ds.registry import REGISTRY_FILE, Cell, Registry, config_sha256, training_totals
 from weam_ds.run_dir import RunDir
@@ -120,6 +121,7 @@ def run(path: Path, retry_failed: bool = False, dry_run: bool = False) -> int:
                           "backend runs each cell here")
     with exclusive(Path(study.study_dir)):
         plans = expand(study, str(path))
+        print(cost_plan(study, plans).total_line())
         if slurm:
             from launcher import study_slurm
 
