@@ -24,7 +24,8 @@ Evaluation. Per fine-tuning seed, each XTREME-R task fine-tunes on its official 
 
 tokens per example: S, one sequence per choice for multiple choice (S × choices), query plus candidate for dual
 encoders. XQuAD and MLQA share one English-SQuAD model per seed (counted once); Tatoeba fine-tunes nothing; the
-predictions (forward passes over the test sets) are not counted.
+predictions (forward passes over the test sets) are not counted. A recipe's large-model values change the learning
+rate and the batch, not these counts.
 
 GPU-hours = C / (MFU × peak FLOP/s per GPU) / 3600, at an assumed MFU (``--mfu``, default 40%) and the dense bf16
 peak of the cluster's GPU (``launch.gpu`` or ``--gpu``: weam_ds.monitor.PEAK_TFLOPS; ``--peak-tflops`` for
