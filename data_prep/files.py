@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from pathlib import Path
 
 NEARLY_FULL_BYTES = 16 << 20
@@ -14,7 +15,9 @@ _CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quot
 
 def write_atomically(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` (UTF-8), through a synced temporary file beside it."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    # The writer's own temporary file: processes on several hosts may write the same file at once (the jobs of a
+    # study's evaluation each write a task's labels), and one must never rename another's half-written file.
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()

@@ -133,7 +133,7 @@ def _study(args) -> int:
     if args.study_command == "step":
         from launcher.study_slurm import step
 
-        return step(Path(args.study_file), args.cell)
+        return step(Path(args.study_file), args.cell, args.unit)
     if args.study_command == "plan":
         from launcher import study_plan
 
@@ -163,10 +163,11 @@ def _study_parser(commands) -> None:
     plan.add_argument("--gpu", choices=list(PEAK_TFLOPS), help="the GPU model, for its peak FLOP/s (default: "
                                                                "the study's launch.gpu)")
     plan.add_argument("--peak-tflops", type=float, help="dense peak TFLOP/s per GPU, for a GPU not listed")
-    step = steps.add_parser("step", help="slurm: one cell's export and evaluation, inside the job that `study run` "
-                                         "submits after its training; leaves results.json or error.json")
+    step = steps.add_parser("step", help="one unit of a cell's evaluation (export, squad-seed<k>, <task>-seed<k>), "
+                                         "inside the job that `study run` submits for it; leaves units/<unit>.json")
     step.add_argument("study_file", help="study.yaml")
     step.add_argument("--cell", required=True, help="the cell's name (its directory under cells/)")
+    step.add_argument("--unit", required=True, help="the evaluation unit (launcher.study.evaluation_units)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,12 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import platform
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +55,10 @@ log = logging.getLogger(__name__)
 TRAINED = ("trained", "exported", "evaluated")
 TATOEBA_SEED = 0
 """The evaluation seed Tatoeba-style retrieval is registered under: it fine-tunes nothing."""
+EXPORT = "export"
+"""The evaluation unit that every other waits for (``evaluation_units``)."""
+UNITS = "units"
+"""The folder of a cell's directory where each evaluation unit leaves its record and its job's console."""
 
 
 class CellFailed(RuntimeError):
@@ -153,7 +160,7 @@ def _run_here(path: Path, study: StudyConfig, plans: list[CellPlan], retry_faile
                  f", {len(skipped)} failed before (--retry-failed runs them)" if skipped else "")
         for plan in tqdm(todo, desc=f"study {study.name}", unit="cell", disable=None):
             try:
-                _run_cell(study, plan, registry, states[plan.name])
+                _run_cell(path, study, plan, registry, states[plan.name])
             except (StudyInterrupted, KeyboardInterrupt) as exc:
                 raise StudyInterrupted(f"study {study.name} interrupted in cell {plan.name}") from exc
             except CellFailed as exc:
@@ -162,7 +169,7 @@ def _run_here(path: Path, study: StudyConfig, plans: list[CellPlan], retry_faile
         return [c.name for c in registry.cells() if c.state == "failed"]
 
 
-def _run_cell(study: StudyConfig, plan: CellPlan, registry: Registry, state: str) -> None:
+def _run_cell(path: Path, study: StudyConfig, plan: CellPlan, registry: Registry, state: str) -> None:
     if state not in TRAINED:
         registry.set_state(plan.name, "running")
         try:
@@ -175,9 +182,78 @@ def _run_cell(study: StudyConfig, plan: CellPlan, registry: Registry, state: str
         if state != "exported":
             export_cell(plan)
             registry.set_state(plan.name, "exported")
-        for record in score_records(study, plan):
+        gpus = _gpus()
+        records = (_fan_out(path, study, plan, gpus) if len(gpus) > 1 and study.evaluation.xtreme_r is not None
+                   else score_records(study, plan))
+        for record in records:
             registry.put_scores(plan.name, **record)
     registry.set_state(plan.name, "evaluated")
+
+
+def _gpus() -> list[str]:
+    """The GPUs this runner may give evaluation units, as CUDA_VISIBLE_DEVICES names them."""
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",")[:count] if visible else [str(i) for i in range(count)]
+
+
+def _fan_out(path: Path, study: StudyConfig, plan: CellPlan, gpus: list[str]) -> Iterator[dict]:
+    """``score_records`` with the XTREME-R units in parallel, one per GPU: each a ``study step`` process (as
+    under SLURM) that sees only its GPU and leaves its record in the cell's units/; the retrieval on the
+    datasets here. CellFailed names every unit that failed, after the others have finished."""
+    if study.evaluation.tatoeba is not None:
+        yield from _tatoeba(study.evaluation.tatoeba, plan)
+    _claim_xtreme_out(plan)
+    units = {name: tuple(n for n in needs if n != EXPORT)  # exported above
+             for name, needs in evaluation_units(study).items() if name != EXPORT}
+    for name in units:
+        unit_file(plan.directory, name).unlink(missing_ok=True)
+    processes: dict[str, subprocess.Popen] = {}
+    running: dict[str, str] = {}  # unit: its GPU
+    done: set[str] = set()
+    with open(plan.directory / "study.log", "a", encoding="utf-8") as console:
+        try:
+            while True:
+                free = [gpu for gpu in gpus if gpu not in running.values()]
+                for name, gpu in start_units(units, set(processes), done, free):
+                    command = [sys.executable, "-m", "launcher", "study", "step", str(path.resolve()), "--cell",
+                               plan.name, "--unit", name]
+                    processes[name] = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT,
+                                                       env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
+                    running[name] = gpu
+                    log.info("cell %s: unit %s on GPU %s", plan.name, name, gpu)
+                if not running:
+                    break
+                time.sleep(1)
+                for name in [n for n in running if processes[n].poll() is not None]:
+                    del running[name]
+                    if processes[name].returncode == 0:
+                        done.add(name)
+        finally:  # a runner stopped mid-cell leaves no unit running (its seed is redone from the start)
+            for name in running:
+                processes[name].terminate()
+                processes[name].wait()
+    yield from _scores_left(plan, units, processes)
+
+
+def _scores_left(plan: CellPlan, units: dict, processes: dict[str, subprocess.Popen]) -> list[dict]:
+    """The scores the units left in their records; CellFailed naming each unit that left none."""
+    sha, scores, failed = config_sha256(plan.run), [], []
+    for name in units:
+        record = read_record(unit_file(plan.directory, name), sha, ("scores", "error"))
+        if record is not None and record["error"] is None:
+            scores += record["scores"]
+        elif record is not None:
+            failed.append(f"{name}: {record['error']}")
+        else:
+            failed.append(f"{name}: exited with status {processes[name].returncode}" if name in processes
+                          else f"{name}: not started (a unit it waits for failed)")
+    if failed:
+        raise CellFailed(f"evaluation units failed: {'; '.join(failed)} (their console: "
+                         f"{plan.directory / 'study.log'})")
+    return scores
 
 
 @contextlib.contextmanager
@@ -228,6 +304,68 @@ def export_cell(plan: CellPlan) -> None:
         raise CellFailed(f"export: {exc}") from None
 
 
+def evaluation_units(study: StudyConfig) -> dict[str, tuple[str, ...]]:
+    """The cell's evaluation as units, each with the units it waits for, in an order that puts each after
+    them: ``export`` (the export, and the Tatoeba-style retrieval on the datasets, which fine-tunes nothing),
+    then weam_ds.xtreme_r's units (per seed the English-SQuAD model its QA tasks share, then each task and
+    seed). Together they compute what ``score_records`` does, with the same seeds into the same files."""
+    units = {EXPORT: ()}
+    if study.evaluation.xtreme_r is not None:
+        run = _xtreme_plan(study.evaluation.xtreme_r)
+        for unit in run.units:
+            units[unit.name] = (EXPORT, *(needed.name for needed in run.needs(unit)))
+    return units
+
+
+def unit_scores(study: StudyConfig, plan: CellPlan, unit: str) -> list[dict]:
+    """Runs one of the cell's ``evaluation_units``; its scores as ``score_records`` gives them."""
+    from weam_ds.xtreme_r.run import SQUAD, run_units
+
+    try:
+        if unit == EXPORT:
+            export_cell(plan)
+            if study.evaluation.xtreme_r is not None:
+                _claim_xtreme_out(plan)
+            return list(_tatoeba(study.evaluation.tatoeba, plan)) if study.evaluation.tatoeba is not None else []
+        cfg = study.evaluation.xtreme_r
+        if cfg is None:
+            raise CellFailed(f"unit {unit!r}: the study runs no XTREME-R tasks")
+        run = _xtreme_plan(cfg)
+        found = run.unit(unit)
+        out = plan.eval_dir / "xtreme_r"
+        run_units(plan.export_dir, run, out, cfg.deepspeed, [found])
+        return [] if found.task == SQUAD else list(_seed_records(out, found.task, found.seed))
+    except (OSError, ValueError) as exc:  # the scorer's and the readers' errors name their files
+        raise CellFailed(f"{unit}: {exc}") from None
+
+
+def start_units(units: dict[str, tuple[str, ...]], started: set[str], done: set[str],
+                free: list[str]) -> list[tuple[str, str]]:
+    """The units to start now, each with a free device of its own: those not started whose units waited for
+    are all done, in the units' order. A unit whose awaited unit failed never starts."""
+    ready = [name for name, needs in units.items() if name not in started and all(n in done for n in needs)]
+    return list(zip(ready, free))
+
+
+def unit_file(cell_dir: Path, unit: str) -> Path:
+    """Where a unit of the cell's evaluation leaves its record (launcher.study_slurm says what it holds)."""
+    return cell_dir / UNITS / f"{unit}.json"
+
+
+def read_record(path: Path, sha: str, keys: tuple[str, ...]) -> dict | None:
+    """The JSON record in ``path`` if it is there and belongs to the run config ``sha``; CellFailed when it
+    is not a record with ``config_sha256`` and ``keys``."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CellFailed(f"{path}: unreadable ({exc})") from None
+    if not isinstance(record, dict) or "config_sha256" not in record or any(k not in record for k in keys):
+        raise CellFailed(f"{path}: not a record with {', '.join(('config_sha256', *keys))}")
+    return record if record["config_sha256"] == sha else None
+
+
 def score_records(study: StudyConfig, plan: CellPlan) -> Iterator[dict]:
     """Evaluates the cell's export, yielding each score as it is computed, as Registry.put_scores takes it
     (less the cell): ``task``, ``language``, ``eval_seed``, ``split``, ``scores`` ({metric: value}) and
@@ -261,26 +399,47 @@ def _tatoeba(cfg, plan: CellPlan) -> Iterator[dict]:
 
 def _xtreme_r(cfg, plan: CellPlan) -> Iterator[dict]:
     """Zero-shot fine-tuning with weam_ds.xtreme_r run; every scored seed's languages."""
-    from weam_ds.xtreme_r.recipe import RECIPES
-    from weam_ds.xtreme_r.run import run as run_xtreme
+    from weam_ds.xtreme_r.run import run_units
 
     out = plan.eval_dir / "xtreme_r"
-    recipes = Path(cfg.recipes) if cfg.recipes else RECIPES
-    run_xtreme(plan.export_dir, Path(cfg.data), cfg.tasks, out, cfg.seeds, recipes, cfg.languages, cfg.deepspeed,
-               tatoeba_encoder="raw")  # the study measures the pre-trained alignment directly
+    run_units(plan.export_dir, _xtreme_plan(cfg), out, cfg.deepspeed)
     for task in cfg.tasks:
         for seed in cfg.seeds:
-            result = json.loads((out / task / f"seed{seed}" / "result.json").read_text(encoding="utf-8"))
-            if result["scores"] is None:
-                continue  # labels withheld: written in the official layout, not scored (result.json says why)
-            per_language = {}
-            for metric, values in result["scores"].items():
-                if isinstance(values, dict):
-                    for lang, value in values.items():
-                        per_language.setdefault(lang, {})[metric] = value
-            for lang, scores in per_language.items():
-                yield {"task": task, "language": lang, "eval_seed": seed, "split": result["split"], "scores": scores,
-                       "per_example": _hits(out, task, seed, result["split"], lang)}
+            yield from _seed_records(out, task, seed)
+
+
+def _claim_xtreme_out(plan: CellPlan) -> None:
+    """The cell's weam_ds.xtreme_r folder, made that command's before its units run apart: units creating it at
+    once would each find a folder the other had not marked yet."""
+    from data_prep.output_dirs import claim
+    from weam_ds.xtreme_r.run import COMMAND
+
+    claim(plan.eval_dir / "xtreme_r", COMMAND)
+
+
+def _xtreme_plan(cfg):
+    """The study's weam_ds.xtreme_r run (weam_ds.xtreme_r.run.RunPlan), its inputs checked."""
+    from weam_ds.xtreme_r.recipe import RECIPES
+    from weam_ds.xtreme_r.run import plan_run
+
+    recipes = Path(cfg.recipes) if cfg.recipes else RECIPES
+    # Tatoeba embeds with the English-SQuAD model, as run_tatoeba.sh does (the raw model only without SQuAD data)
+    return plan_run(Path(cfg.data), cfg.tasks, cfg.seeds, recipes, cfg.languages)
+
+
+def _seed_records(out: Path, task: str, seed: int) -> Iterator[dict]:
+    """A fine-tuning seed's scores per language, from its result.json (none when its labels are withheld)."""
+    result = json.loads((out / task / f"seed{seed}" / "result.json").read_text(encoding="utf-8"))
+    if result["scores"] is None:
+        return  # labels withheld: written in the official layout, not scored (result.json says why)
+    per_language = {}
+    for metric, values in result["scores"].items():
+        if isinstance(values, dict):
+            for lang, value in values.items():
+                per_language.setdefault(lang, {})[metric] = value
+    for lang, scores in per_language.items():
+        yield {"task": task, "language": lang, "eval_seed": seed, "split": result["split"], "scores": scores,
+               "per_example": _hits(out, task, seed, result["split"], lang)}
 
 
 def _hits(out: Path, task: str, seed: int, split: str, lang: str) -> dict | None:

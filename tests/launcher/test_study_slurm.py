@@ -1,8 +1,9 @@
 """``python -m launcher study`` with ``launch.backend: slurm`` on a real two-node SLURM cluster
-(tests/slurm_cluster.py): a training job and a dependent step job per cell, run by the scheduler, their
-results.json harvested into the registry by ``status``, which reads the real squeue; nothing submitted twice, a
-diverged cell failed (SLURM cancels its step job) and shown as missing until ``--retry-failed`` submits it again,
-and job scripts whose values (a study directory that holds commands) stay data."""
+(tests/slurm_cluster.py): a training job and a dependent export job per cell (the study evaluates Tatoeba-style
+retrieval only, which the export unit runs), run by the scheduler, their records harvested into the registry by
+``status``, which reads the real squeue; nothing submitted twice, a diverged cell failed (SLURM cancels its
+export job) and shown as missing until ``--retry-failed`` submits it again, and job scripts whose values (a study
+directory that holds commands) stay data. tests/launcher/test_study_fanout.py: XTREME-R units, one job each."""
 from __future__ import annotations
 
 import contextlib
@@ -66,7 +67,7 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
     study_dir = tmp_path / "grid"
     earlier = frozenset(queued_jobs(slurm))  # other tests' jobs
 
-    # study run: per cell, the launcher's training script, then the step script after it. It does not wait.
+    # study run: per cell, the launcher's training script, then the export unit's script after it. No wait.
     code, console = launcher("study", "run", str(path))
     assert code == 0, console
     cells, _ = registry_rows(study_dir)
@@ -78,26 +79,27 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
             for c in cells}
     for lr, c in cell.items():
         directory = study_dir / "cells" / c.name
-        train, step = jobs[lr]["train"], jobs[lr]["step"]
-        assert {train, step} <= set(submitted)
+        train, step = jobs[lr]["train"], jobs[lr]["units"]["export"]
+        assert {train, step} <= set(submitted) and list(jobs[lr]["units"]) == ["export"]
         assert job_field(slurm, train, "Command") == str(directory / "run" / "slurm.sbatch")
-        assert job_field(slurm, step, "Command") == str(directory / "step.sbatch")
+        assert job_field(slurm, step, "Command") == str(directory / "units" / "export.sbatch")
         assert job_field(slurm, step, "Partition") == "debug" and job_field(slurm, step, "TimeLimit") == "01:00:00"
     # While the jobs are queued or running (the real squeue says so), status keeps both cells running.
     code, console = launcher("study", "status", str(path))
     assert code == 0 and len(re.findall(r"\s+running\s", console)) == 2, console
     for lr in (GOOD, BAD):
-        for kind in ("train", "step"):
-            slurm.wait_for_state(jobs[lr][kind], ENDED, 300)
+        for job in (jobs[lr]["train"], jobs[lr]["units"]["export"]):
+            slurm.wait_for_state(job, ENDED, 300)
     good_dir, bad_dir = (study_dir / "cells" / cell[lr].name for lr in (GOOD, BAD))
-    bad_train, bad_step = jobs[BAD]["train"], jobs[BAD]["step"]
+    bad_train, bad_step = jobs[BAD]["train"], jobs[BAD]["units"]["export"]
     assert slurm.job_state(bad_train) == "FAILED"
     assert slurm.job_state(bad_step) == "CANCELLED"  # afterok never satisfied: SLURM never ran it
-    assert not (bad_dir / "results.json").exists() and not (bad_dir / "error.json").exists()
+    assert not (bad_dir / "units" / "export.json").exists()
     assert (good_dir / "run" / "logs" / f"slurm-{jobs[GOOD]['train']}.out").is_file()
-    results = json.loads((good_dir / "results.json").read_text())
+    results = json.loads((good_dir / "units" / "export.json").read_text())
+    assert results["error"] is None and results["unit"] == "export"
 
-    # study status records what the jobs left: the good cell evaluated with results.json's numbers ...
+    # study status records what the jobs left: the good cell evaluated with its export unit's numbers ...
     code, console = launcher("study", "status", str(path))
     assert code == 0
     cells, scores = registry_rows(study_dir)
@@ -115,7 +117,7 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
     # ... the diverged one failed, why said (squeue's states of both its jobs), shown as missing.
     assert bad.state == "failed" and bad.name not in {s.cell for s in scores}
     assert f"training job {bad_train} FAILED (its log: " in bad.error
-    assert f"step job {bad_step} CANCELLED (it never started)" in bad.error
+    assert f"export job {bad_step} CANCELLED (it never started)" in bad.error
     assert re.search(re.escape(good.name) + r"\s+evaluated\s+3/3\s.*\d+\.\d$", console, re.M)
     assert re.search(re.escape(bad.name) + r"\s+failed\s.*missing$", console, re.M)
     # Harvested twice, the registry stays the same.
@@ -129,15 +131,15 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
     code, console = launcher("study", "run", str(path), "--retry-failed", "--dry-run")
     assert code == 0 and f"# {bad.name}\n" in console and good.name not in console
     assert queued_jobs(slurm, earlier) == submitted and registry_rows(study_dir) == before
-    # ... then both its jobs again, the step after the new training.
+    # ... then both its jobs again, the export after the new training.
     code, console = launcher("study", "run", str(path), "--retry-failed")
     assert code == 0, console
     again = json.loads((bad_dir / "jobs.json").read_text())
-    assert set(queued_jobs(slurm, earlier)) - set(submitted) == {again["train"], again["step"]}
-    assert job_field(slurm, again["step"], "Dependency") in (f"afterok:{again['train']}(unfulfilled)",
-                                                             f"afterok:{again['train']}(failed)", "(null)")
-    for kind in ("train", "step"):
-        slurm.wait_for_state(again[kind], ENDED, 300)
+    assert set(queued_jobs(slurm, earlier)) - set(submitted) == {again["train"], again["units"]["export"]}
+    assert job_field(slurm, again["units"]["export"], "Dependency") in (
+        f"afterok:{again['train']}(unfulfilled)", f"afterok:{again['train']}(failed)", "(null)")
+    for job in (again["train"], again["units"]["export"]):
+        slurm.wait_for_state(job, ENDED, 300)
     assert launcher("study", "status", str(path))[0] == 0
     cells, _ = registry_rows(study_dir)
     after = {c.axes["optimizer.lr"]: c for c in cells}
@@ -162,7 +164,7 @@ def test_dry_run_writes_job_scripts_whose_values_stay_data_and_submits_nothing(s
     cells = sorted(p for p in (study_dir / "cells").iterdir())
     assert len(cells) == 2
     for directory in cells:
-        train, step = directory / "run" / "slurm.sbatch", directory / "step.sbatch"
+        train, step = directory / "run" / "slurm.sbatch", directory / "units" / "export.sbatch"
         assert shlex.quote(str(train)) in console and shlex.quote(str(step)) in console
         assert not (directory / "jobs.json").exists()
         for script in (train, step):
@@ -170,13 +172,13 @@ def test_dry_run_writes_job_scripts_whose_values_stay_data_and_submits_nothing(s
         directives = [shlex.split(line[len("#SBATCH "):])[0] for line in step.read_text().splitlines()
                       if line.startswith("#SBATCH ")]
         assert f"--account={HOSTILE}" in directives and "--gpus-per-node=1" in directives
-        assert f"--output={directory}/step-%j.out" in directives
-        # The step script run as SLURM would run it: the values arrive intact (the cell has not trained, so
-        # it leaves its reason in error.json, in the cell's directory), and none ran as a command.
+        assert f"--output={directory}/units/export-%j.out" in directives
+        # The unit's script run as SLURM would run it: the values arrive intact (the cell has not trained, so
+        # it leaves its reason in its record, in the cell's directory), and none ran as a command.
         job = subprocess.run(["bash", str(step)], env={**os.environ, "SLURM_JOB_ID": "7"},
                              capture_output=True, text=True, timeout=300)
         assert job.returncode == 1, job.stderr[-3000:]
-        error = json.loads((directory / "error.json").read_text())
+        error = json.loads((directory / "units" / "export.json").read_text())
         assert error["cell"] == directory.name and error["job"] == "7" and "metrics.jsonl" in error["error"]
     assert not list(tmp_path.rglob("pwned*")), "a value was executed as a command"
 

@@ -19,6 +19,11 @@ script, the selection rule, the batch as split over this run's devices, and ever
 official protocol), what was selected, and the scores. ``<out>/results.json`` aggregates (``aggregate.py``).
 Pass a DeepSpeed config (``ds_configs/``) to fine-tune large encoders under ZeRO.
 
+A run is a list of units (``RunPlan.units``): per seed the shared SQuAD model when a task uses it, then each
+(task, seed). ``run_units`` runs some of them, so a scheduler can give each its own job or GPU (``--units``;
+launcher.study_slurm): a unit that loads the SQuAD model must start after that seed's SQuAD unit is done
+(``RunPlan.needs``); the last unit to finish writes ``results.json``.
+
 Where XTREME's download withholds the evaluation labels, the dev sets are scored when they keep theirs
 (classification, tagging, XCOPA, Mewsli-X, MLQA), and ``"split": "dev"`` says so. Where no labelled
 alternative exists (XQuAD and TyDiQA-GoldP with their answers stripped, Tatoeba with its English side
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -40,7 +45,8 @@ from weam_ds.xtreme_r import choice, classification, dual_encoder_task, qa, tagg
 from weam_ds.xtreme_r.aggregate import aggregate
 from weam_ds.xtreme_r.pipeline import Outcome, Seed
 from weam_ds.xtreme_r.readers import check_layout, task_file
-from weam_ds.xtreme_r.recipe import RECIPES, Recipe, load_recipe
+from weam_ds.xtreme_r.recipe import (RECIPES, SIZE_CLASSES, Recipe, for_size, load_recipe,
+                                     model_size_class)
 from weam_ds.xtreme_r.score import ScoreError, score_task, write_scores
 from weam_ds.xtreme_r.tasks import TASKS
 from weam_ds.xtreme_r.tuners import batch_split, device_count, protocol_record
@@ -58,26 +64,100 @@ TATOEBA_ENCODERS = ("squad", "raw")
 """What Tatoeba embeds with: the English-SQuAD QA model (XTREME-R's protocol) or the raw pre-trained model."""
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One job's worth of a run: a task's fine-tuning seed, or (``task`` SQUAD) the seed's English-SQuAD model
+    that the tasks in ``RunPlan.shares_squad`` load instead of fine-tuning their own."""
+
+    task: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-seed{self.seed}"
+
+
+SQUAD = "squad"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run does, every input checked: per task its recipe and languages, the seeds, the shared SQuAD
+    model's recipe, and why Tatoeba embeds with the raw model (None when it uses the SQuAD model)."""
+
+    data: Path
+    tasks: dict[str, tuple[Recipe, list[str]]]
+    seeds: list[int]
+    squad_recipe: Recipe | None
+    why_raw: str | None
+
+    def shares_squad(self, task: str) -> bool:
+        return task in qa.SQUAD_TRAINED or (task == "tatoeba" and self.why_raw is None)
+
+    @property
+    def units(self) -> list[Unit]:
+        """Per seed its SQuAD model (when a task shares it), then every task: each unit after those it needs."""
+        squad = any(self.shares_squad(name) for name in self.tasks)
+        return [*(Unit(SQUAD, k) for k in self.seeds if squad), *(Unit(name, k) for name in self.tasks
+                                                                    for k in self.seeds)]
+
+    def needs(self, unit: Unit) -> list[Unit]:
+        """The units that must be done before ``unit`` starts (they share a file it reads)."""
+        return [Unit(SQUAD, unit.seed)] if unit.task != SQUAD and self.shares_squad(unit.task) else []
+
+    def unit(self, name: str) -> Unit:
+        found = next((u for u in self.units if u.name == name), None)
+        if found is None:
+            raise ConfigError(f"unit {name!r}: not one of this run's ({' '.join(u.name for u in self.units)})")
+        return found
+
+
 def run(model_dir: Path, data: Path, tasks: list[str], out: Path, seeds: list[int], recipes: Path = RECIPES,
         languages: list[str] | None = None, deepspeed: str | None = None, tatoeba_encoder: str = "squad") -> dict:
+    return run_units(model_dir, plan_run(data, tasks, seeds, recipes, languages, tatoeba_encoder), out, deepspeed)
+
+
+def plan_run(data: Path, tasks: list[str], seeds: list[int], recipes: Path = RECIPES,
+             languages: list[str] | None = None, tatoeba_encoder: str = "squad") -> RunPlan:
     plan = _plan(data, tasks, recipes, languages)
     if tatoeba_encoder not in TATOEBA_ENCODERS:
         raise ConfigError(f"--tatoeba-encoder: {tatoeba_encoder!r} (expected {' or '.join(TATOEBA_ENCODERS)})")
     squad_recipe, why_raw = _squad_plan(data, plan, recipes, tatoeba_encoder)
+    return RunPlan(data, plan, list(seeds), squad_recipe, why_raw)
+
+
+def run_units(model_dir: Path, plan: RunPlan, out: Path, deepspeed: str | None = None,
+              units: list[Unit] | None = None) -> dict | None:
+    """Runs ``units`` (default: all of the plan's, in order), each skipped when done before; ``results.json``
+    once every unit of the plan is done (returned; None before). Processes that each run some units of one
+    plan into one ``out`` at once (a study's jobs) may: each unit writes only its own folder, and the files
+    they share (labels, the SQuAD model once its unit is done) are written atomically with the same content."""
     with holding_enclosing(out, COMMAND):
         claim(out, COMMAND)  # a new folder, or this command's to resume: it removes seeds' checkpoints there
-        for name, (recipe, langs) in plan.items():
-            task = TASKS[name]
-            for k in seeds:
-                seed = Seed(model_dir, data, task, langs, recipe, k, out, deepspeed)
-                if (seed.work / "result.json").is_file():
-                    log.info("%s seed %d: done before, skipped", name, k)
-                    continue
-                _run_seed(seed, squad_recipe if name in qa.SQUAD_TRAINED or (name == "tatoeba" and not why_raw)
-                          else None, why_raw)
-        results = aggregate(out, list(plan), seeds)
+        for unit in plan.units if units is None else units:
+            _run_unit(model_dir, plan, unit, out, deepspeed)
+        if not all((out / u.task / f"seed{u.seed}" / "result.json").is_file() for u in plan.units if u.task != SQUAD):
+            return None
+        results = aggregate(out, list(plan.tasks), plan.seeds)
         write_scores(results, out / "results.json")
     return results
+
+
+def _run_unit(model_dir: Path, plan: RunPlan, unit: Unit, out: Path, deepspeed: str | None) -> None:
+    from transformers import AutoTokenizer
+
+    size = model_size_class(model_dir)  # the recipes' values for the model's size class (recipe.py)
+    squad_recipe = for_size(plan.squad_recipe, size) if plan.squad_recipe else None
+    if unit.task == SQUAD:  # trained once: train_squad keeps a finished one
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        qa.train_squad(model_dir, plan.data, squad_recipe, unit.seed, out, deepspeed, tokenizer)
+        return
+    recipe, langs = plan.tasks[unit.task]
+    seed = Seed(model_dir, plan.data, TASKS[unit.task], langs, for_size(recipe, size), unit.seed, out, deepspeed)
+    if (seed.work / "result.json").is_file():
+        log.info("%s seed %d: done before, skipped", unit.task, unit.seed)
+        return
+    _run_seed(seed, squad_recipe if plan.shares_squad(unit.task) else None, plan.why_raw)
 
 
 def _plan(data: Path, tasks: list[str], recipes: Path, languages: list[str] | None) -> dict:
@@ -96,7 +176,9 @@ def _plan(data: Path, tasks: list[str], recipes: Path, languages: list[str] | No
             raise ScoreError(f"--languages: none of {name}'s languages ({' '.join(everyone)})")
         recipe = load_recipe(task, recipes)
         if task.family != "retrieval":  # refused here, not after the tasks before it have trained
-            batch_split(recipe, device_count(), where=str(recipes / f"{name}.yaml"))
+            for size in SIZE_CLASSES:  # the model's size class is known once it is exported
+                batch_split(for_size(recipe, size), device_count(),
+                            where=str(recipes / f"{name}.yaml") + ("" if size == "base" else f" ({size} models)"))
         check_layout(data, task, langs, recipe.first_stage)
         plan[name] = (recipe, langs)
     return plan
@@ -144,7 +226,8 @@ def _score_seed(seed: Seed, outcome: Outcome) -> None:
     """Scores a seed's predictions against the labels with the official scorer; its result.json, written
     last, marks the seed done. Unscored predictions (labels withheld) get ``"scores": null`` and the reason."""
     task = seed.task
-    protocol = protocol_record(seed.recipe, outcome.batch, task.script, outcome.differences)
+    protocol = protocol_record(seed.recipe, outcome.batch, task.script, outcome.differences,
+                               outcome.details.get("selection"))
     record = {"task": task.name, "seed": seed.seed, "split": outcome.split, "model": str(seed.model_dir),
               "recipe": asdict(seed.recipe), "protocol": protocol, **outcome.details}
     if outcome.unscored:
