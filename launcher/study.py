@@ -22,6 +22,12 @@ time holds a study directory. ``status`` prints every cell's state, step, cost a
 A cell's steps produce plain records, which the runner writes into the registry: its training cost
 (``training_cost``: Registry.put_cost's arguments) and its scores (``score_records``: Registry.put_scores's
 arguments, less the cell), so that a SLURM job can hand them over in a file instead.
+
+A cell's evaluation is also a graph of units (``evaluation_units``: the export, then per fine-tuning seed the
+English-SQuAD model where tasks share it, then each (task, seed)), each run alone by ``study step --unit``
+(``unit_scores``) and leaving its record in ``units/<unit>.json``: under SLURM one job per unit; here, on a
+machine with several GPUs, one process per GPU (``start_units`` decides which unit starts where). On CPU or one
+GPU the runner evaluates the cell itself, unit after unit (``score_records``): the same seeds, the same files.
 """
 from __future__ import annotations
 

@@ -51,15 +51,12 @@ def _tatoeba(args) -> int:
 
 def _run(args) -> int:
     from weam_ds.xtreme_r.recipe import RECIPES
-    from weam_ds.xtreme_r.run import plan_run, run_units
+    from weam_ds.xtreme_r.run import run
 
-    plan = plan_run(args.data, args.tasks.split(","), _seeds(args.seeds), args.recipes or RECIPES,
-                    args.languages.split(",") if args.languages else None, args.tatoeba_encoder)
-    units = [plan.unit(name) for name in args.units.split(",")] if args.units else None
-    results = run_units(_model_dir(args.model), plan, args.out, args.deepspeed, units)
-    if results is None:
-        print(f"units {args.units} done; results.json is written when every unit of the run is")
-        return 0
+    seeds = _seeds(args.seeds)
+    results = run(_model_dir(args.model), args.data, args.tasks.split(","), args.out, seeds,
+                  args.recipes or RECIPES, args.languages.split(",") if args.languages else None, args.deepspeed,
+                  args.tatoeba_encoder)
     for task, value in results.items():
         if task not in TASKS:
             continue
@@ -100,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--tatoeba-encoder", choices=("squad", "raw"), default="squad",
                    help="Tatoeba embeds with the English-SQuAD fine-tuned model (XTREME-R's protocol; the raw model "
                    "when the download has no SQuAD) or, asked for, with the raw pre-trained model")
-    r.add_argument("--units", help="comma-separated units to run, of the run's (squad-seed<k> first, where a task "
-                   "shares it; then <task>-seed<k>): one job's share when a scheduler runs them apart (default: all)")
     t = commands.add_parser("tatoeba", help="Tatoeba-style retrieval on a data_prep dataset's test pairs")
     t.add_argument("--model", type=Path, required=True, help="a Hugging Face encoder directory")
     t.add_argument("--dataset", type=Path, required=True, help="a data_prep dataset directory")

@@ -20,8 +20,8 @@ official protocol), what was selected, and the scores. ``<out>/results.json`` ag
 Pass a DeepSpeed config (``ds_configs/``) to fine-tune large encoders under ZeRO.
 
 A run is a list of units (``RunPlan.units``): per seed the shared SQuAD model when a task uses it, then each
-(task, seed). ``run_units`` runs some of them, so a scheduler can give each its own job or GPU (``--units``;
-launcher.study_slurm): a unit that loads the SQuAD model must start after that seed's SQuAD unit is done
+(task, seed). ``run_units`` runs some of them, so a scheduler can give each its own job or GPU (launcher.study's
+``evaluation_units``): a unit that loads the SQuAD model must start after that seed's SQuAD unit is done
 (``RunPlan.needs``); the last unit to finish writes ``results.json``.
 
 Where XTREME's download withholds the evaluation labels, the dev sets are scored when they keep theirs
