@@ -512,9 +512,12 @@ def _worker_pool(workers: int) -> Iterator[Executor]:
         # temporary files; a chunk is marked done only once complete), and they end with their children.
         # Killed first, then shut down: the pool sees its workers gone and fails their futures itself. (Cancelling
         # the futures first makes Python 3.11's pool thread fail on them, InvalidStateError, with a traceback.)
+        # A worker still starting has no group of its own yet: it is killed alone (a worker left alive blocks the
+        # pool's shutdown for ever on the call queue's lock, which a killed one may have held).
         for worker in active_children():  # the pool's (the build starts no other processes)
             with suppress(ProcessLookupError):
                 os.killpg(worker.pid, signal.SIGKILL)
+            worker.kill()
         pool.shutdown(wait=False)
         raise
     pool.shutdown(cancel_futures=True)

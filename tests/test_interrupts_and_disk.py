@@ -40,9 +40,11 @@ def run_config(tmp: Path, dataset: Path, out: Path, name: str, **sections) -> Pa
 
 
 def start(cmd: list[str], **kwargs) -> subprocess.Popen:
-    """A command as a terminal's job: a process group of its own, which Ctrl-C reaches whole."""
+    """A command as a terminal's job: a process group of its own, which Ctrl-C reaches whole, and Ctrl-C's default
+    action (a suite started in the background, `make test &`, hands its children SIGINT ignored, and Python then
+    installs no KeyboardInterrupt)."""
     return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **kwargs)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 def ctrl_c_when(job: subprocess.Popen, ready, seconds: float = 300) -> tuple[int, str, float]:
