@@ -60,7 +60,7 @@ from data_prep.typed_config import ConfigError, read_yaml
 from launcher.backends import BACKENDS, LaunchFile, Request, run_environment
 from launcher.cluster import ClusterConfig
 from launcher.launch import write_launch_file
-from launcher.slurm import log_pattern, sbatch as _sbatch
+from launcher.slurm import log_pattern, sbatch as _sbatch, site_options
 from launcher.study import (EXPORT, UNITS, CellFailed, StudyBusy, changed_cells, evaluation_units, exclusive,
                             read_record, register, training_cost, unit_file, unit_scores)
 from launcher.study_config import CellPlan, StudyConfig, load_study
@@ -196,11 +196,8 @@ def _unit_script(study_file: Path, cluster: ClusterConfig, plan: CellPlan, unit:
         options.append("--gpus-per-node=1")
     if s.cpus_per_task is not None:
         options.append(f"--cpus-per-task={s.cpus_per_task}")
-    for name in ("partition", "account", "time"):
-        if getattr(s, name) is not None:
-            options.append(f"--{name}={q(getattr(s, name))}")
     console = log_pattern(plan.directory / UNITS, f"{unit}-%j.out")
-    options += ["--export=ALL", "--open-mode=append", f"--output={q(console)}", *(q(d) for d in s.directives)]
+    options += ["--export=ALL", "--open-mode=append", f"--output={q(console)}", *site_options(cluster)]
     command = [sys.executable, "-m", "launcher", "study", "step", str(study_file.resolve()), "--cell", plan.name,
                "--unit", unit]
     lines = [
