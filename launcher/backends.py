@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from data_prep.typed_config import ConfigError
-from launcher.cluster import is_credential, parse_endpoint
+from launcher.cluster import ClusterConfig, is_credential, parse_endpoint
 from launcher.hostfile import read_hostfile
+from launcher.slurm import sbatch_script
 from weam_ds.run_dir import RunDir
 
 if TYPE_CHECKING:
-    from launcher.cluster import ClusterConfig
     from weam_ds.config import RunConfig
 
 FORWARDED_PREFIXES = ("NCCL_", "GLOO_", "TORCH_", "PYTORCH_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "UCX_", "FI_")
@@ -231,8 +231,6 @@ def _deepspeed(req: Request) -> Launch:
 
 
 def _slurm(req: Request) -> Launch:
-    from launcher.slurm import sbatch_script
-
     c = req.cluster
     run = RunDir(Path(os.path.abspath(req.run.output_dir)))
     script = run.sbatch_script
@@ -251,3 +249,4 @@ BACKENDS: dict[str, Callable[[Request], Launch]] = {
     "deepspeed": _deepspeed,
     "slurm": _slurm,
 }
+"""Per backend of launcher.cluster.BACKEND_NAMES (in its order), the function that builds its launch."""

@@ -16,6 +16,9 @@ from data_prep.typed_config import ConfigError, from_dict, read_yaml
 from launcher.hostfile import HOST_NAME, read_hostfile
 from weam_ds.monitor import PEAK_TFLOPS
 
+BACKEND_NAMES = ("local", "torchrun", "deepspeed", "slurm")
+"""The backends a cluster file can name (``ClusterConfig.backend`` says what each is); launcher.backends.BACKENDS
+builds each one's launch. Here, below the launches, because the config is checked before any launch exists."""
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ENDPOINT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\[\]:]+)):(?P<port>\d{1,5})")
 _SLURM_TIME = re.compile(r"\d+(-\d+)?(:\d+){0,2}")
@@ -123,12 +126,10 @@ class ClusterConfig:
     its peak FLOP/s."""
 
     def __post_init__(self):
-        from launcher.backends import BACKENDS  # the registry imports this module
-
         if self.backend is None:
-            raise ConfigError(f"backend: required (--backend or backend:), one of {', '.join(BACKENDS)}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
+            raise ConfigError(f"backend: required (--backend or backend:), one of {', '.join(BACKEND_NAMES)}")
+        if self.backend not in BACKEND_NAMES:
+            raise ConfigError(f"backend: {self.backend!r} is not one of {', '.join(BACKEND_NAMES)}")
         for name in ("nnodes", "nproc_per_node", "shutdown_timeout"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1")

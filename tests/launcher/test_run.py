@@ -21,7 +21,9 @@ import pytest
 import yaml
 
 from conftest import free_port, launched_run
+from launcher.backends import BACKENDS
 from launcher.cli import main
+from launcher.cluster import BACKEND_NAMES
 from weam_ds.run_dir import RunDir, checkpoint_problem
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -307,11 +309,16 @@ def test_dry_run_slurm_writes_the_sbatch_script_with_every_value_quoted(workdir,
      "cluster.yaml: local_addr: '10.0.0.1;touch pwned-addr' is not a host name or an address"),
     ("backend: slurm\nnproc_per_node: 1\nlocal_addr: 10.0.0.1\n", [],
      "cluster.yaml: local_addr: only the torchrun backend takes this node's address (backend is slurm)"),
+    ("backend: kubernetes\n", [], "cluster.yaml: backend: 'kubernetes' is not one of local, torchrun, deepspeed, slurm"),
 ])
 def test_a_bad_cluster_description_is_one_line_naming_the_key(workdir, capsys, cluster, flags, message):
     (workdir / "cluster.yaml").write_text(cluster)
     code, out, err = launch(capsys, "--cluster", "cluster.yaml", *flags)
     assert code == 2 and out == "" and err.startswith(f"launcher: error: {message}") and len(err.splitlines()) == 1
+
+
+def test_every_backend_a_cluster_file_may_name_has_a_launch():
+    assert list(BACKENDS) == list(BACKEND_NAMES)  # the config checks the names before the launches are imported
 
 
 def test_a_bad_run_config_fails_before_anything_is_written(workdir, capsys):
