@@ -92,11 +92,12 @@ def exclusive(study_dir: Path):
 
 
 def _parameters(plan: CellPlan) -> int:
+    """The cell's backbone size, from its model's config (weam_ds.presets.parameter_counts: nothing is built)."""
     from data_prep.manifest import read_manifest
-    from weam_ds.presets import build_model, count_parameters
+    from weam_ds.presets import encoder_config, parameter_counts
 
     vocab = read_manifest(plan.run["data"]["datasets"][0])["tokenizer"]["vocab_size"]
-    return count_parameters(build_model(plan.run["model"], vocab, meta=True, resize_vocab=True))["total"]
+    return parameter_counts(encoder_config(plan.run["model"], vocab, resize_vocab=True))["total"]
 
 
 def changed_cells(path: Path, study: StudyConfig, plans: list[CellPlan], known: dict[str, Cell]) -> list[str]:

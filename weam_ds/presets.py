@@ -59,6 +59,37 @@ def model_config(name: str, vocab_size: int, pad_token_id: int = 1, bos: int = 0
                           eos_token_id=eos)
 
 
+def encoder_config(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int = 1, bos: int = 0, eos: int = 2,
+                   resize_vocab: bool = False) -> PretrainedConfig:
+    """The transformers config of the encoder :func:`build_model` builds, read without building it: a preset's
+    (:func:`model_config`), or a checkpoint directory's own config.json, its vocabulary ``vocab_size`` under
+    ``resize_vocab`` (the table build_model resizes to)."""
+    if str(name_or_path) in PRESETS:
+        return model_config(str(name_or_path), vocab_size, pad_token_id, bos, eos)
+    config = _checkpoint_config(name_or_path, vocab_size, resize_vocab)
+    if resize_vocab:
+        config.vocab_size = vocab_size
+    return config
+
+
+def _checkpoint_config(name_or_path: str | Path, vocab_size: int, resize_vocab: bool) -> PretrainedConfig:
+    """A checkpoint directory's config as saved, once it is known to be a masked LM whose table covers the
+    dataset's tokenizer."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise ConfigError(f"{str(name_or_path)!r} is neither a preset ({', '.join(PRESETS)}) "
+                          f"nor a checkpoint directory")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        MODEL_FOR_MASKED_LM_MAPPING[type(config)]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{path}: not a loadable Hugging Face masked-LM checkpoint ({_first_line(exc)})") from None
+    if vocab_size > config.vocab_size and not resize_vocab:
+        raise ConfigError(f"{path}: its embedding table has {config.vocab_size} rows, fewer than the {vocab_size} "
+                          "tokens of the dataset's tokenizer (set model_vocab: resize to grow it)")
+    return config
+
+
 def build_model(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int = 1, bos: int = 0, eos: int = 2,
                 meta: bool = False, dtype: torch.dtype | None = None, resize_vocab: bool = False) -> PreTrainedModel:
     """A masked-LM encoder from a preset name or a local Hugging Face checkpoint directory (continued pre-training).
@@ -71,31 +102,15 @@ def build_model(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int 
     precision.
     """
     dtype = dtype or torch.get_default_dtype()
-    if str(name_or_path) in PRESETS:
-        config = model_config(str(name_or_path), vocab_size, pad_token_id, bos, eos)
+    if meta or str(name_or_path) in PRESETS:
+        config = encoder_config(name_or_path, vocab_size, pad_token_id=pad_token_id, bos=bos, eos=eos,
+                                resize_vocab=resize_vocab)
         with _device(meta):
-            return AutoModelForMaskedLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+            return AutoModelForMaskedLM.from_config(config, attn_implementation=_attention(config), dtype=dtype)
     path = Path(name_or_path)
-    if not path.is_dir():
-        raise ConfigError(f"{str(name_or_path)!r} is neither a preset ({', '.join(PRESETS)}) "
-                          f"nor a checkpoint directory")
+    config = _checkpoint_config(name_or_path, vocab_size, resize_vocab)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
-        model_class = MODEL_FOR_MASKED_LM_MAPPING[type(config)]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{path}: not a loadable Hugging Face masked-LM checkpoint ({_first_line(exc)})") from None
-    if vocab_size > config.vocab_size and not resize_vocab:
-        raise ConfigError(f"{path}: its embedding table has {config.vocab_size} rows, fewer than the {vocab_size} "
-                          "tokens of the dataset's tokenizer (set model_vocab: resize to grow it)")
-    # Fused SDPA where the architecture has it; a few older encoders (e.g. DeBERTa) only run eager attention.
-    attn = "sdpa" if model_class._supports_sdpa else "eager"
-    if meta:
-        if resize_vocab:
-            config.vocab_size = vocab_size
-        with _device(meta):
-            return AutoModelForMaskedLM.from_config(config, attn_implementation=attn, dtype=dtype)
-    try:
-        model = AutoModelForMaskedLM.from_pretrained(path, local_files_only=True, attn_implementation=attn,
+        model = AutoModelForMaskedLM.from_pretrained(path, local_files_only=True, attn_implementation=_attention(config),
                                                      dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot load checkpoint weights ({_first_line(exc)})") from None
@@ -103,6 +118,11 @@ def build_model(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int 
         model.resize_token_embeddings(vocab_size)
         _fit_head_bias(model, vocab_size)
     return model
+
+
+def _attention(config: PretrainedConfig) -> str:
+    # Fused SDPA where the architecture has it (every preset); a few older encoders (e.g. DeBERTa) only run eager.
+    return "sdpa" if MODEL_FOR_MASKED_LM_MAPPING[type(config)]._supports_sdpa else "eager"
 
 
 def _fit_head_bias(model: PreTrainedModel, vocab_size: int) -> None:
@@ -146,11 +166,12 @@ def count_parameters(model: PreTrainedModel) -> dict[str, int]:
     convention of the published XLM-R sizes. ``non_embedding``: the backbone less its embedding tables (word,
     position, token type), the N of scaling-law FLOP estimates. ``mlm_head``: the head's own parameters; the decoder
     weight tied to the word embeddings is already in ``total``.
+    ``embedding``: those tables. A model not built yet is counted from its config: :func:`parameter_counts`.
     """
     backbone = {id(p): p for p in model.base_model.parameters()}
     everything = {id(p): p for p in model.parameters()}
     embeddings = {id(m.weight): m.weight for m in model.base_model.modules() if isinstance(m, torch.nn.Embedding)}
-    return {"total": _numel(backbone.values()),
+    return {"total": _numel(backbone.values()), "embedding": _numel(embeddings.values()),
             "non_embedding": _numel(p for i, p in backbone.items() if i not in embeddings),
             "mlm_head": _numel(p for i, p in everything.items() if i not in backbone)}
 
@@ -158,6 +179,38 @@ def count_parameters(model: PreTrainedModel) -> dict[str, int]:
 def _numel(params) -> int:
     # ZeRO-3 partitions parameters in place (numel 0); ds_numel keeps the full size.
     return sum(getattr(p, "ds_numel", p.numel()) for p in params)
+
+
+_BERT_LAYOUT = ("bert", "roberta", "xlm-roberta", "xlm-roberta-xl")
+"""The model types whose masked LM is laid out as BERT's (every preset, mBERT, XLM-R): the ones
+:func:`parameter_counts` can count from their config."""
+
+
+def parameter_counts(config: PretrainedConfig) -> dict[str, int]:
+    """The counts of :func:`count_parameters` from the config's geometry alone, without building the model (a
+    study counts every cell this way; tests/weam_ds/test_presets.py checks both agree for every preset).
+
+    With H hidden, F feed-forward, L layers, V vocabulary, P positions and T token types:
+
+        embedding     = (V + P + T)·H                                  word, position and token-type tables
+        non_embedding = L·(4·H² + 4·H + 2·H·F + F + H + 4·H) + 2·H
+        mlm_head      = H² + H + 2·H + V                               (+ V·H + V for an untied decoder)
+
+    A layer: the query, key, value and attention-output projections with their biases (4·H² + 4·H), the
+    feed-forward in and out (2·H·F + F + H), two LayerNorms (4·H). One more LayerNorm lies outside the layers:
+    post-LN encoders (BERT, XLM-R) normalise the embeddings, pre-LN ones (XLM-R XL) the last layer's output.
+    The head: its H×H transform, its LayerNorm and the output bias; its decoder is the word embeddings
+    (tied), or a weight and bias of its own where the config unties them.
+    """
+    if config.model_type not in _BERT_LAYOUT:
+        raise ConfigError(f"{config.name_or_path or config.model_type}: cannot count a {config.model_type!r} "
+                          f"model's parameters from its config (known layouts: {', '.join(_BERT_LAYOUT)})")
+    h, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    embedding = (v + config.max_position_embeddings + config.type_vocab_size) * h
+    non_embedding = config.num_hidden_layers * (4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h) + 2 * h
+    head = h * h + h + 2 * h + v + (0 if config.tie_word_embeddings else v * h + v)
+    return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding,
+            "mlm_head": head}
 
 
 def train_flops_per_token(config: PretrainedConfig, non_embedding: int, *, seq_len: int = 512,
@@ -170,7 +223,7 @@ def train_flops_per_token(config: PretrainedConfig, non_embedding: int, *, seq_l
     and layer forward, twice that backward (PaLM's count, Chowdhery et al. 2022, appendix B; Kaplan et al.'s
     6LSH counts one of the two). The last term is the MLM head (its H×H transform and the vocabulary
     projection), which runs only at the ``mask_rate`` predicted positions (WEAM adds its XPRED positions).
-    Count ``non_embedding`` with :func:`count_parameters`. Checked against
+    Count ``non_embedding`` with :func:`parameter_counts`. Checked against
     ``torch.utils.flop_counter.FlopCounterMode`` on real WEAM batches (tests/launcher/test_planner.py).
     """
     layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
@@ -209,12 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [header]
     for name, preset in PRESETS.items():
         try:
-            model = build_model(name, args.vocab_size, meta=True)
+            config = model_config(name, args.vocab_size)
         except ConfigError as exc:
             parser.error(str(exc))
-        counts = count_parameters(model)
-        flops = train_flops_per_token(model.config, counts["non_embedding"], seq_len=args.seq_len)
-        rows.append((name, type(model).__name__, str(preset.layers), str(preset.hidden), str(preset.heads),
+        counts = parameter_counts(config)
+        flops = train_flops_per_token(config, counts["non_embedding"], seq_len=args.seq_len)
+        model_class = MODEL_FOR_MASKED_LM_MAPPING[type(config)]
+        rows.append((name, model_class.__name__, str(preset.layers), str(preset.hidden), str(preset.heads),
                      str(preset.ffn), _human(counts["total"], ("", "K", "M", "B", "T")),
                      _human(counts["non_embedding"], ("", "K", "M", "B", "T")),
                      _human(flops, (" FLOP", " kFLOP", " MFLOP", " GFLOP", " TFLOP"))))
