@@ -210,7 +210,8 @@ def test_load_encoder_takes_the_encoder_of_qa_and_masked_lm_checkpoints(stand_in
 
 @pytest.mark.parametrize("task", ["mewslix", "lareqa"])
 def test_dual_encoders_state_their_pooling_as_a_protocol_difference(stand_ins, task):
-    from weam_ds.xtreme_r.dual_encoder import DUPLICATES_MASKED, POOLINGS, DualEncoder, RetrievalTuner
+    from weam_ds.xtreme_r.dual_encoder import DUPLICATES_MASKED, DualEncoder, RetrievalTuner
+    from weam_ds.xtreme_r.encoders import POOLINGS
     from weam_ds.xtreme_r.recipe import RECIPES, load_recipe
 
     recipe = load_recipe(TASKS[task], RECIPES)

@@ -3,7 +3,8 @@
 One shared encoder embeds queries and candidates: the final hidden state of the first token (``<s>``/[CLS]) or
 the mean of the final states (``pooling: mean``), scaled to unit length. The official baselines take BERT's
 pooler output over the first token; a masked-LM checkpoint has no trained pooler, so weam-ds keeps the state
-itself, and each pooling in ``POOLINGS`` carries the sentence that result.json lists as a protocol difference.
+itself, and each pooling in ``encoders.POOLINGS`` carries the sentence that result.json lists as a protocol
+difference.
 Fine-tuning uses in-batch negatives: each query's candidate is the right answer among all candidates of its
 batch, under a softmax over cosine similarities times a learned scale (initialised to 100, as the official
 baselines do); a batch's candidates that are the same item (one entity mentioned twice, one sentence answering
@@ -15,8 +16,6 @@ weights. Prediction ranks a whole pool by cosine similarity.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from weam_ds.xtreme_r import metrics
-from weam_ds.xtreme_r.encoders import load_encoder, mean_pool
+from weam_ds.xtreme_r.encoders import POOLINGS, load_encoder
 from weam_ds.xtreme_r.readers import RetrievalSet
 from weam_ds.xtreme_r.tasks import EverySteps
 from weam_ds.xtreme_r.tuners import batch_split, device_count, training_arguments
@@ -32,27 +31,6 @@ from weam_ds.xtreme_r.tuners import batch_split, device_count, training_argument
 TOP_K = 20
 """Predictions kept per query: the metric reads the first 20."""
 
-
-def first_token(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, H]: the final state of ``<s>``/[CLS]."""
-    return states[:, 0]
-
-
-@dataclass(frozen=True)
-class Pooling:
-    """How final states become one vector, and how that departs from the official baselines (their pooler
-    output), in words for result.json."""
-    pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    difference: str
-
-
-POOLINGS = {
-    "cls": Pooling(first_token, "pooling: the final state of the first token (<s>/[CLS]), not the official "
-                                "baselines' pooler output over it, which a masked-LM checkpoint never trained"),
-    "mean": Pooling(mean_pool, "pooling: the mean of the final states over the attention mask (the recipe's "
-                               "choice), not the official baselines' pooler output"),
-}
-"""The recipe's ``pooling`` choices."""
 
 DUPLICATES_MASKED = ("in-batch negatives: a batch's candidates that are the same item (one entity mentioned twice, "
                      "one sentence answering two questions) are masked out of each other's negatives; the official "

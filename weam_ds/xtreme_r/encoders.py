@@ -1,5 +1,6 @@
-"""The encoder inside a checkpoint, how long an input it takes, and mean pooling: what Tatoeba retrieval and the
-dual encoders (Mewsli-X, LAReQA) share.
+"""The encoder inside a checkpoint, how long an input it takes, and how its final states become one vector (mean
+pooling, and the recipes' ``pooling`` choices in ``POOLINGS``): what Tatoeba retrieval, the dual encoders (Mewsli-X,
+LAReQA) and the recipes that configure them share.
 
 The retrieval tasks embed with the bare encoder (embeddings and transformer layers) of whatever directory they
 are given: the masked-LM export of a pre-training run, the English-SQuAD fine-tuned QA model that XTREME-R embeds
@@ -8,6 +9,8 @@ checkpoint never trained one, and a freshly initialised pooler would only add ra
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,3 +56,25 @@ def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     included, as XTREME's ``mean_pool_embedding`` averages them by default)."""
     mask = attention_mask.unsqueeze(-1).to(states.dtype)
     return (states * mask).sum(1) / mask.sum(1)
+
+
+def first_token(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, H]: the final state of ``<s>``/[CLS]."""
+    return states[:, 0]
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How final states become one vector, and how that departs from the official baselines (their pooler
+    output), in words for result.json."""
+    pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    difference: str
+
+
+POOLINGS = {
+    "cls": Pooling(first_token, "pooling: the final state of the first token (<s>/[CLS]), not the official "
+                                "baselines' pooler output over it, which a masked-LM checkpoint never trained"),
+    "mean": Pooling(mean_pool, "pooling: the mean of the final states over the attention mask (the recipe's "
+                               "choice), not the official baselines' pooler output"),
+}
+"""The recipe's ``pooling`` choices."""

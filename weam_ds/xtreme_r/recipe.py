@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from data_prep.typed_config import ConfigError, load_yaml
+from weam_ds.xtreme_r.encoders import POOLINGS
 from weam_ds.xtreme_r.tasks import EverySteps, Task
 
 RECIPES = Path(__file__).with_name("recipes")
@@ -112,8 +113,6 @@ def load_recipe(task: Task, recipes: Path) -> Recipe:
     its selection rule resolved (the official one when the file gives none)."""
     path = recipes / f"{task.name}.yaml"
     recipe = load_yaml(Recipe, path)
-    from weam_ds.xtreme_r.dual_encoder import POOLINGS  # here: dual_encoder imports the tuners, which import this
-
     if recipe.pooling not in POOLINGS:
         raise ConfigError(f"{path}: pooling {recipe.pooling!r} (expected {' or '.join(POOLINGS)})")
     if recipe.first_stage is not None and recipe.first_stage not in FIRST_STAGES.get(task.name, ()):
