@@ -1,9 +1,9 @@
 r"""``python -m launcher study plan study.yaml``: what a study will cost, cell by cell, before anything runs.
 
-Nothing trains and no weights exist: parameter counts come from each model built on PyTorch's meta device,
-steps and tokens from the study's budget and its datasets' manifests, the memory verdict from the memory planner
-(launcher.planner) against the study's cluster (``launch:``). One line per cell and a total; ``study run`` prints
-the total before it runs or submits the cells.
+Nothing trains and no weights exist: parameter counts come from each model's config (weam_ds.presets
+.parameter_counts), steps and tokens from the study's budget and its datasets' manifests, the memory verdict from
+the memory planner (launcher.planner) against the study's cluster (``launch:``). One line per cell and a total;
+``study run`` prints the total before it runs or submits the cells.
 
 Training. A cell trains D = steps × tokens per step (real tokens, both sides of every pair, over every rank:
 launcher.study_config.tokens_per_step). Its FLOPs are counted as the training counts them (weam_ds.presets
@@ -34,7 +34,6 @@ another). Where the cells run on CPUs, the plan says "no GPU" instead of GPU-hou
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import tempfile
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from launcher.study_config import CellPlan, StudyConfig, XtremeConfig, expand, l
 from weam_ds import monitor
 from weam_ds.config import load_run_config
 from weam_ds.monitor import PEAK_TFLOPS
-from weam_ds.presets import build_model, count_parameters, train_flops_per_token
+from weam_ds.presets import encoder_config, parameter_counts, train_flops_per_token
 from weam_ds.xtreme_r.recipe import RECIPES, load_recipe
 from weam_ds.xtreme_r.tasks import TASKS
 
@@ -255,13 +254,6 @@ def _describe(units: list[FineTuning], seeds: int) -> str:
     return f"{seeds} seed{'s' * (seeds > 1)} x ({each})"
 
 
-@functools.lru_cache(maxsize=None)
-def _model(model: str, vocab_size: int) -> tuple[object, int]:
-    """The transformers config and non-embedding parameters of ``model``, built on the meta device."""
-    encoder = build_model(model, vocab_size, meta=True, resize_vocab=True)
-    return encoder.config, count_parameters(encoder)["non_embedding"]
-
-
 def _memory_key(run: dict) -> str:
     """What decides a cell's memory: its run config less what only names it or sets its length."""
     kept = json.loads(json.dumps(run))
@@ -287,7 +279,9 @@ def cost_plan(study: StudyConfig, plans: list[CellPlan], mfu: float = MFU, gpu: 
     cells = []
     for plan in plans:
         cfg = load_run_config(plan.config_file)
-        config, n = _model(cfg.model, int(read_manifest(cfg.data.datasets[0])["tokenizer"]["vocab_size"]))
+        config = encoder_config(cfg.model, int(read_manifest(cfg.data.datasets[0])["tokenizer"]["vocab_size"]),
+                                resize_vocab=True)
+        n = parameter_counts(config)["non_embedding"]
         pair_tokens, samples = train_tokens(cfg, plan.pairs)
         sentence = pair_tokens / max(2 * samples, 1)
         predicted = cfg.objective.masking.rate * (2 if cfg.objective.name == "weam" else 1)  # WEAM adds XPRED

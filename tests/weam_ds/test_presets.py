@@ -1,16 +1,20 @@
-"""Encoder presets: meta builds of every size, published XLM-R parameter counts, checkpoints that round-trip
-through AutoModelForMaskedLM, continued pre-training from a local checkpoint, and the size table CLI."""
+"""Encoder presets: meta builds of every size, published XLM-R parameter counts, the same counts from a config
+without building the model, checkpoints that round-trip through AutoModelForMaskedLM, continued pre-training from a
+local checkpoint, and the size table CLI."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, DebertaV2Config, DebertaV2ForMaskedLM, XLMRobertaXLConfig
+from transformers import (AutoModelForMaskedLM, BertConfig, DebertaV2Config, DebertaV2ForMaskedLM,
+                          XLMRobertaXLConfig)
 
 from data_prep.typed_config import ConfigError
-from weam_ds.presets import PRESETS, build_model, count_parameters, model_config, train_flops_per_token
+from weam_ds.presets import (PRESETS, build_model, count_parameters, encoder_config, model_config, parameter_counts,
+                             train_flops_per_token)
 
 XLMR_VOCAB = 250002
 # Backbone sizes published with XLM-R (Conneau et al. 2020) and XLM-R XL/XXL (Goyal et al. 2021).
@@ -61,6 +65,32 @@ def test_counts_follow_the_post_ln_layer_formula(name):
     assert counts["non_embedding"] == p.layers * layer + 2 * h  # + the embedding LayerNorm
     assert counts["total"] - counts["non_embedding"] == (vocab + 514 + 1) * h  # word, position, token type
     assert counts["mlm_head"] == h * h + h + 2 * h + vocab  # dense, LayerNorm, decoder bias; decoder weight tied
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("vocab", [1000, XLMR_VOCAB])
+def test_counts_from_the_config_are_the_built_models(name, vocab):
+    counts = parameter_counts(model_config(name, vocab))
+    assert counts == count_parameters(build_model(name, vocab, meta=True))
+    assert counts["total"] == counts["embedding"] + counts["non_embedding"]
+
+
+@pytest.mark.parametrize("config_class, tied", [(BertConfig, True), (XLMRobertaXLConfig, False)])
+def test_counts_from_a_checkpoints_config_follow_its_layout_and_resized_vocabulary(config_class, tied, tmp_path):
+    # mBERT's layout (two token types, 512 positions) and a pre-LN encoder whose MLM decoder is its own.
+    config_class(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 type_vocab_size=2, tie_word_embeddings=tied).save_pretrained(tmp_path)
+    for vocab, resize in ((400, False), (600, True), (300, True)):
+        counts = parameter_counts(encoder_config(tmp_path, vocab, resize_vocab=resize))
+        assert counts == count_parameters(build_model(tmp_path, vocab, meta=True, resize_vocab=resize)), (vocab, resize)
+
+
+def test_counting_a_model_of_another_layout_from_its_config_names_the_checkpoint(tmp_path):
+    DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=64).save_pretrained(tmp_path)
+    named = re.escape(f"{tmp_path}: cannot count a 'deberta-v2' model's parameters from its config")
+    with pytest.raises(ConfigError, match="^" + named):
+        parameter_counts(encoder_config(tmp_path, 100))
 
 
 def test_tiny_builds_for_real_and_counts_unique_parameters(tiny):
