@@ -110,8 +110,8 @@ def build_model(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int 
     path = Path(name_or_path)
     config = _checkpoint_config(name_or_path, vocab_size, resize_vocab)
     try:
-        model = AutoModelForMaskedLM.from_pretrained(path, local_files_only=True, attn_implementation=_attention(config),
-                                                     dtype=dtype)
+        model = AutoModelForMaskedLM.from_pretrained(path, local_files_only=True, dtype=dtype,
+                                                     attn_implementation=_attention(config))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot load checkpoint weights ({_first_line(exc)})") from None
     if resize_vocab and vocab_size != model.config.vocab_size:
