@@ -81,7 +81,7 @@ def _checkpoint_config(name_or_path: str | Path, vocab_size: int, resize_vocab: 
                           f"nor a checkpoint directory")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-        MODEL_FOR_MASKED_LM_MAPPING[type(config)]
+        MODEL_FOR_MASKED_LM_MAPPING[type(config)]  # a KeyError where transformers has no masked LM for it
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{path}: not a loadable Hugging Face masked-LM checkpoint ({_first_line(exc)})") from None
     if vocab_size > config.vocab_size and not resize_vocab:
