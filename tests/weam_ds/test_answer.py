@@ -12,10 +12,11 @@ import statistics
 import numpy as np
 import pytest
 
-from weam_ds.answer import answer
 from weam_ds.registry import Registry
 from weam_ds.report import main
-from weam_ds.study_results import Results, gains
+from weam_ds.report.answer import answer
+from weam_ds.report.results import Results
+from weam_ds.report.stats import gains
 
 N = 400
 """Evaluation examples per language."""

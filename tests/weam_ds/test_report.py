@@ -14,7 +14,8 @@ from matplotlib.image import imread
 from PIL import Image
 
 from weam_ds.registry import SCHEMA_VERSION, Registry
-from weam_ds.report import PLOTS, main
+from weam_ds.report import main
+from weam_ds.report.plots import PLOTS
 
 PARAMETERS = {"tiny": 16_130_000, "mini": 67_290_000}
 SUBSETS = {"langs_1": ["de-en"], "langs_3": ["de-en", "fr-en", "ru-en"]}
