@@ -1,6 +1,6 @@
-"""The README's prep.yaml examples are valid configs: every file they name is made here in the format its source
-says (compressed as its name says, globs matched by several files), and each source reads as many records as it
-was given."""
+"""The documentation's prep.yaml examples are valid configs: every file they name is made here in the format its
+source says (compressed as its name says, globs matched by several files), and each source reads as many records
+as it was given."""
 from __future__ import annotations
 
 import bz2
@@ -18,23 +18,22 @@ import yaml
 import zstandard
 
 from conftest import write_tmx
+from documentation import yaml_blocks
 from data_prep.config import config_from_dict
 from data_prep.demo_corpus import catalogs
 from data_prep.readers import read_pairs
 from test_compressed_inputs import opus_zip
 from test_tabular_inputs import save_to_disk
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 COMPRESSORS = {".gz": gzip.compress, ".xz": lzma.compress, ".bz2": bz2.compress,
                ".zst": zstandard.ZstdCompressor().compress}
 ROWS = 40
 
 
 def readme_prep_configs() -> list[dict]:
-    """The README's YAML blocks that are data_prep configs training their tokenizer (those continuing a model's
-    tokenizer are loaded by tests/weam_ds/test_continued_pretraining.py)."""
-    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    configs = [yaml.safe_load(b) for b in blocks]
+    """The documentation's YAML blocks that are data_prep configs training their tokenizer (those continuing a
+    model's tokenizer are loaded by tests/weam_ds/test_continued_pretraining.py)."""
+    configs = [yaml.safe_load(b) for b in yaml_blocks()]
     return [c for c in configs if isinstance(c, dict) and "train" in (c.get("tokenizer") or {})
             and ("pairs" in c or "monolingual" in c)]
 

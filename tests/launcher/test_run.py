@@ -26,7 +26,7 @@ from launcher.cli import main
 from launcher.cluster import BACKEND_NAMES
 from weam_ds.run_dir import RunDir, checkpoint_problem
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+LAUNCHING = Path(__file__).resolve().parents[2] / "docs" / "launching.md"
 LAUNCH = [sys.executable, "-m", "launcher", "run"]
 HOSTILE = "$(touch pwned-dollar) `touch pwned-tick` 'q' ;touch pwned-semi"
 """A value that runs commands wherever a shell reads it unquoted; each one leaves a pwned-* file in the cwd."""
@@ -328,16 +328,10 @@ def test_a_bad_run_config_fails_before_anything_is_written(workdir, capsys):
     assert not list(workdir.glob("run */slurm.sbatch"))
 
 
-def _readme_launching() -> str:
-    text = README.read_text(encoding="utf-8")
-    start = text.index("## Launching")
-    return text[start:text.index("\n## ", start + 1)]
-
-
 def test_the_readme_examples_pass_every_check_in_a_dry_run(workdir, capsys):
-    section = _readme_launching()
+    section = LAUNCHING.read_text(encoding="utf-8")
     blocks = re.findall(r"```[a-z]*\n(.*?)```", section, re.S)
-    for block in blocks:  # the files the examples name, as the README shows them
+    for block in blocks:  # the files the examples name, as the documentation shows them
         first = block.splitlines()[0]
         if first.startswith("# ") and first[2:].split()[0] in ("hostfile", "slurm.yaml", "cluster.yaml"):
             (workdir / first[2:].split()[0]).write_text(block)

@@ -1,6 +1,6 @@
 """Monolingual text in training (the mixture, MLM only) and continued pre-training of checkpoints: the
 tokenizer guard, an mBERT-shaped BertForMaskedLM and an XLM-R-shaped one under every objective, one 2-rank
-ZeRO-3 run on fr-en pairs and Spanish text, and the README's "WEAM as in the paper" recipe."""
+ZeRO-3 run on fr-en pairs and Spanish text, and the "WEAM as in the paper" recipe of docs/run_config.md."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ import yaml
 from transformers import AutoConfig, AutoTokenizer
 
 from conftest import shard_samples
+from documentation import yaml_blocks
 from data_prep.config import config_from_dict
 from data_prep.manifest import read_manifest
 from data_prep.typed_config import ConfigError, from_dict
@@ -32,7 +33,6 @@ from weam_ds.vocab_check import check_model_vocabulary
 
 from runs import metric_rows, run_config, train, write_config
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -211,9 +211,8 @@ def test_two_rank_zero3_run_mixes_text_and_pairs_from_the_checkpoint(bert_datase
 
 
 def _readme_block(marker: str) -> dict:
-    """The YAML block of the README whose first line is the comment ``marker``."""
-    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    (block,) = [b for b in blocks if b.startswith(f"# {marker}")]
+    """The documentation's YAML block whose first line is the comment ``marker``."""
+    (block,) = [b for b in yaml_blocks() if b.startswith(f"# {marker}")]
     return yaml.safe_load(block)
 
 

@@ -275,7 +275,7 @@ def test_sigterm_checkpoints_and_exits(small_dataset, tmp_path):
     cfg = run_config(dataset, tmp_path / "preempted", train={"steps": 10_000, "checkpoint_interval": 10_000})
     path = tmp_path / "preempted.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    # One process without a launcher, as the README shows it: no rank variables, no MPI.
+    # One process without a launcher, as docs/run_config.md shows it: no rank variables, no MPI.
     proc = subprocess.Popen([sys.executable, "-m", "weam_ds.train", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "preempted" / "metrics.jsonl"
