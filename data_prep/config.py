@@ -4,14 +4,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from data_prep import PrepError
-from data_prep.readers import MONOLINGUAL_FORMATS, PARALLEL_FORMATS, READERS, TEXT_FORMATS, encoding_problem
+from data_prep.readers import MONOLINGUAL_FORMATS, PARALLEL_FORMATS, READERS, TEXT_FORMATS, Source, encoding_problem
 from data_prep.symmetrize import SYMMETRIZERS
 # Importing data_prep.tabular registers its readers (parquet, jsonl, arrow): every source is checked here first.
 from data_prep.tabular import TABULAR_FORMATS, arrow_data_files, column_problem
@@ -114,20 +112,8 @@ class ShardConfig:
             raise ConfigError("max_samples/max_bytes: must be at least 1 sample and 4096 bytes")
 
 
-class _Scored:
-    """``score_drop`` for a source config with ``score_column`` and ``min_score`` fields."""
-
-    def score_drop(self, value: Any) -> str | None:
-        """Why a record scored ``value`` (a number, or a number's text as TSV holds it) is dropped:
-        ``malformed`` (no number), ``low_score`` (under ``min_score``), or None to keep it."""
-        score = _number(value)
-        if score is None:
-            return "malformed"
-        return "low_score" if self.min_score is not None and score < self.min_score else None
-
-
 @dataclass
-class PairConfig(_Scored):
+class PairConfig(Source):
     src_lang: str
     tgt_lang: str
     format: str
@@ -190,7 +176,7 @@ class PairConfig(_Scored):
 
 
 @dataclass
-class MonolingualConfig(_Scored):
+class MonolingualConfig(Source):
     """One language's text: MLM-only samples (source side only, no target, no links) in the same dataset."""
     lang: str
     format: str
@@ -325,17 +311,6 @@ def _check_inputs(source: PairConfig | MonolingualConfig, text_keys: tuple[str, 
 
 def _input_files(fmt: str, paths: list[str]) -> list[str]:
     return [f for p in paths for f in arrow_data_files(p)] if fmt == "arrow" else list(paths)
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a score: a number, or text that reads as one; None for anything else (NaN, a bool)."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def _check_files(key: str, paths: list[str], fmt: str) -> None:

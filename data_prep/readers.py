@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
 import zipfile
 from collections.abc import Callable, Iterator
 from itertools import zip_longest
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from typing import Any
 
 import polib
 from defusedxml import DefusedXmlException
@@ -24,13 +25,45 @@ from data_prep import PrepError
 from data_prep.compression import CorruptInput, open_input, open_member
 from data_prep.sentences import split_sentences
 
-if TYPE_CHECKING:
-    from data_prep.config import MonolingualConfig, PairConfig
-
 log = logging.getLogger(__name__)
 
+
+class Source:
+    """A configured source as a reader reads it: data_prep.config's ``PairConfig`` (a language pair; ``src``,
+    ``tgt`` and ``msgid_side`` too) or ``MonolingualConfig`` (one language's text; ``documents`` too). Declared
+    here, below the config, because the config checks a source against the readers registered here."""
+    format: str
+    path: list[str]
+    key: str
+    src_lang: str
+    tgt_lang: str | None
+    text_columns: list[str | None]
+    files: list[str]
+    score_column: str | int | None
+    min_score: float | None
+
+    def score_drop(self, value: Any) -> str | None:
+        """Why a record scored ``value`` (a number, or a number's text as TSV holds it) is dropped:
+        ``malformed`` (no number), ``low_score`` (under ``min_score``), or None to keep it."""
+        score = _number(value)
+        if score is None:
+            return "malformed"
+        return "low_score" if self.min_score is not None and score < self.min_score else None
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a score: a number, or text that reads as one; None for anything else (NaN, a bool)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
 Record = tuple[str, ...] | str
-Reader = Callable[["PairConfig | MonolingualConfig"], Iterator[Record]]
+Reader = Callable[[Source], Iterator[Record]]
 READERS: dict[str, Reader] = {}
 MONOLINGUAL_FORMATS: set[str] = set()
 """The formats of READERS that read one language's text (configured under ``monolingual:``)."""
@@ -54,7 +87,7 @@ def reader(name: str, monolingual: bool = False, parallel: bool | None = None):
     return register
 
 
-def read_pairs(source: PairConfig | MonolingualConfig) -> Iterator[Record]:
+def read_pairs(source: Source) -> Iterator[Record]:
     """The records of one configured source: (src, tgt) pairs, or (sentence,) for monolingual text."""
     return READERS[source.format](source)
 
@@ -133,13 +166,13 @@ def _line_pairs(key: str, src: tuple[str, Iterator], tgt: tuple[str, Iterator]) 
 
 
 @reader("moses")
-def read_moses(pair: PairConfig) -> Iterator[Record]:
+def read_moses(pair: Source) -> Iterator[Record]:
     """Two files, line i of one translating line i of the other."""
     return _line_pairs(pair.key, (pair.src, _lines(pair.src)), (pair.tgt, _lines(pair.tgt)))
 
 
 @reader("opus_moses")
-def read_opus_moses(pair: PairConfig) -> Iterator[Record]:
+def read_opus_moses(pair: Source) -> Iterator[Record]:
     """OPUS Moses downloads: a zip holding ``<Corpus>.<l1>-<l2>.<l1>`` and ``.<l2>`` (read as moses, the
     members streamed) beside a README and a LICENSE, which are ignored."""
     for path in pair.path:
@@ -167,7 +200,7 @@ def _opus_member(path: str, archive: zipfile.ZipFile, lang: str) -> str:
 
 
 @reader("tsv")
-def read_tsv(pair: PairConfig) -> Iterator[Record]:
+def read_tsv(pair: Source) -> Iterator[Record]:
     """One pair per line: src<TAB>tgt, or with ``score_column`` (the score's field index) three fields, such
     as WikiMatrix's score<TAB>src<TAB>tgt: a pair under ``min_score`` is dropped as low_score. Lines with
     another number of fields, a score that is no number, or not UTF-8 are dropped as malformed."""
@@ -204,7 +237,7 @@ def _segment_text(seg) -> str:
 
 
 @reader("tmx")
-def read_tmx(pair: PairConfig) -> Iterator[Record]:
+def read_tmx(pair: Source) -> Iterator[Record]:
     """TMX translation memories, parsed incrementally with entity expansion refused (defusedxml)."""
     for path in pair.path:
         try:
@@ -218,7 +251,7 @@ def read_tmx(pair: PairConfig) -> Iterator[Record]:
             raise PrepError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _tmx_pairs(stream, pair: PairConfig) -> Iterator[Record]:
+def _tmx_pairs(stream, pair: Source) -> Iterator[Record]:
     """The translation units of one TMX stream, each a pair or the reason it is dropped."""
     events = iterparse(stream, events=("start", "end"))
     body = None
@@ -241,7 +274,7 @@ def _tmx_pairs(stream, pair: PairConfig) -> Iterator[Record]:
             body.clear()  # processed units are dropped, so memory stays flat
 
 
-def _catalog_pairs(pair: PairConfig, load: Callable[[bytes], polib.POFile | polib.MOFile]) -> Iterator[Record]:
+def _catalog_pairs(pair: Source, load: Callable[[bytes], polib.POFile | polib.MOFile]) -> Iterator[Record]:
     for path in pair.path:
         try:
             with open_input(path) as f:
@@ -265,7 +298,7 @@ def _catalog_pairs(pair: PairConfig, load: Callable[[bytes], polib.POFile | poli
 
 
 @reader("po")
-def read_po(pair: PairConfig) -> Iterator[Record]:
+def read_po(pair: Source) -> Iterator[Record]:
     """gettext source catalogs: msgid → msgstr; fuzzy and untranslated entries are counted and dropped."""
     return _catalog_pairs(pair, _po_catalog)
 
@@ -277,7 +310,7 @@ def _po_catalog(content: bytes) -> polib.POFile:
 
 
 @reader("mo")
-def read_mo(pair: PairConfig) -> Iterator[Record]:
+def read_mo(pair: Source) -> Iterator[Record]:
     """Compiled gettext catalogs (the same pairs as the .po they were built from)."""
     return _catalog_pairs(pair, polib.mofile)
 
@@ -288,7 +321,7 @@ _MAX_PENDING_CHARS = 1 << 16
 
 
 @reader("text", monolingual=True)
-def read_text(source: MonolingualConfig) -> Iterator[Record]:
+def read_text(source: Source) -> Iterator[Record]:
     """One language's plain UTF-8 text: one sentence per line, or (``documents``) documents separated
     by blank lines, whose lines are joined and split into sentences (data_prep.sentences). A line that
     is not UTF-8 is dropped as malformed; a document goes on after it."""

@@ -2,7 +2,7 @@
 folder, or the ``.arrow`` files of a ``load_dataset`` cache), as dataset hubs ship OPUS-100, NLLB or CCMatrix.
 
 A source names its columns: ``src_column`` and ``tgt_column`` for pairs, ``text_column`` for monolingual text,
-and optionally ``score_column`` (with ``min_score``, see ``ScoredSource`` in data_prep.config). A name is
+and optionally ``score_column`` (with ``min_score``, see ``Source`` in data_prep.readers). A name is
 dotted into struct columns or nested objects: ``translation.ko`` is field ``ko`` of column ``translation``.
 
 Everything is read a record batch at a time, never a whole file: Parquet by ``ParquetFile.iter_batches``
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,10 +24,7 @@ import pyarrow.parquet as pq
 
 from data_prep import PrepError
 from data_prep.compression import open_input
-from data_prep.readers import Record, reader
-
-if TYPE_CHECKING:
-    from data_prep.config import MonolingualConfig, PairConfig
+from data_prep.readers import Record, Source, reader
 
 TABULAR_FORMATS = ("parquet", "jsonl", "arrow")
 """The formats whose sources name their columns (and whose ``path`` may be a Hugging Face folder: arrow)."""
@@ -37,14 +34,14 @@ _SHOWN_COLUMNS = 20
 
 
 @reader("parquet", monolingual=True, parallel=True)
-def read_parquet(source: PairConfig | MonolingualConfig) -> Iterator[Record]:
+def read_parquet(source: Source) -> Iterator[Record]:
     """Parquet files, one record batch at a time, reading only the named columns."""
     for path in source.path:
         yield from _batch_records(source, _parquet_batches(path, _column_names(source)))
 
 
 @reader("jsonl", monolingual=True, parallel=True)
-def read_jsonl(source: PairConfig | MonolingualConfig) -> Iterator[Record]:
+def read_jsonl(source: Source) -> Iterator[Record]:
     """JSON Lines, one object per line, compressed or not; a line that is no JSON object is malformed."""
     names = _column_names(source)
     for path in source.path:
@@ -54,7 +51,7 @@ def read_jsonl(source: PairConfig | MonolingualConfig) -> Iterator[Record]:
 
 
 @reader("arrow", monolingual=True, parallel=True)
-def read_arrow(source: PairConfig | MonolingualConfig) -> Iterator[Record]:
+def read_arrow(source: Source) -> Iterator[Record]:
     """Arrow IPC stream files: each ``path`` is a ``save_to_disk`` folder or one ``.arrow`` file."""
     for path in source.files:
         yield from _batch_records(source, _arrow_batches(path))
@@ -146,7 +143,7 @@ def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
 
 
-def _column_names(source: PairConfig | MonolingualConfig) -> list[str]:
+def _column_names(source: Source) -> list[str]:
     """The columns a source reads: its text columns, then its score column if it has one."""
     return [*source.text_columns, *([source.score_column] if source.score_column is not None else [])]
 
@@ -173,7 +170,7 @@ def _arrow_batches(path: str) -> Iterator[pa.RecordBatch]:
         raise PrepError(f"{path}: cannot read an Arrow stream ({_first_line(exc)})") from None
 
 
-def _batch_records(source: PairConfig | MonolingualConfig, batches: Iterator[pa.RecordBatch]) -> Iterator[Record]:
+def _batch_records(source: Source, batches: Iterator[pa.RecordBatch]) -> Iterator[Record]:
     n_text = len(source.text_columns)
     for batch in batches:
         columns = [_column(batch, name).to_pylist() for name in _column_names(source)]
@@ -190,7 +187,7 @@ def _column(batch: pa.RecordBatch, name: str) -> pa.Array:
     return column
 
 
-def _record(source: PairConfig | MonolingualConfig, texts: tuple, score: tuple) -> Record:
+def _record(source: Source, texts: tuple, score: tuple) -> Record:
     """One row's record: its texts, or why it is dropped; ``score`` is () or (the row's score,)."""
     if not all(isinstance(text, str) for text in texts):
         return "malformed"
