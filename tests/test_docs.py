@@ -18,7 +18,8 @@ FLAG = re.compile(r"--(\[no-\])?([a-z][a-z0-9_-]*)")
 # One process runs every command's --help (the imports are paid once), descending into subcommands while the next
 # word is one of the choices argparse's usage line offers ({run,plan,study} ...).
 HELP = r"""
-import contextlib, io, json, re, runpy, sys
+import contextlib, functools, io, json, re, runpy, sys
+@functools.cache
 def help_text(words):
     sys.argv = [words[0], *words[1:], "--help"]
     out = io.StringIO()
@@ -30,11 +31,11 @@ for command in json.loads(sys.argv[1]):
     words = command.split()
     n = 1
     try:
-        text = help_text(words[:1])
+        text = help_text(tuple(words[:1]))
         while n < len(words) and words[n] in {c for group in re.findall(r"\{([\w,-]+)\}", text.split("\n\n")[0])
                                               for c in group.split(",")}:
             n += 1
-            text = help_text(words[:n])
+            text = help_text(tuple(words[:n]))
     except ImportError as error:
         text = f"ImportError: {error}"
     answers[command] = [" ".join(words[:n]), text]
