@@ -21,18 +21,15 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import re
 import shutil
-import signal
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from multiprocessing import active_children, get_context
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +48,9 @@ from data_prep.readers import read_pairs
 from data_prep.shards import file_sha256, read_samples
 from data_prep.tokenizer import copy_tokenizer, tokenizer_sha256, train_tokenizer
 from data_prep.typed_config import to_dict
+from data_prep.worker_pool import as_completed, worker_pool
 
 log = logging.getLogger(__name__)
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @dataclass
@@ -74,7 +71,7 @@ def build(cfg: PrepConfig) -> BuildReport:
         if manifest["complete"]:
             log.info("%s is complete; nothing to do", out)
             return report
-        with _worker_pool(cfg.n_workers) as pool:
+        with worker_pool(cfg.n_workers) as pool:
             _run_stages(cfg, manifest, report, pool)
     return report
 
@@ -109,7 +106,7 @@ def prepare(cfg: PrepConfig, nodes: int, chunks_per_task: int | None = None) -> 
         if manifest["complete"]:
             log.info("%s is complete; nothing to do", out)
             return 0
-        with _worker_pool(cfg.n_workers) as pool:
+        with worker_pool(cfg.n_workers) as pool:
             cleaned = _clean(cfg, manifest, pool)
         heldout = _heldout(cfg, cleaned)
         _prepare_tokenizer(cfg, manifest, cleaned, heldout, out)
@@ -132,7 +129,7 @@ def run_chunk_group(cfg: PrepConfig, group: int) -> None:
         if plan["config_sha256"] != manifest["config_sha256"] or not 0 <= group < len(plan["groups"]):
             raise PrepError(f"{out / _PLAN}: has no group {group} of this build; submit the build again")
         mine = {tuple(chunk) for chunk in plan["groups"][group]}
-        with _worker_pool(cfg.n_workers) as pool:
+        with worker_pool(cfg.n_workers) as pool:
             cleaned = [_cleaned(out, p) for p in cfg.sources]
             tasks = [t for t in _chunk_tasks(cfg, manifest, cleaned, _heldout(cfg, cleaned))
                      # A task SLURM requeued (its node failed) skips the chunks it finished before.
@@ -162,9 +159,9 @@ def finish(cfg: PrepConfig) -> dict:
         if missing:
             raise PrepError(f"{out}: not done: {', '.join(missing)}; the same command does them")
         shards = [shard for entry in manifest["pairs"].values() for shard in entry["shards"]]
-        with _worker_pool(cfg.n_workers) as pool:
+        with worker_pool(cfg.n_workers) as pool:
             pending = {pool.submit(_shard_problem, out, shard): shard["path"] for shard in shards}
-            problems = [f"{path}: {problem}" for path, problem in _as_completed(pending) if problem]
+            problems = [f"{path}: {problem}" for path, problem in as_completed(pending) if problem]
         if problems:
             raise PrepError(f"{out}: {len(problems)} of {len(shards)} shards fail their check: {problems[0]}"
                             + (" ..." if len(problems) > 1 else ""))
@@ -269,7 +266,7 @@ def _clean(cfg: PrepConfig, manifest: dict, pool: Executor) -> list[dict]:
     out = Path(cfg.output_dir)
     sources = cfg.sources
     pending = {pool.submit(_clean_pair, p, cfg, out / ".work"): i for i, p in enumerate(sources)}
-    by_index = dict(tqdm(_as_completed(pending), total=len(sources), desc="clean", unit="source", disable=None))
+    by_index = dict(tqdm(as_completed(pending), total=len(sources), desc="clean", unit="source", disable=None))
     cleaned = [by_index[i] for i in range(len(sources))]
     for pair, result in zip(sources, cleaned):
         entry = manifest["pairs"].setdefault(pair.key, {"shards": [], "chunks_done": []})
@@ -318,7 +315,7 @@ def _encode(tasks: list[ChunkTask], pending: dict[Future, Any], ready: list[Chun
     steps = len(tasks) + sum(t.parallel for t in tasks)  # an align step per chunk of pairs, an encode step each
     with tqdm(total=steps, initial=steps - to_align - len(pending), desc="align+encode", unit="step",
               disable=None) as bar:
-        for (step, task), result in _as_completed(pending):
+        for (step, task), result in as_completed(pending):
             bar.update()
             report.worker.update(result.seconds)
             if step == "align":
@@ -472,61 +469,3 @@ def _tokenizer_texts(cfg: PrepConfig, cleaned: list[dict], heldout) -> Iterator[
             columns = read_spool(chunk["path"])
             picked = train[(train >= chunk["first"]) & (train < chunk["first"] + len(columns[0]))] - chunk["first"]
             yield [column[k] for column in columns for k in picked]
-
-
-def _init_worker(threads: int, log_level: int) -> None:
-    # A process group of its own: a terminal's Ctrl-C reaches the build alone (a worker taking it would print
-    # its traceback and leave the build waiting), and ending the worker's group ends its eflomal too.
-    os.setpgrp()
-    # Each worker gets its share of the cores for eflomal's OpenMP samplers and the tokenizer's threads.
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["RAYON_RS_NUM_CPUS"] = str(threads)
-    logging.basicConfig(level=log_level, format=LOG_FORMAT)
-
-
-class _InProcess(Executor):
-    """An executor that runs each call as it is submitted: the one-worker build, without processes."""
-
-    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
-        future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
-@contextmanager
-def _worker_pool(workers: int) -> Iterator[Executor]:
-    """One pool for every parallel stage (starting workers costs seconds)."""
-    if workers <= 1:
-        yield _InProcess()
-        return
-    # spawn, not fork: the parent uses thread pools (tokenizers) that a fork would copy mid-flight.
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(max(1, (os.cpu_count() or 1) // workers), logging.getLogger().level))
-    try:
-        yield pool
-    except BaseException:
-        # Interrupted, or a stage failed: the workers' running chunks are not waited for (what they leave is
-        # temporary files; a chunk is marked done only once complete), and they end with their children.
-        # Killed first, then shut down: the pool sees its workers gone and fails their futures itself. (Cancelling
-        # the futures first makes Python 3.11's pool thread fail on them, InvalidStateError, with a traceback.)
-        # A worker still starting has no group of its own yet: it is killed alone (a worker left alive blocks the
-        # pool's shutdown for ever on the call queue's lock, which a killed one may have held).
-        for worker in active_children():  # the pool's (the build starts no other processes)
-            with suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGKILL)
-            worker.kill()
-        pool.shutdown(wait=False)
-        raise
-    pool.shutdown(cancel_futures=True)
-
-
-def _as_completed(pending: dict[Future, Any]) -> Iterator[tuple[Any, Any]]:
-    """Yields ``(pending.pop(f), f.result())`` as futures finish, including futures added to
-    ``pending`` meanwhile. On an error the pool's workers are killed (``_worker_pool``), which ends every call."""
-    while pending:
-        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-        for future in [f for f in pending if f in done]:  # in submission order
-            yield pending.pop(future), future.result()

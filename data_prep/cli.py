@@ -39,7 +39,7 @@ STAGES = ("prepare", "chunks", "finish")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="data_prep", description=__doc__.split(":", 1)[1].strip())
-    parser.add_argument("--config", required=True, help="prep.yaml (see README: data_prep config)")
+    parser.add_argument("--config", required=True, help="prep.yaml (see docs/dataset.md)")
     parser.add_argument("--workers", type=int, help="worker processes (overrides the config; 0 = one per core)")
     parser.add_argument("--backend", choices=("local", "slurm"), default="local",
                         help="local: build here; slurm: submit the build as SLURM jobs (--cluster)")
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", type=int, help="--stage chunks: the group of chunks to do (the array task)")
     parser.add_argument("--version", action="version", version=f"weam-ds data_prep {__version__}")
     args = parser.parse_args(argv)
-    from data_prep.build import LOG_FORMAT, build
+    from data_prep.build import build
     from data_prep.config import load_config
+    from data_prep.worker_pool import LOG_FORMAT
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
