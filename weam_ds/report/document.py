@@ -35,8 +35,21 @@ def build(registry: Registry, out: Path) -> list[tuple]:
               f"cells, {len(results.cells) - len(missing)} with every result, {len(missing)} lacking some."),
         ("p", summary(results, all_gains, rows)),
         ("h2", "How the numbers are made"), *how_the_numbers_are_made(results),
-        ("h2", "(1) WEAM against MLM and TLM"),
+        *_gains_section(results, all_gains, out),
+        *_scaling_section(results, rows, out),
+        *_best_cell_section(results, out),
+        *_missing_section(results, missing),
     ]
+    (out / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
+    (out / "report.html").write_text(to_html(blocks, out, title), encoding="utf-8")
+    write_csv(results, out / "results.csv")
+    write_hparams(results, out / "tensorboard")
+    return blocks
+
+
+def _gains_section(results: Results, all_gains: list[Gain], out: Path) -> list[tuple]:
+    """Question (1): the gains' table and plot."""
+    blocks = [("h2", "(1) WEAM against MLM and TLM")]
     if all_gains:
         blocks.append(("table", *gain_table(results, all_gains)))
     else:
@@ -44,8 +57,13 @@ def build(registry: Registry, out: Path) -> list[tuple]:
     if plot_gains(results, all_gains, out / "gain_vs_languages.png"):
         blocks.append(("img", "gain_vs_languages.png", "WEAM's gain against the number of pre-training languages, "
                                                        "one line per size; error bars: the spread"))
-    blocks += [("h2", "(2) Score against parameters and training compute"), ("p", SCALING_METHOD)]
-    blocks.append(("table", *scaling_table(results, rows)) if rows else ("p", "No scores yet."))
+    return blocks
+
+
+def _scaling_section(results: Results, rows: list[Scaling], out: Path) -> list[tuple]:
+    """Question (2): the scaling table and its three plots (or why each is absent)."""
+    blocks = [("h2", "(2) Score against parameters and training compute"), ("p", SCALING_METHOD),
+              ("table", *scaling_table(results, rows)) if rows else ("p", "No scores yet.")]
     for name, x, y, xlabel, ylabel, caption in (
             ("score_vs_parameters.png", lambda r: r.parameters, lambda r: r.scores, "parameters (backbone)",
              "score", "Score against parameters, one line per objective"),
@@ -57,27 +75,29 @@ def build(registry: Registry, out: Path) -> list[tuple]:
             blocks.append(("img", name, caption))
         else:
             blocks.append(("p", f"{caption}: nothing to plot yet."))
-    best = best_cell(results)
-    blocks.append(("h2", "Zero-shot scores of the best cell"))
-    if best is None:
-        blocks.append(("p", "No cell has a complete set of scores for any task yet."))
-    else:
-        plot_heatmap(results, best, out / "heatmap_best_cell.png")
-        blocks += [("p", f"{best}: the cell with complete scores on the most tasks, and among those the highest "
-                         "mean score over them."),
-                   ("img", "heatmap_best_cell.png", f"Zero-shot scores of {best} per task and language")]
-    blocks.append(("h2", "Missing results"))
-    if missing:
-        blocks.append(("table", ["Cell", "State", "Lacks", "Error"],
-                       [[name, results.cells[name].state, ", ".join(lacks), results.cells[name].error or ""]
-                        for name, lacks in sorted(missing.items())]))
-    else:
-        blocks.append(("p", "None: every cell has a score for every evaluated language of every task."))
-    (out / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
-    (out / "report.html").write_text(to_html(blocks, out, title), encoding="utf-8")
-    write_csv(results, out / "results.csv")
-    write_hparams(results, out / "tensorboard")
     return blocks
+
+
+def _best_cell_section(results: Results, out: Path) -> list[tuple]:
+    best = best_cell(results)
+    if best is None:
+        return [("h2", "Zero-shot scores of the best cell"),
+                ("p", "No cell has a complete set of scores for any task yet.")]
+    plot_heatmap(results, best, out / "heatmap_best_cell.png")
+    return [("h2", "Zero-shot scores of the best cell"),
+            ("p", f"{best}: the cell with complete scores on the most tasks, and among those the highest mean score "
+                  "over them."),
+            ("img", "heatmap_best_cell.png", f"Zero-shot scores of {best} per task and language")]
+
+
+def _missing_section(results: Results, missing: dict[str, list[str]]) -> list[tuple]:
+    if not missing:
+        return [("h2", "Missing results"),
+                ("p", "None: every cell has a score for every evaluated language of every task.")]
+    return [("h2", "Missing results"),
+            ("table", ["Cell", "State", "Lacks", "Error"],
+             [[name, results.cells[name].state, ", ".join(lacks), results.cells[name].error or ""]
+              for name, lacks in sorted(missing.items())])]
 
 
 def _where(results: Results, key: RowKey) -> str:
