@@ -52,8 +52,8 @@ def run_case(preset: str, length: int, pairs: int, ds_name: str, steps: int) -> 
     from weam_ds.hardware import probe
     from weam_ds.monitor import peak_tflops
     from weam_ds.objective import PretrainingObjective
+    from weam_ds.optimizer import optimizer_for, param_groups
     from weam_ds.presets import PRESETS, build_model, count_parameters, train_flops
-    from weam_ds.train import _optimizer_for, _param_groups
 
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517"), ("RANK", "0"), ("WORLD_SIZE", "1"),
                        ("LOCAL_RANK", "0")):
@@ -72,8 +72,8 @@ def run_case(preset: str, length: int, pairs: int, ds_name: str, steps: int) -> 
     model = build_model(preset, VOCAB)
     with deepspeed.zero.Init(config_dict_or_path=ds):
         objective = PretrainingObjective(model, cfg.objective)
-    optimizer = _optimizer_for(ds, hw, objective, cfg)
-    params = _param_groups(objective, cfg.optimizer.weight_decay) if optimizer is None else None
+    optimizer = optimizer_for(ds, hw, objective, cfg)
+    params = param_groups(objective, cfg.optimizer.weight_decay) if optimizer is None else None
     engine, *_ = deepspeed.initialize(model=objective, model_parameters=params, optimizer=optimizer, config=ds)
     non_embedding = count_parameters(model)["non_embedding"]
     times, flops = [], []
@@ -128,7 +128,8 @@ def main() -> int:
         return 0
 
     from data_prep.typed_config import from_dict
-    from launcher.planner import GiB, plan
+    from launcher.memory import GiB
+    from launcher.planner import plan
     from weam_ds.config import RunConfig
     from weam_ds.monitor import peak_tflops
     from weam_ds.presets import PRESETS

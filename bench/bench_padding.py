@@ -36,7 +36,8 @@ from transformers import AutoTokenizer
 from data_prep.typed_config import from_dict
 from weam_ds.batch import TokenInfo
 from weam_ds.config import DataConfig, MaskingConfig
-from weam_ds.data import LAYOUTS, Corpus, TrainStream, padding_counts
+from weam_ds.data import Corpus, TrainStream, padding_counts
+from weam_ds.objectives import OBJECTIVES, STACKED
 
 from bench_stream import demo_dataset  # bench/ is this script's directory
 
@@ -139,7 +140,7 @@ def main() -> None:
           f"{'packed':>7}  s")
     for name, dataset in datasets.items():
         for objective in ("weam", "tlm"):
-            stacked = LAYOUTS[objective] is LAYOUTS["mlm"]  # the floor is a stacked pair's
+            stacked = OBJECTIVES[objective].layout is STACKED  # the floor is a stacked pair's
             for label, data in settings:
                 start = time.perf_counter()
                 before, _ = measure(dataset, objective, args.samples, bucket_pool=1, pack_rows=False, **data)

@@ -18,7 +18,7 @@ budget: {rule: steps, steps: 120}   # or {rule: tokens_per_language, tokens_per_
 evaluation:
   tatoeba: {layer: null}            # retrieval on the datasets' held-out test pairs, every language
   xtreme_r: null                    # or {data: XTREME_DIR, tasks: [xnli, udpos], seeds: [1, 2, 3], recipes: DIR}
-launch: {backend: local, nproc_per_node: 2}   # launcher backend and cluster settings (README: Launching)
+launch: {backend: local, nproc_per_node: 2}   # launcher backend and cluster settings (docs/launching.md)
 ```
 
 ``model``, ``data.pairs``, ``objective.name`` and ``train.seed`` always name a cell (from the base config when
@@ -43,11 +43,10 @@ from data_prep.typed_config import ConfigError, from_dict, load_yaml, read_yaml
 from launcher.cluster import ClusterConfig
 from weam_ds.config import RunConfig, load_run_config
 from weam_ds.registry import cell_name
+from weam_ds.registry_rows import NAMED_AXES, cell_languages
 
 log = logging.getLogger(__name__)
 
-NAMED = {"model": "model", "data.pairs": "languages", "objective.name": "objective", "train.seed": "seed"}
-"""Run-config keys that every cell is named by, and their names in the registry."""
 ALL_PAIRS = "all"
 """The language subset of a base config whose data.pairs is null (every pair of its datasets)."""
 
@@ -231,8 +230,8 @@ def expand(study: StudyConfig, where: str) -> list[CellPlan]:
                           if cfg.data.pairs is None else None)
             if subset is None:
                 raise ConfigError(f"{where}: base: data.pairs {cfg.data.pairs} is not a subset named under languages")
-        axes = {NAMED[k]: (subset if k == "data.pairs" else _get(cfg, k)) for k in NAMED}
-        axes.update({k: v for k, v in zip(keys, values) if k not in NAMED})
+        axes = {axis: (subset if key == "data.pairs" else _get(cfg, key)) for axis, key in NAMED_AXES.items()}
+        axes.update({k: v for k, v in zip(keys, values) if k not in NAMED_AXES.values()})
         name = cell_name(axes)
         directory = cells_dir / name
         config["output_dir"] = str(directory / "run")
@@ -273,7 +272,7 @@ def _apply_budget(budget: BudgetConfig, config: dict, cfg: RunConfig, pairs: lis
     if budget.rule == "steps":
         config.setdefault("train", {})["steps"] = budget.steps or cfg.train.steps
         return
-    languages = len({side for p in pairs for side in p.split("-") if side != "en"}) or 1
+    languages = len(cell_languages(pairs)) or 1
     steps = math.ceil(budget.tokens_per_language * languages / tokens_per_step(cfg, pairs, launch))
     config.setdefault("train", {})["steps"] = max(1, steps)
 
@@ -293,9 +292,10 @@ def train_tokens(cfg: RunConfig, pairs: list[str]) -> tuple[int, int]:
 def tokens_per_step(cfg: RunConfig, pairs: list[str], launch: ClusterConfig) -> float:
     """Real tokens one optimizer step trains on over every rank: pairs per step × the mean tokens of its pairs'
     train data, or with a budget of encoded positions that budget (bucketed batches are nearly all real tokens)."""
-    if cfg.data.batch_size is not None:
+    micro = cfg.data.micro_batch
+    if micro.pairs is not None:
         pair_tokens, samples = train_tokens(cfg, pairs)
-        tokens_per_batch = cfg.data.batch_size * pair_tokens / max(samples, 1)
+        tokens_per_batch = micro.pairs * pair_tokens / max(samples, 1)
     else:
-        tokens_per_batch = cfg.data.batch_tokens
+        tokens_per_batch = micro.tokens
     return tokens_per_batch * cfg.train.gradient_accumulation * launch.shape().world_size

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.typed_config import ConfigError, load_yaml
+from weam_ds.objectives import OBJECTIVES
 
-OBJECTIVES = ("weam", "mlm", "tlm")
 EXCHANGES = ("hard", "prior_attention")
 
 
@@ -35,7 +35,8 @@ class MaskingConfig:
 @dataclass
 class ObjectiveConfig:
     name: str = "weam"
-    """weam (MLM + cross-lingual prediction), mlm (MLM on both sides) or tlm (MLM on the concatenated pair)."""
+    """weam (MLM + cross-lingual prediction), mlm (MLM on both sides) or tlm (MLM on the concatenated pair):
+    a key of weam_ds.objectives.OBJECTIVES."""
     exchange: str = "hard"
     """weam only: hard (alignment-weighted mean of aligned states) or prior_attention (attention with
     the alignment as a log-prior)."""
@@ -100,14 +101,7 @@ class DataConfig:
     def __post_init__(self):
         if not self.datasets:
             raise ConfigError("datasets: name at least one dataset directory")
-        if (self.batch_size is None) == (self.batch_tokens is None):
-            raise ConfigError("batch_size, batch_tokens: set exactly one of them")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
-        if self.batch_tokens is not None and self.batch_tokens < 2 * self.max_length:
-            # One pair of two max_length sentences encodes 2 x max_length positions under every objective.
-            raise ConfigError(f"batch_tokens: must be at least 2 x max_length ({2 * self.max_length}), "
-                              f"got {self.batch_tokens}")
+        MicroBatch.of(self)  # checks batch_size and batch_tokens
         if not 0 <= self.temperature <= 1:
             raise ConfigError("temperature: must be between 0 and 1")
         if self.monolingual_weight is not None and not 0 < self.monolingual_weight < 1:
@@ -123,6 +117,50 @@ class DataConfig:
             raise ConfigError(f"bucket_pool: must be at least 1, got {self.bucket_pool}")
         if self.shuffle_buffer < 1 or self.workers < 0 or self.eval_batches < 0:
             raise ConfigError("shuffle_buffer, workers, eval_batches: must be positive (workers, eval_batches >= 0)")
+
+    @property
+    def micro_batch(self) -> MicroBatch:
+        """Pairs or tokens per micro-step: what ``batch_size`` and ``batch_tokens`` decide."""
+        return MicroBatch.of(self)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """What one rank takes per micro-step, decided once from ``data.batch_size`` and ``data.batch_tokens``:
+    ``pairs`` sentence pairs, or a budget of ``tokens`` encoded positions, padding included, counted as the
+    objective encodes a batch (weam_ds.objectives). Exactly one of the two is set."""
+
+    pairs: int | None
+    tokens: int | None
+
+    @classmethod
+    def of(cls, data: DataConfig) -> MicroBatch:
+        """``data``'s micro-batch; a ConfigError naming the key when it sets both or neither, or a size too small."""
+        if (data.batch_size is None) == (data.batch_tokens is None):
+            raise ConfigError("batch_size, batch_tokens: set exactly one of them")
+        if data.batch_size is not None and data.batch_size < 1:
+            raise ConfigError(f"batch_size: must be at least 1, got {data.batch_size}")
+        if data.batch_tokens is not None and data.batch_tokens < 2 * data.max_length:
+            # One pair of two max_length sentences encodes 2 x max_length positions under every objective.
+            raise ConfigError(f"batch_tokens: must be at least 2 x max_length ({2 * data.max_length}), "
+                              f"got {data.batch_tokens}")
+        return cls(data.batch_size, data.batch_tokens)
+
+    def describe(self) -> str:
+        """As the logs and the planner's suggestions print it: ``32 pairs`` or ``8192 tokens``."""
+        return f"{self.pairs} pairs" if self.pairs is not None else f"{self.tokens} tokens"
+
+    def full_length_pairs(self, max_length: int) -> int:
+        """Pairs per batch when every sentence is ``max_length`` long (at least one): a budget holds
+        tokens // (2 × max_length) of them under every objective."""
+        return self.pairs or max(1, self.tokens // (2 * max_length))
+
+    def halved(self, k: int, max_length: int) -> MicroBatch | None:
+        """The micro-batch halved ``k`` times, or None where that is none: pairs that do not halve evenly, a
+        budget below one pair of full-length sentences."""
+        if self.pairs is not None:
+            return MicroBatch(self.pairs >> k, None) if self.pairs >> k >= 1 and self.pairs % (1 << k) == 0 else None
+        return MicroBatch(None, self.tokens >> k) if self.tokens >> k >= 2 * max_length else None
 
 
 @dataclass
@@ -347,7 +385,7 @@ def deepspeed_config(cfg: RunConfig, where: str = "config", world_size: int = 1,
                                                          for k in ("offload_optimizer", "offload_param"))):
         raise ConfigError(f"{where}: deepspeed: fp16 and NVMe offload need a GPU; use ds_configs/cpu.json")
     t = cfg.train
-    micro = cfg.data.batch_size if cfg.data.batch_size is not None else 1
+    micro = cfg.data.micro_batch.pairs or 1  # DeepSpeed counts samples; a token budget's batches vary in pairs
     auto = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": t.gradient_accumulation,

@@ -12,8 +12,8 @@ Batches are length-bucketed, so that little of what the encoder processes is pad
 pool of ``bucket_pool`` batches' worth of samples (in the order above, so the mixture is unchanged),
 sorts it by length (longer side, then shorter side; ties in an order seeded by (seed, rank, slot,
 pool's first draw)), cuts it into batches of ``batch_size`` pairs or of at most ``batch_tokens``
-positions as the objective encodes them (``LAYOUTS``), and yields them in a seeded order. A batch also
-carries the plan that packs its rows' real tokens into fewer rows (``data.pack_rows``, weam_ds.packing):
+positions as the objective encodes them (its ``Layout``, weam_ds.objectives), and yields them in a seeded order.
+A batch also carries the plan that packs its rows' real tokens into fewer rows (``data.pack_rows``, weam_ds.packing):
 for weam and mlm its 2B sentences, so that a pair's shorter side is not padded to its longer one; for tlm
 its B [x; y] concatenations, so that no pair is padded to the widest source plus the widest target. Each
 batch comes with its ``Position``: the draws' state where its pool began and how many of the pool's batches
@@ -23,10 +23,10 @@ skips the batches already out. Masking is seeded by (seed, rank, slot, batch ind
 resumed batches are identical.
 
 A shard that is missing, does not match its manifest sha256 (when ``verify_sha256``), or is not a readable
-tar is logged, counted and skipped, as is a sample that breaks the shard format: the run goes on. A training
-job checks each shard's sha256 once, before it reads any (``check_shards``: every rank a share, the failures
-gathered), and hands the verdict to every stream; a stream without one checks each shard the first time it
-opens it.
+tar is logged, counted and skipped, as is a sample that breaks the shard format: the run goes on
+(weam_ds.shard_reader). A training job checks each shard's sha256 once, before it reads any (``check_shards``:
+every rank a share, the failures gathered), and hands the verdict to every stream; a stream without one checks
+each shard the first time it opens it.
 
 The dev batches are fixed (``eval_batches``): rank r of W evaluates dev samples r, r + W, r + 2W, ... (all of
 them, in shard order), as many as its batches take; it reads the dev shards only as far as its last one, and
@@ -38,7 +38,7 @@ import hashlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,24 +47,17 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_prep.manifest import is_monolingual, read_manifest, tokenizer_dir
-from data_prep.shard_format import ShardFormatError, decode_sample
-from data_prep.shards import ShardReadError, file_sha256, read_samples
 from data_prep.typed_config import ConfigError
 from weam_ds import packing
 from weam_ds.batch import TokenInfo, collate, mask_batch
 from weam_ds.config import DataConfig, MaskingConfig
 from weam_ds.mixture import source_probabilities
+from weam_ds.objectives import OBJECTIVES, Layout
+from weam_ds.shard_reader import Shard, ShardReader, sha256_problem
 
 log = logging.getLogger(__name__)
 
 _MIX_BLOCK = 1024  # pair draws are made this many at a time
-
-
-@dataclass(frozen=True)
-class Shard:
-    path: str
-    samples: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -111,14 +104,6 @@ class Corpus:
         return cls(pairs, {p: shards[p] for p in pairs}, probabilities, tokenizer)
 
 
-def _sha256_problem(shard: Shard) -> str | None:
-    """Why ``shard`` fails its manifest's sha256, or None when it matches."""
-    try:
-        return None if file_sha256(Path(shard.path)) == shard.sha256 else "sha256 differs from the manifest"
-    except OSError as exc:
-        return f"cannot read it ({exc.strerror})"
-
-
 def check_shards(cfg: DataConfig, rank: int, world: int) -> dict[str, str]:
     """This rank's share of a job's sha256 check: of the train and dev shards of ``cfg`` (dev when evaluated),
     sorted by path, those at rank, rank + W, rank + 2W, ...; returns the ones that fail and why. Gathered over the
@@ -128,7 +113,7 @@ def check_shards(cfg: DataConfig, rank: int, world: int) -> dict[str, str]:
     shards = {s.path: s for split in splits for s in _split_shards(cfg, split)}
     failures = {}
     for path in sorted(shards)[rank::world]:
-        problem = _sha256_problem(shards[path])
+        problem = sha256_problem(shards[path])
         if problem is not None:
             failures[path] = problem
     return failures
@@ -142,78 +127,6 @@ def _split_shards(cfg: DataConfig, split: str) -> list[Shard]:
     return [s for pair in corpus.pairs for s in corpus.shards[pair]]
 
 
-class _Shards:
-    """Opens shards for one slot: skips those that fail the sha256 check and remembers them.
-
-    A shard is bad when it is missing, differs from its manifest sha256, cannot be read as a tar, or ends
-    before the number of samples the manifest lists (a truncated or damaged file read without the sha256
-    check). Its good samples before the damage are still used; later visits skip it. ``bad`` travels in the
-    stream's position, so a resumed stream skips the same shards and the run counts each file once.
-    ``sha256_failures`` is the job's check (``check_shards``): the shards that failed it, every other one
-    passed; without it (None) each shard is checked here the first time it is opened.
-    """
-
-    def __init__(self, verify: bool, stats: Counter, bad: set[str] | None = None,
-                 sha256_failures: dict[str, str] | None = None):
-        self.verify, self.stats, self.sha256_failures = verify, stats, sha256_failures
-        self.bad: set[str] = set(bad or ())
-        self.checked: set[str] = set()
-
-    def samples(self, shard: Shard, replay: bool = False) -> Iterator[dict]:
-        """The shard's decodable samples; a shard known to be bad yields none, unless ``replay`` (a resumed
-        stream re-reading the visit it stopped in, which may have found the damage after its position)."""
-        for raw in self.raw(shard, replay):
-            sample = self.decode(raw, shard)
-            if sample is not None:
-                yield sample
-
-    def raw(self, shard: Shard, replay: bool = False) -> Iterator[dict]:
-        """The shard's samples as read, not decoded (``samples``)."""
-        if shard.path in self.bad and not replay:
-            return
-        problem = self._sha256_failure(shard)
-        if problem is not None:
-            return self._skip(shard, problem)
-        read, error = 0, None
-        try:
-            for raw in read_samples(shard.path):
-                read += 1
-                yield raw
-        except (ShardReadError, OSError) as exc:
-            error = exc
-        if error is not None or read < shard.samples:
-            self._skip(shard, f"ends after {read} of its {shard.samples} samples ({error or 'truncated or damaged'})")
-
-    def decode(self, raw: dict, shard: Shard) -> dict | None:
-        """The sample's arrays (training reads nothing else), or None, counted, when it breaks the format."""
-        try:
-            return decode_sample(raw, meta=False)
-        except ShardFormatError as exc:
-            self.stats["bad_samples"] += 1
-            log.warning("skipping a sample of %s: %s", shard.path, exc)
-            return None
-
-    def _sha256_failure(self, shard: Shard) -> str | None:
-        if not self.verify:
-            return None
-        if self.sha256_failures is not None:
-            return self.sha256_failures.get(shard.path)
-        if shard.path in self.checked:
-            return None
-        problem = _sha256_problem(shard)
-        if problem is None:
-            self.checked.add(shard.path)
-        return problem
-
-    def _skip(self, shard: Shard, why: str) -> None:
-        if shard.path not in self.bad:
-            self.bad.add(shard.path)
-            log.warning("skipping shard %s: %s", shard.path, why)
-
-    def all_bad(self, shards: list[Shard]) -> bool:
-        return all(s.path in self.bad for s in shards)
-
-
 class NoData(RuntimeError):
     """Every shard of a language pair (or of all of them) is bad: training cannot draw from its mixture."""
 
@@ -221,7 +134,7 @@ class NoData(RuntimeError):
 class _PairStream:
     """One pair's samples: seeded shard visits through a seeded shuffle buffer; position (visit, taken)."""
 
-    def __init__(self, pair: str, shards: list[Shard], seed: tuple, buffer: int, opener: _Shards,
+    def __init__(self, pair: str, shards: list[Shard], seed: tuple, buffer: int, opener: ShardReader,
                  position: tuple[int, int] | None = None):
         self.pair, self.shards, self.seed, self.buffer, self.opener = pair, shards, seed, buffer, opener
         self.weights = np.array([s.samples for s in shards], dtype=np.float64)
@@ -258,58 +171,15 @@ class _PairStream:
             self._items = self._open(self.visit)
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How an objective hands a batch to the encoder (weam_ds.objective), in encoded positions: ``encoded(src,
-    tgt, max_length)`` for samples whose source and target sides are ``src`` and ``tgt`` tokens long (arrays of
-    ``_widths``). WEAM and MLM stack both sides into 2B rows of the widest sentence, TLM concatenates them into B
-    rows of the widest source + the widest target; packed, both put their rows' real tokens into R rows of W
-    (weam_ds.packing)."""
-
-    encoded: Callable[[np.ndarray, np.ndarray, int], int]
-    monolingual_target: bool
-    """A monolingual sample's placeholder target is encoded as real tokens (TLM masks it out)."""
-    packed: Layout | None = None
-    """The layout with the batch's rows packed (``data.pack_rows``), where the objective has one."""
-    segments: Callable[[dict], np.ndarray] | None = None
-    """Packed: the lengths of a collated batch's segments (weam_ds.packing); the stream plans them."""
-    capacity: int = 1
-    """Packed: rows hold at most ``capacity`` × ``max_length`` positions, the widest row the objective encodes
-    unpacked (a sentence for weam and mlm, a pair for tlm)."""
-
-
-def _packed(widths: Callable[[np.ndarray, np.ndarray], np.ndarray], segments: Callable[[dict], np.ndarray],
-            capacity: int, monolingual_target: bool) -> Layout:
-    """A packed layout whose segments are ``widths(src, tgt)`` long, in rows of ``capacity`` × max_length."""
-    return Layout(lambda src, tgt, max_length: packing.positions(widths(src, tgt), capacity * max_length),
-                  monolingual_target, segments=segments, capacity=capacity)
-
-
-_STACKED = Layout(lambda src, tgt, _: 2 * len(src) * int(max(src.max(), tgt.max())), monolingual_target=True,
-                  packed=_packed(lambda src, tgt: np.concatenate([src, tgt]), packing.sentence_lengths, 1, True))
-# collate pads the target side to at least a monolingual sample's two-token placeholder, which TLM leaves out.
-_CONCATENATED = Layout(lambda src, tgt, _: len(src) * int(src.max() + max(tgt.max(), 2)), monolingual_target=False,
-                       packed=_packed(np.add, packing.pair_lengths, 2, False))
-LAYOUTS = {"weam": _STACKED, "mlm": _STACKED, "tlm": _CONCATENATED}
-
-
-def layout_for(objective: str, pack_rows: bool) -> Layout:
-    """The objective's layout, packed where it has a packed one and ``pack_rows`` asks for it."""
-    base = LAYOUTS[objective]
-    return base.packed if pack_rows and base.packed is not None else base
-
-
 def padding_counts(batch: dict, objective: str) -> tuple[int, int]:
     """(positions the objective encodes for this batch, how many of them are padding)."""
     if "pack_sentence" in batch:  # packed rows: padding positions hold negative sentence numbers
         sentence = batch["pack_sentence"]
         return sentence.numel(), int((sentence < 0).sum())
     src, tgt = batch["src_attention_mask"], batch["tgt_attention_mask"]
-    layout = LAYOUTS[objective]
-    encoded = layout.encoded(np.full(len(src), src.shape[1]), np.full(len(tgt), tgt.shape[1]), 0)
-    if not layout.monolingual_target:
-        tgt = tgt * batch["parallel"][:, None]
-    return encoded, encoded - int(src.sum() + tgt.sum())
+    layout = OBJECTIVES[objective].layout
+    encoded = layout.padded(np.full(len(src), src.shape[1]), np.full(len(tgt), tgt.shape[1]))
+    return encoded, encoded - int(sum(side.sum() for side in layout.sides(batch)))
 
 
 def _widths(sample: dict, max_length: int, layout: Layout) -> tuple[int, int]:
@@ -341,7 +211,7 @@ class _Mixture:
     """One slot's samples in draw order: the pair from the temperature mixture (drawn ``_MIX_BLOCK`` at a
     time, seeded by block), the sample from that pair's own stream. ``state()`` is where it stands."""
 
-    def __init__(self, corpus: Corpus, seed: tuple, buffer: int, opener: _Shards, start: dict, stats: Counter):
+    def __init__(self, corpus: Corpus, seed: tuple, buffer: int, opener: ShardReader, start: dict, stats: Counter):
         self.corpus, self.seed, self.buffer, self.opener, self.stats = corpus, seed, buffer, opener, stats
         self.drawn, self.start_pairs = start.get("drawn", 0), start.get("pairs", {})
         self.streams: dict[str, _PairStream] = {}
@@ -380,7 +250,7 @@ class _Mixture:
 class TrainStream(IterableDataset):
     """Masked training batches for one rank (see the module docstring), each yielded with its ``Position``;
     iterate it through a DataLoader with ``batch_size=None``. ``positions`` (slot → ``Position.resume``) and
-    ``first_batch`` resume it; ``objective`` says how batches are encoded (``LAYOUTS``), which the
+    ``first_batch`` resume it; ``objective`` says how batches are encoded (its ``Layout``), which the
     ``batch_tokens`` budget and the length bucketing count in; ``sha256_failures``: the job's check of the shards
     (``check_shards``), if it made one."""
 
@@ -393,7 +263,8 @@ class TrainStream(IterableDataset):
         self.slots = max(1, cfg.workers)
         self.positions = positions or {}
         self.first_batch = first_batch
-        self.layout = layout_for(objective, cfg.pack_rows)
+        self.layout = OBJECTIVES[objective].layout
+        self.micro = cfg.micro_batch
 
     def __iter__(self) -> Iterator[tuple[dict, Position]]:
         worker = get_worker_info()
@@ -409,7 +280,7 @@ class TrainStream(IterableDataset):
         start = resume.get("pool", resume)  # a position written before pools stands at a pool's start
         emitted = resume.get("emitted", 0)
         stats = Counter()
-        opener = _Shards(self.cfg.verify_sha256, stats, start.get("bad_shards"), self.sha256_failures)
+        opener = ShardReader(self.cfg.verify_sha256, stats, start.get("bad_shards"), self.sha256_failures)
         mixture = _Mixture(self.corpus, (self.seed, self.rank, slot), self.cfg.shuffle_buffer, opener, start, stats)
         while True:
             try:
@@ -425,9 +296,8 @@ class TrainStream(IterableDataset):
                 generator = torch.Generator().manual_seed(_seed(self.seed, self.rank, slot, batch_index))
                 batch = _masked_batch([s for _, s in members], [i for i, _ in members], self.info,
                                       self.cfg.max_length, self.masking, generator)
-                if self.layout.segments is not None:
-                    batch.update(packing.pack_batch(self.layout.segments(batch),
-                                                    self.layout.capacity * self.cfg.max_length))
+                if self.cfg.pack_rows:
+                    batch.update(packing.pack_batch(self.layout.segments(batch), self._row_capacity()))
                 last = j + 1 == len(batches)
                 resume = {"pool": end if last else start, "emitted": 0 if last else j + 1,
                           "bad_shards": end["bad_shards"]}
@@ -438,14 +308,25 @@ class TrainStream(IterableDataset):
     def _pool(self, mixture: _Mixture) -> list[tuple[int, dict]]:
         """The next ``bucket_pool`` batches' worth of (pair index, sample), in draw order: that many batches
         of ``batch_size`` samples, or samples whose encoded positions add up to that many ``batch_tokens``."""
-        if self.cfg.batch_size is not None:
-            return [mixture.next() for _ in range(self.cfg.bucket_pool * self.cfg.batch_size)]
-        pool, budget, filled = [], self.cfg.bucket_pool * self.cfg.batch_tokens, 0
+        if self.micro.pairs is not None:
+            return [mixture.next() for _ in range(self.cfg.bucket_pool * self.micro.pairs)]
+        pool, budget, filled = [], self.cfg.bucket_pool * self.micro.tokens, 0
         while filled < budget:
             pool.append(mixture.next())
             src, tgt = _widths(pool[-1][1], self.cfg.max_length, self.layout)
-            filled += self.layout.encoded(np.array([src]), np.array([tgt]), self.cfg.max_length)
+            filled += self._encoded(np.array([src]), np.array([tgt]))
         return pool
+
+    def _row_capacity(self) -> int:
+        """Positions a packed row holds at most."""
+        return self.layout.row_capacity * self.cfg.max_length
+
+    def _encoded(self, src: np.ndarray, tgt: np.ndarray) -> int:
+        """Positions the objective encodes for samples whose sides are ``src`` and ``tgt`` tokens long
+        (``_widths``): their packed rows' R × W with ``data.pack_rows``, else their padded rows."""
+        if self.cfg.pack_rows:
+            return packing.positions(self.layout.segment_widths(src, tgt), self._row_capacity())
+        return self.layout.padded(src, tgt)
 
     def _buckets(self, pool: list[tuple[int, dict]], seed: int) -> list[list[int]]:
         """The pool cut into batches of near one width: sorted by length (ties in a seeded random order), cut
@@ -459,8 +340,8 @@ class TrainStream(IterableDataset):
         # both); this pads tlm less than sorting by source then target length unless pools are very large.
         longer, shorter = np.maximum(src[order], tgt[order]), np.minimum(src[order], tgt[order])
         order = order[np.lexsort((shorter, longer))]
-        if self.cfg.batch_size is not None:
-            batches = [order[k:k + self.cfg.batch_size] for k in range(0, len(order), self.cfg.batch_size)]
+        if self.micro.pairs is not None:
+            batches = [order[k:k + self.micro.pairs] for k in range(0, len(order), self.micro.pairs)]
         else:
             batches = self._cut(order, src, tgt)
         return [sorted(int(i) for i in batches[k]) for k in rng.permutation(len(batches))]
@@ -471,7 +352,7 @@ class TrainStream(IterableDataset):
         positions grow with every sample it takes). A lone sample over the budget makes a batch of its own."""
         def fits(start: int, end: int) -> bool:
             batch = order[start:end]
-            return self.layout.encoded(src[batch], tgt[batch], self.cfg.max_length) <= self.cfg.batch_tokens
+            return self._encoded(src[batch], tgt[batch]) <= self.micro.tokens
 
         batches, start = [], 0
         while start < len(order):
@@ -486,7 +367,7 @@ class TrainStream(IterableDataset):
             start = end
         return batches
 
-    def _no_data_message(self, opener: _Shards) -> str:
+    def _no_data_message(self, opener: ShardReader) -> str:
         """Which pairs have no readable train shard; the others' shards are checked now to say so."""
         dead = []
         for pair in self.corpus.pairs:
@@ -528,7 +409,7 @@ def eval_batches(cfg: DataConfig, masking: MaskingConfig, info: TokenInfo, rank:
     except ConfigError as exc:
         log.warning("no evaluation: %s (data_prep's splits.dev makes a dev split)", exc)
         return []
-    size = cfg.batch_size or max(1, cfg.batch_tokens // (2 * cfg.max_length))
+    size = cfg.micro_batch.full_length_pairs(cfg.max_length)
     need = cfg.eval_batches * size
     # A rank's share; a rank whose share is empty (fewer dev samples than ranks) evaluates them all.
     mine = (_dev_share(corpus, cfg, sha256_failures, rank, world, need)
@@ -550,7 +431,7 @@ def _dev_share(corpus: Corpus, cfg: DataConfig, sha256_failures: dict[str, str] 
     pair's shards in manifest order; a bad shard's samples not counted), the first ``need`` of them: the shards
     are read only as far as the last, and only this rank's samples are decoded. One that breaks the shard
     format leaves a gap in the share (it is counted where it lies, to keep the others' samples the same)."""
-    opener = _Shards(cfg.verify_sha256, Counter(), sha256_failures=sha256_failures)
+    opener = ShardReader(cfg.verify_sha256, Counter(), sha256_failures=sha256_failures)
     share, index = [], 0
     for pair_index, pair in enumerate(corpus.pairs):
         for shard in corpus.shards[pair]:

@@ -31,11 +31,12 @@ Means are over the positions of the whole batch; a term with no positions is 0. 
 Baselines, on the same batches and masks: ``mlm`` is L = MLM(x) + MLM(y); ``tlm`` (XLM's translation
 LM) encodes the concatenation [x; y] (positions restart at y, as in XLM) and L = MLM over both halves.
 
-Implementation notes. Both sides go through the encoder in one call (one parameter gather under
-ZeRO-3): stacked as 2B rows, or, when the batch carries a packing plan (``data.pack_rows``,
-weam_ds.packing), packed into fewer rows of several sentences each and put back in the stacked layout;
-tlm's [x; y] rows are packed the same way, a pair's concatenation as one segment.
-The MLM head runs only on the selected positions, never on whole sequences: with a 250k vocabulary,
+Implementation notes. Each objective's batch layout (stacked or concatenated rows, packed segments) and whether
+it predicts across languages are its entry in weam_ds.objectives; this module computes the losses. Both sides
+go through the encoder in one call (one parameter gather under ZeRO-3): stacked as 2B rows, or, when the batch
+carries a packing plan (``data.pack_rows``, weam_ds.packing), packed into fewer rows of several sentences each
+and put back in the stacked layout; tlm's [x; y] rows are packed the same way, a pair's concatenation as one
+segment. The MLM head runs only on the selected positions, never on whole sequences: with a 250k vocabulary,
 full-sequence logits would dominate time and memory. Masked positions are gathered per row into [B, M]
 slots so that alignments, exchanges and heads are batched tensor operations.
 """
@@ -50,6 +51,7 @@ from transformers.utils import ModelOutput
 
 from weam_ds.batch import IGNORE
 from weam_ds.config import ObjectiveConfig
+from weam_ds.objectives import CONCATENATED, OBJECTIVES
 from weam_ds.packing import ATTENTION_MASKS, packed_inputs, unpack
 
 
@@ -158,9 +160,10 @@ class PretrainingObjective(nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.spec = OBJECTIVES[cfg.name]
         _mlm_head(model)  # fail early on a model without one
         self.exchange = (PriorAttentionExchange(model.config.hidden_size, cfg.prior_epsilon)
-                         if cfg.name == "weam" and cfg.exchange == "prior_attention" else None)
+                         if self.spec.cross_lingual and cfg.exchange == "prior_attention" else None)
         # RoBERTa-family position ids start after the padding index (their position embedding's padding_idx);
         # BERT's start at 0.
         positions = getattr(getattr(model.base_model, "embeddings", None), "position_embeddings", None)
@@ -192,8 +195,8 @@ class PretrainingObjective(nn.Module):
         return unpack(h, batch, mask)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        if self.cfg.name == "tlm":
-            return self._tlm(batch)
+        if self.spec.layout is CONCATENATED:
+            return self._concatenated(batch)
         x_ids, y_ids = batch["src_input_ids"], batch["tgt_input_ids"]
         x_mask, y_mask = batch["src_attention_mask"], batch["tgt_attention_mask"]
         x_labels, y_labels = batch["src_labels"], batch["tgt_labels"]
@@ -210,12 +213,12 @@ class PretrainingObjective(nn.Module):
             h = self.encode(ids, mask)
         h_x, h_y = h[:len(x_ids), :lx], h[len(x_ids):, :ly]
 
-        # Groups of predicted positions: MLM(x), MLM(y), then XPRED(x←y), XPRED(y←x) for weam.
+        # Groups of predicted positions: MLM(x), MLM(y), then XPRED(x←y), XPRED(y←x) when cross-lingual (weam).
         groups = []
         for hidden, labels in ((h_x, x_labels), (h_y, y_labels)):
             selected = labels != IGNORE
             groups.append((hidden[selected], labels[selected], selected.nonzero()[:, 0]))
-        if self.cfg.name == "weam":
+        if self.spec.cross_lingual:
             parallel = batch["parallel"]
             links = torch.where(parallel[:, None, None], batch["links"], -1)
             for h_query, h_key, query_labels, key_mask, query_key_links in (
@@ -223,7 +226,7 @@ class PretrainingObjective(nn.Module):
                 groups.append(self._exchange(h_query, h_key, query_labels, key_mask, query_key_links, parallel))
         means, out = self._predict(groups, len(x_ids))
         mlm = means[0] + means[1]
-        if self.cfg.name != "weam":
+        if not self.spec.cross_lingual:
             return ObjectiveOutput(mlm, mlm.detach(), torch.zeros_like(mlm.detach()), *out)
         xpred = means[2] + means[3]
         return ObjectiveOutput(mlm + self.cfg.xpred_weight * xpred, mlm.detach(), xpred.detach(), *out)
@@ -257,8 +260,8 @@ class PretrainingObjective(nn.Module):
         rows = torch.arange(len(takes_part), device=takes_part.device)[:, None].expand_as(takes_part)
         return exchanged[takes_part], torch.gather(query_labels, 1, query.pos)[takes_part], rows[takes_part]
 
-    def _tlm(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        """MLM over [x; y]: y is moved right after x's last real token, its positions restart at 0. Packed
+    def _concatenated(self, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
+        """tlm's loss, MLM over [x; y]: y is moved right after x's last real token, its positions restart at 0. Packed
         (the batch carries a plan), each pair's [x; y] is a segment of a packed row."""
         x_ids, y_ids = batch["src_input_ids"], batch["tgt_input_ids"]
         x_mask, y_mask = batch["src_attention_mask"], batch["tgt_attention_mask"]

@@ -4,10 +4,10 @@ WEAM and MLM encode both sides of every pair in one encoder call, stacked as 2B 
 the batch's widest one, and length bucketing cannot help with a pair whose two sides differ in length. TLM
 encodes B rows [x; y], each padded to the widest source plus the widest target, which pads every pair whose
 sides are not both the widest. Packed, each stacked row's real tokens are a segment of a packed row: a sentence
-(weam, mlm: ``sentence_lengths``) or a pair's [x; y] (tlm: ``pair_lengths``; a monolingual sample's x only, as
-tlm encodes it). A segment attends only to itself (a block-diagonal attention mask) and keeps the position ids
-of its stacked row (restarting at its first token, and at y for tlm), so the encoder computes for it what it
-computes in a row of its own.
+(weam, mlm) or a pair's [x; y] (tlm; a monolingual sample's x only, as tlm encodes it), as the objective's
+``Layout.segments`` lists them (weam_ds.objectives). A segment attends only to itself (a block-diagonal
+attention mask) and keeps the position ids of its stacked row (restarting at its first token, and at y for
+tlm), so the encoder computes for it what it computes in a row of its own.
 
 The plan is made on the data side (``pack_batch``, numpy, in the DataLoader workers) and travels in the batch:
 
@@ -20,9 +20,9 @@ The plan is made on the data side (``pack_batch``, numpy, in the DataLoader work
 
 The rule. Segments longest first, each into the row holding the fewest tokens so far (longest-processing-time
 scheduling), over the fewest rows R, starting from max(⌈T / C⌉, the segments longer than C / 2), for which no
-row holds more than C tokens; W is the fullest row. C is the widest row the objective encodes unpacked:
-``data.max_length`` for a sentence, twice that for tlm's pair. Balanced rows trimmed to the fullest one leave
-little padding. Where that plan has more positions than one segment per row (N rows of the longest segment: a
+row holds more than C tokens; W is the fullest row. C is the widest row the objective encodes unpacked
+(``Layout.row_capacity`` × ``data.max_length``): a sentence for weam and mlm, twice that for tlm's pair.
+Balanced rows trimmed to the fullest one leave little padding. Where that plan has more positions than one segment per row (N rows of the longest segment: a
 few segments of similar lengths), the plan is one segment per row. So a packed batch never has more positions
 than the stacked one, and since W ≤ C a step's memory is bounded as an unpacked batch's is (its R × W positions
 are what ``batch_tokens`` counts). Attention spans W positions instead of the widest segment: about
@@ -75,17 +75,6 @@ def positions(lengths: np.ndarray, capacity: int) -> int:
     """R × W: the positions the encoder processes for segments of these lengths packed."""
     _, _, rows, width = plan(lengths, capacity)
     return rows * width
-
-
-def sentence_lengths(batch: dict[str, torch.Tensor]) -> np.ndarray:
-    """[2B] weam's and mlm's segments: the sources, then the targets (a monolingual placeholder included)."""
-    return torch.cat([batch["src_attention_mask"].sum(1), batch["tgt_attention_mask"].sum(1)]).numpy()
-
-
-def pair_lengths(batch: dict[str, torch.Tensor]) -> np.ndarray:
-    """[B] tlm's segments: each pair's [x; y], a monolingual sample's x alone (tlm leaves its placeholder out)."""
-    target = batch["tgt_attention_mask"].sum(1) * batch["parallel"]
-    return (batch["src_attention_mask"].sum(1) + target).numpy()
 
 
 def pack_batch(lengths: np.ndarray, capacity: int) -> dict[str, torch.Tensor]:

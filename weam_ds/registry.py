@@ -44,7 +44,8 @@ Writing (the study runner)::
     reg.set_state(cell, "evaluated")          # or set_state(cell, "failed", error="...")
 
 Reading (the report): ``Registry(path, readonly=True)``, then ``study()``, ``cells()``, ``scores()`` and
-``per_example()``, which return the dataclasses below.
+``per_example()``, which return the dataclasses of ``weam_ds.registry_rows`` (``Study``, ``Cell`` with its
+``Cost``, ``Score``).
 """
 from __future__ import annotations
 
@@ -56,14 +57,14 @@ import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from weam_ds.config import OBJECTIVES
+from weam_ds.objectives import OBJECTIVES
 from weam_ds.run_dir import RunDir
+from weam_ds.registry_rows import NAMED_AXES, Cell, Cost, Score, Study, cell_languages
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,6 @@ SCHEMA_VERSION = 2
 a writer opens it (``_migrate_v1``); readers read it as it is."""
 REGISTRY_FILE = "registry.sqlite"
 STATES = ("pending", "running", "interrupted", "trained", "exported", "evaluated", "failed")
-NAMED_AXES = ("model", "languages", "objective", "seed")
-"""Axes every cell has (one-valued when the study does not vary them): the model, the language subset's name,
-the objective and the train seed. A study may add more (e.g. ``exchange``)."""
 BUSY_TIMEOUT_S = 120.0
 """How long a write waits for another process's transaction before giving up."""
 LOCK_NOTICE_S = 2.0
@@ -141,71 +139,6 @@ _PAIR = re.compile(r"[A-Za-z][A-Za-z0-9_]*-[A-Za-z][A-Za-z0-9_]*")
 
 class RegistryError(RuntimeError):
     """The registry file cannot be used, or a write breaks its contract; the message says which."""
-
-
-@dataclass(frozen=True)
-class Study:
-    schema_version: int
-    created_at: str
-    name: str | None
-    sha256: str | None
-
-
-@dataclass(frozen=True)
-class Cost:
-    steps: int
-    tokens: int
-    train_flops: float
-    wall_seconds: float
-    gpu_hours: float
-    world_size: int
-    hardware: str
-    recorded_at: str
-
-
-@dataclass(frozen=True)
-class Cell:
-    name: str
-    axes: dict
-    config: dict
-    config_sha256: str
-    model: str
-    parameters: int
-    objective: str
-    language_subset: str
-    pairs: tuple[str, ...]
-    languages: tuple[str, ...]
-    """The languages of ``pairs`` besides English."""
-    n_languages: int
-    train_seed: int
-    state: str
-    error: str | None
-    created_at: str
-    updated_at: str
-    started_at: str | None
-    finished_at: str | None
-    cost: Cost | None
-
-    @property
-    def pretraining_languages(self) -> frozenset[str]:
-        """Every language the cell saw in pre-training, English included when its pairs have it."""
-        return frozenset(side for pair in self.pairs for side in pair.split("-"))
-
-    @property
-    def extra_axes(self) -> dict:
-        """The axes beyond ``NAMED_AXES``."""
-        return {k: v for k, v in self.axes.items() if k not in NAMED_AXES}
-
-
-@dataclass(frozen=True)
-class Score:
-    cell: str
-    task: str
-    language: str
-    eval_seed: int
-    split: str
-    metric: str
-    value: float
 
 
 def cell_name(axes: Mapping[str, str | int | float | bool]) -> str:
@@ -409,7 +342,7 @@ class Registry:
             raise RegistryError(f"pairs: {pairs!r} is not a non-empty list of language pairs like 'de-en'")
         config_json = _config_json(config)
         digest = hashlib.sha256(config_json.encode("utf-8")).hexdigest()
-        languages = sorted({side for p in pairs for side in p.split("-") if side != "en"})
+        languages = cell_languages(pairs)
         now = _now()
         with self._transaction() as conn:
             row = conn.execute("SELECT config_sha256 FROM cells WHERE cell = ?", (name,)).fetchone()

@@ -25,14 +25,12 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import os
 import signal
 import socket
 import sys
 import time
 import traceback
-import warnings
 from functools import partial
 from pathlib import Path
 
@@ -46,72 +44,18 @@ from weam_ds import checkpoint, extensions, failure, resume_check, run_lock
 from weam_ds.batch import TokenInfo
 from weam_ds.config import RunConfig, deepspeed_config, load_run_config, training_precision
 from weam_ds.data import Corpus, NoData, TrainStream, check_shards, eval_batches, padding_counts
-from weam_ds.hardware import Hardware, adam_implementation, probe
-from weam_ds.monitor import Monitor, peak_tflops
+from weam_ds.hardware import adam_implementation, probe
+from weam_ds.monitor import Monitor, StepFigures, all_sum, all_sums, peak_tflops, setup_logging
 from weam_ds.objective import PretrainingObjective
+from weam_ds.optimizer import lr_lambda, optimizer_for, param_groups
 from weam_ds.presets import PRESETS, build_model, count_parameters, train_flops
-from weam_ds.run_dir import LOG_FORMAT, PROBE_FILE, RunDir
+from weam_ds.run_dir import PROBE_FILE, RunDir
 
 log = logging.getLogger("weam_ds.train")
 
 
 class Preempted(Exception):
     """SIGTERM/SIGINT arrived (or --stop-at was reached): checkpoint and leave."""
-
-
-def lr_lambda(step: int, cfg: RunConfig) -> float:
-    """Linear warm-up to the peak, then linear or cosine decay to ``min_lr_ratio`` at the last step."""
-    warmup, total, floor = cfg.schedule.warmup_steps, cfg.train.steps, cfg.schedule.min_lr_ratio
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    shape = 1 - progress if cfg.schedule.decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-    return floor + (1 - floor) * shape
-
-
-def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and LayerNorm weights (the BERT/RoBERTa convention)."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 partitions leave a flat shard: ask for the real shape
-        (no_decay if ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _optimizer_for(ds: dict, hw: Hardware, module: torch.nn.Module, cfg: RunConfig):
-    """The optimizer hardware.adam_implementation names: DeepSpeed builds its own from ``ds`` (FusedAdam,
-    DeepSpeedCPUAdam when offloading; torch's AdamW on CPUs), apex's FusedAdam is built here."""
-    if hw.optimizer == "torch.optim.AdamW":
-        ds.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"]["torch_adam"] = True
-    elif hw.optimizer == "apex.optimizers.FusedAdam":
-        from apex.optimizers import FusedAdam
-
-        ds.pop("optimizer")
-        o = cfg.optimizer
-        return FusedAdam(_param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                         adam_w_mode=True)
-    return None
-
-
-def _setup_logging(run: RunDir, rank: int) -> None:
-    # DeepSpeed calls collectives that torch has renamed; the warning repeats every step.
-    warnings.filterwarnings("ignore", message=r".*(reduce_scatter_tensor|all_gather_into_tensor).*",
-                            category=FutureWarning)
-    run.log(rank).parent.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter(LOG_FORMAT.format(rank=rank))
-    handlers = [logging.FileHandler(run.log(rank))]
-    if rank == 0:
-        console = logging.StreamHandler(sys.stderr)
-        console.addFilter(lambda record: not getattr(record, "file_only", False))
-        handlers.append(console)
-    root = logging.getLogger()
-    root.handlers.clear()
-    for h in handlers:
-        h.setFormatter(fmt)
-        root.addHandler(h)
-    root.setLevel(logging.INFO)
-    for noisy in ("DeepSpeed", "deepspeed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _ignore_stop_signals(_worker: int) -> None:
@@ -125,15 +69,16 @@ def _to_device(batch: dict, device: str) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def _all_sum(t: torch.Tensor) -> torch.Tensor:
-    t = t.clone()
-    dist.all_reduce(t)
-    return t
+class StopSignals:
+    """SIGTERM/SIGINT caught while training (preemption): the loop ends its step, checkpoints and leaves."""
 
+    def __init__(self):
+        self.caught: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._catch)
 
-def _all_sums(values: list[float], device: str) -> list[float]:
-    """Several figures summed over ranks in one collective."""
-    return _all_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+    def _catch(self, signum: int, _frame) -> None:
+        self.caught = signum
 
 
 class NonFiniteGuard:
@@ -176,7 +121,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.run = RunDir(Path(cfg.output_dir))
         self.lock = run_lock.hold_for_training(self.run.root, self.rank)  # before anything is written there
-        _setup_logging(self.run, self.rank)
+        setup_logging(self.run, self.rank)
         log.info("rank %d of %d on %s (%s)", self.rank, self.world, self.device, self.hw.dist_backend)
         if self.world > 1:
             checkpoint.check_shared(self.run)  # before any checkpoint is read, judged or pruned
@@ -229,8 +174,7 @@ class Trainer:
         offload = ", ".join(f"{what} to {zero[key]['device']}" for key, what in
                             (("offload_optimizer", "optimizer"), ("offload_param", "parameters"))
                             if zero.get(key, {}).get("device") in ("cpu", "nvme")) or "none"
-        micro = (f"{cfg.data.batch_size} pairs" if cfg.data.batch_size is not None
-                 else f"{cfg.data.batch_tokens} tokens")
+        micro = cfg.data.micro_batch.describe()
         log.info("parallel setup: %d rank%s on %s (%s), ZeRO-%d, %s, offload %s, optimizer %s, activation "
                  "checkpointing %s, micro-batch %s per rank x %d accumulation", self.world, "s" * (self.world > 1),
                  _launched_nodes(self.world), self.hw.dist_backend, zero.get("stage", 0),
@@ -259,8 +203,8 @@ class Trainer:
         # like the model's.
         with deepspeed.zero.Init(config_dict_or_path=self.ds) if zero3 else contextlib.nullcontext():
             objective = PretrainingObjective(self.model, cfg.objective)
-        optimizer = _optimizer_for(self.ds, self.hw, objective, cfg)
-        params = _param_groups(objective, cfg.optimizer.weight_decay) if optimizer is None else None
+        optimizer = optimizer_for(self.ds, self.hw, objective, cfg)
+        params = param_groups(objective, cfg.optimizer.weight_decay) if optimizer is None else None
         self.schedule = partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_lambda, cfg=cfg))
         extensions.take_over_stale_locks()  # the optimizer may build a DeepSpeed op (DeepSpeedCPUAdam)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -340,89 +284,31 @@ class Trainer:
     # --- training --------------------------------------------------------------------------------------
 
     def train(self) -> int:
-        cfg = self.cfg.train
-        loader = torch.utils.data.DataLoader(
-            self.stream, batch_size=None, num_workers=self.cfg.data.workers, pin_memory=self.hw.device == "cuda",
-            prefetch_factor=2 if self.cfg.data.workers else None, worker_init_fn=_ignore_stop_signals,
-            generator=torch.Generator())  # its own seed draw must not move the RNG that dropout uses
-        batches = iter(loader)
+        """Steps until ``train.steps``; after each, in this order: its figures, validation, the stop check (a
+        signal or --stop-at: checkpoint and leave) and the checkpoint."""
+        batches = iter(self._loader())
         # A resumed run takes up its logs at the checkpoint's step: what a killed run logged after it is dropped.
         monitor = Monitor(self.run.tensorboard if self.rank == 0 else None,
                           self.run.metrics if self.rank == 0 else None, self.corpus.pairs,
                           peak_tflops(self.cfg.monitor.peak_tflops), self.world, self.device, resumed_at=self.step)
-        stop = {"signal": None}
-
-        def on_signal(signum, _frame):
-            stop["signal"] = signum
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_signal)
-        guard = NonFiniteGuard(cfg.max_nonfinite_in_row)
+        stop = StopSignals()
+        guard = NonFiniteGuard(self.cfg.train.max_nonfinite_in_row)
         self.engine.train()
         try:
-            while self.step < cfg.steps:
+            while self.step < self.cfg.train.steps:
                 started = time.perf_counter()
-                wait = 0.0
-                figures = {"loss": 0.0, "mlm": 0.0, "xpred": 0.0, "tokens": 0.0, "samples": 0.0, "flops": 0.0,
-                           "positions": 0.0, "padded": 0.0}
-                done = 0
-                while done < cfg.gradient_accumulation:
-                    t = time.perf_counter()
-                    batch, where = next(batches)
-                    wait += time.perf_counter() - t
-                    self.positions[where.slot] = where.resume
-                    self.batches_taken += 1
-                    for key, value in where.stats.items():  # per slot, counted since this process started
-                        name = f"{key}_slot{where.slot}"
-                        self.counters[name] = self.counters_at_start.get(name, 0) + value
-                    out = self.engine(_to_device(batch, self.device))
-                    if not guard.ok(out.loss, self.step):
-                        self.counters["skipped_steps"] = self.counters.get("skipped_steps", 0) + 1
-                        continue
-                    self.engine.backward(out.loss)
-                    self.engine.step()
-                    done += 1
-                    figures["loss"] += out.loss.item() / cfg.gradient_accumulation
-                    figures["mlm"] += out.mlm.item() / cfg.gradient_accumulation
-                    figures["xpred"] += out.xpred.item() / cfg.gradient_accumulation
-                    figures["tokens"] += float(batch["src_attention_mask"].sum() + batch["tgt_attention_mask"].sum())
-                    figures["samples"] += len(batch["src_ids"])
-                    positions, padded = padding_counts(batch, self.cfg.objective.name)
-                    figures["positions"] += positions
-                    figures["padded"] += padded
-                    lengths = torch.cat([batch["src_attention_mask"].sum(1), batch["tgt_attention_mask"].sum(1)])
-                    figures["flops"] += train_flops(self.model.config, self.non_embedding, lengths,
-                                                    out.tokens["mlm"] + out.tokens["xpred"])
-                    monitor.pairs_seen(batch["pair_index"].to(self.device), out.row_loss, out.row_count)
+                figures = self.train_step(batches, guard, monitor)
                 self.step += 1
-                # Losses and data wait are means over ranks; tokens, samples, FLOPs and positions are totals.
-                loss, mlm, xpred, wait_all, tokens, samples, flops, positions, padded = _all_sums(
-                    [figures["loss"] / self.world, figures["mlm"] / self.world, figures["xpred"] / self.world,
-                     wait / self.world, figures["tokens"], figures["samples"], figures["flops"],
-                     figures["positions"], figures["padded"]], self.device)
-                grad_norm = self.engine.get_global_grad_norm()
-                scale = getattr(self.optimizer, "cur_scale", 1.0)
-                reporting = self.step % cfg.log_interval == 0 or self.step == cfg.steps
-                monitor.step(self.step, {
-                    "loss": loss, "mlm": mlm, "xpred": xpred, "lr": self.scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm) if grad_norm is not None else 0.0, "loss_scale": float(scale),
-                    "tokens": tokens, "samples": samples, "flops": flops, "positions": positions, "padded": padded,
-                    "data_wait": wait_all,
-                    "step_time": time.perf_counter() - started}, self._counters() if reporting else None)
-                if reporting:
-                    monitor.report(self.step, reduce=_all_sum)
-                if self.eval and (self.step % cfg.eval_interval == 0 or self.step == cfg.steps):
+                self._record(figures, started, monitor)
+                if self.eval and self._due(self.cfg.train.eval_interval):
                     monitor.add("eval/loss", self.evaluate(), self.step)
-                flag = torch.tensor([1.0 if stop["signal"] or self.step == self.stop_at else 0.0],
-                                    device=self.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item():
+                if self._stop_agreed(stop):
                     raise Preempted
-                if self.step % cfg.checkpoint_interval == 0 or self.step == cfg.steps:
+                if self._due(self.cfg.train.checkpoint_interval):
                     self.save()
         except Preempted:
             log.info("stopping at step %d (%s): saving a checkpoint", self.step,
-                     signal.Signals(stop["signal"]).name if stop["signal"] else "--stop-at")
+                     signal.Signals(stop.caught).name if stop.caught else "--stop-at")
             # A stop may come because the launcher died (failure.end_with_parent), taking the store with it:
             # the save must not be cut short for that. A peer failing meanwhile fails the save's collectives.
             self.watch.stop()
@@ -433,14 +319,83 @@ class Trainer:
         log.info("done at step %d; TensorBoard logs in %s", self.step, self.run.tensorboard)
         return 0
 
+    def _loader(self) -> torch.utils.data.DataLoader:
+        workers = self.cfg.data.workers
+        return torch.utils.data.DataLoader(
+            self.stream, batch_size=None, num_workers=workers, pin_memory=self.hw.device == "cuda",
+            prefetch_factor=2 if workers else None, worker_init_fn=_ignore_stop_signals,
+            generator=torch.Generator())  # its own seed draw must not move the RNG that dropout uses
+
+    def _due(self, interval: int) -> bool:
+        """Whether logging, validation or a checkpoint every ``interval`` steps falls on this step (the last
+        step always has them all)."""
+        return self.step % interval == 0 or self.step == self.cfg.train.steps
+
+    def train_step(self, batches, guard: NonFiniteGuard, monitor: Monitor) -> StepFigures:
+        """One optimizer step: ``gradient_accumulation`` micro-batches back-propagated (DeepSpeed steps the
+        optimizer after the last); one whose loss is not finite is skipped and the next batch takes its place.
+        Returns this rank's figures of the step."""
+        figures = StepFigures()
+        done = 0
+        while done < self.cfg.train.gradient_accumulation:
+            batch = self._next_batch(batches, figures)
+            out = self.engine(_to_device(batch, self.device))
+            if not guard.ok(out.loss, self.step):
+                self.counters["skipped_steps"] = self.counters.get("skipped_steps", 0) + 1
+                continue
+            self.engine.backward(out.loss)
+            self.engine.step()
+            done += 1
+            figures.add_micro_batch(out, batch, self.cfg.train.gradient_accumulation,
+                                    padding_counts(batch, self.cfg.objective.name), self._model_flops(batch, out))
+            monitor.pairs_seen(batch["pair_index"].to(self.device), out.row_loss, out.row_count)
+        return figures
+
+    def _next_batch(self, batches, figures: StepFigures) -> dict:
+        """The stream's next micro-batch; its slot's position and counters are kept for the checkpoint."""
+        t = time.perf_counter()
+        batch, where = next(batches)
+        figures.data_wait += time.perf_counter() - t
+        self.positions[where.slot] = where.resume
+        self.batches_taken += 1
+        for key, value in where.stats.items():  # per slot, counted since this process started
+            name = f"{key}_slot{where.slot}"
+            self.counters[name] = self.counters_at_start.get(name, 0) + value
+        return batch
+
+    def _model_flops(self, batch: dict, out) -> float:
+        """The micro-batch's model FLOPs on its real tokens (presets.train_flops), what MFU counts."""
+        lengths = torch.cat([batch["src_attention_mask"].sum(1), batch["tgt_attention_mask"].sum(1)])
+        return train_flops(self.model.config, self.non_embedding, lengths, out.tokens["mlm"] + out.tokens["xpred"])
+
+    def _record(self, figures: StepFigures, started: float, monitor: Monitor) -> None:
+        """The step's figures over every rank into the monitor; at a logging step with the run's counters, and the
+        interval's report (collectives: every rank comes here)."""
+        total = figures.over_ranks(self.world, self.device)
+        grad_norm = self.engine.get_global_grad_norm()
+        reporting = self._due(self.cfg.train.log_interval)
+        monitor.step(self.step, total.with_optimizer(
+            lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm) if grad_norm is not None else 0.0,
+            loss_scale=float(getattr(self.optimizer, "cur_scale", 1.0)), step_time=time.perf_counter() - started),
+            self._counters() if reporting else None)
+        if reporting:
+            monitor.report(self.step, reduce=all_sum)
+
+    def _stop_agreed(self, stop: StopSignals) -> bool:
+        """Whether a rank caught a stop signal or --stop-at's step is reached (a collective: every rank stops
+        after the same step)."""
+        flag = torch.tensor([1.0 if stop.caught or self.step == self.stop_at else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def _counters(self) -> dict[str, float]:
         """The run's counters over all ranks and resumes (a collective). A bad shard is counted once however
         many ranks and slots met it."""
         bad_shards = sorted({path for position in self.positions.values() for path in position.get("bad_shards", ())})
         everyone: list[list[str]] = [[]] * self.world
         dist.all_gather_object(everyone, bad_shards)
-        (bad_samples,) = _all_sums([sum(v for k, v in self.counters.items() if k.startswith("bad_samples"))],
-                                   self.device)
+        (bad_samples,) = all_sums([sum(v for k, v in self.counters.items() if k.startswith("bad_samples"))],
+                                  self.device)
         # Ours (non-finite losses) and DeepSpeed's (fp16 overflow, loss scale lowered).
         skipped = self.counters.get("skipped_steps", 0) + getattr(self.engine, "skipped_steps", 0)
         return {"skipped_steps": skipped, "bad_shards": len(set().union(*everyone)), "bad_samples": bad_samples}
@@ -452,7 +407,7 @@ class Trainer:
             for batch in self.eval:
                 total += self.engine(_to_device(batch, self.device)).loss.item()
         self.engine.train()
-        (mean,) = _all_sums([total / len(self.eval) / self.world], self.device)
+        (mean,) = all_sums([total / len(self.eval) / self.world], self.device)
         return mean
 
 
@@ -494,7 +449,7 @@ def _stop_during_start_up(signum: int, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="weam_ds.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="run.yaml (see README: training)")
+    parser.add_argument("--config", required=True, help="run.yaml (see docs/run_config.md)")
     parser.add_argument("--no-resume", action="store_true", help="refuse to continue an existing run directory")
     parser.add_argument("--stop-at", type=int, help="checkpoint and stop after this step, as on preemption")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the DeepSpeed runner

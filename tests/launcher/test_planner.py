@@ -19,9 +19,11 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, XLMRobertaConfig
 
 from conftest import free_port, shard_samples
 from data_prep.typed_config import from_dict
+from launcher.activations import BatchShape, activation_bytes, attention_kernel
 from launcher.cli import main
-from launcher.planner import (HEADROOM, GiB, BatchShape, activation_bytes, attention_kernel, model_shape, parse_size,
-                              plan)
+from launcher.memory import GiB
+from launcher.model_shape import model_shape
+from launcher.planner import HEADROOM, parse_size, plan
 from weam_ds.batch import IGNORE, TokenInfo, collate, mask_batch
 from weam_ds.config import MaskingConfig, ObjectiveConfig, RunConfig, load_run_config
 from weam_ds.objective import PretrainingObjective

@@ -14,7 +14,8 @@ from transformers import AutoTokenizer
 from data_prep.typed_config import ConfigError, from_dict
 from weam_ds.batch import TokenInfo, collate
 from weam_ds.config import DataConfig, MaskingConfig, TrainConfig
-from weam_ds.data import LAYOUTS, Corpus, TrainStream, padding_counts
+from weam_ds.data import Corpus, TrainStream, padding_counts
+from weam_ds.objectives import OBJECTIVES
 
 from runs import metric_rows, run_config, train
 
@@ -69,11 +70,11 @@ def test_packed_rows_pad_less_than_any_stacked_batching_and_hold_each_segment_on
     stacked, _ = _padding(_take(_stream(dataset, objective, pack_rows=False), batches), objective)
     bounds = [GOAL, stacked] + ([floor] if objective == "weam" else [])  # tlm's rows have no such floor
     assert padding < min(bounds), (padding, stacked, floor)
-    layout = LAYOUTS[objective].packed
+    layout = OBJECTIVES[objective].layout
     for batch, _ in packed:
         sentence = batch["pack_sentence"]
         lengths = torch.from_numpy(layout.segments(batch))
-        assert sentence.shape[1] <= layout.capacity * 48  # rows no wider than the unpacked objective's widest
+        assert sentence.shape[1] <= layout.row_capacity * 48  # rows no wider than the unpacked objective's widest
         assert torch.equal(torch.bincount(sentence[sentence >= 0], minlength=len(lengths)), lengths)
         starts = sentence[batch["pack_row"], batch["pack_offset"]]
         assert torch.equal(starts[lengths > 0], torch.arange(len(lengths))[lengths > 0])
@@ -134,7 +135,7 @@ def test_padding_counts_follow_how_each_objective_encodes_a_monolingual_row():
     # Widths: source 6, target 4. weam/mlm: 2 pairs x 2 sides x 6; the monolingual row's two-token target
     # placeholder is encoded (attended), so it is not padding.
     assert padding_counts(batch, "weam") == (24, 24 - (6 + 4 + 3 + 2))
-    assert LAYOUTS["mlm"] is LAYOUTS["weam"]
+    assert OBJECTIVES["mlm"].layout is OBJECTIVES["weam"].layout
     # tlm: 2 rows of 6 + 4; the placeholder is masked out of the concatenation.
     assert padding_counts(batch, "tlm") == (20, 20 - (6 + 4 + 3))
 

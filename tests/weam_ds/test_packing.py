@@ -12,7 +12,8 @@ from conftest import shard_samples
 from weam_ds.batch import TokenInfo, collate, mask_batch
 from weam_ds.config import MaskingConfig, ObjectiveConfig
 from weam_ds.objective import PretrainingObjective
-from weam_ds.packing import KEYS, pack_batch, pair_lengths, plan, sentence_lengths
+from weam_ds.objectives import CONCATENATED, OBJECTIVES, STACKED
+from weam_ds.packing import KEYS, pack_batch, plan
 from weam_ds.presets import build_model
 
 
@@ -99,7 +100,7 @@ def test_packed_forward_gives_the_stacked_losses_and_gradients(real, encoder, at
     model = encoder(info)
     model.set_attn_implementation(attention)
     obj = PretrainingObjective(model, ObjectiveConfig(name=name, exchange=exchange)).eval()  # no dropout
-    packed = {**batch, **pack_batch(sentence_lengths(batch), 24)}
+    packed = {**batch, **pack_batch(OBJECTIVES[name].layout.segments(batch), 24)}
     rows, width = packed["pack_sentence"].shape
     assert rows < 2 * len(batch["src_ids"]) and width <= 24  # several sentences share rows
     _assert_same(_loss_and_gradients(obj, packed), _loss_and_gradients(obj, batch))
@@ -123,7 +124,7 @@ def test_packed_tlm_gives_the_concatenated_losses_and_gradients(real, encoder, a
     model = encoder(info)
     model.set_attn_implementation(attention)
     obj = PretrainingObjective(model, ObjectiveConfig(name="tlm")).eval()
-    lengths = pair_lengths(batch)
+    lengths = CONCATENATED.segments(batch)
     assert not batch["parallel"].all() and lengths[~batch["parallel"].numpy()].tolist() == \
         batch["src_attention_mask"].sum(1)[~batch["parallel"]].tolist()
     packed = {**batch, **pack_batch(lengths, 48)}
@@ -137,7 +138,7 @@ def test_positions_restart_in_every_packed_sentence(real):
     """Packing without restarting positions changes the loss: the equality above depends on them."""
     batch, info = real
     obj = PretrainingObjective(_xlmr(info), ObjectiveConfig(name="mlm")).eval()
-    packed = {**batch, **pack_batch(sentence_lengths(batch), 24)}
+    packed = {**batch, **pack_batch(STACKED.segments(batch), 24)}
     expected = obj(batch).loss
     obj.position_offset += 1  # every position id one off
     assert not torch.allclose(obj(packed).loss, expected)
@@ -150,5 +151,5 @@ def test_packing_needs_an_attention_that_takes_a_block_diagonal_mask(real):
     obj = PretrainingObjective(model, ObjectiveConfig(name="weam"))
     with pytest.raises(ValueError, match="need attn_implementation sdpa or eager, not flash_attention_2: set "
                                          "data.pack_rows: false"):
-        obj({**batch, **pack_batch(sentence_lengths(batch), 24)})
-    assert set(KEYS) <= set(pack_batch(sentence_lengths(batch), 24))
+        obj({**batch, **pack_batch(STACKED.segments(batch), 24)})
+    assert set(KEYS) <= set(pack_batch(STACKED.segments(batch), 24))
