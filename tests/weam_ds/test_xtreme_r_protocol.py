@@ -15,6 +15,7 @@ from weam_ds.xtreme_r import qa
 from weam_ds.xtreme_r.__main__ import main
 from weam_ds.xtreme_r.aggregate import OURS_NOT_OFFICIAL, aggregate
 from weam_ds.xtreme_r.dual_encoder import DUPLICATES_MASKED, RetrievalTuner
+from weam_ds.xtreme_r.eval_dir import EvalDir
 from weam_ds.xtreme_r.recipe import RECIPES, Recipe, for_size, load_recipe, model_size_class
 from weam_ds.xtreme_r.run import run
 from weam_ds.xtreme_r.tag_pieces import reserve_differences
@@ -296,5 +297,5 @@ def test_a_reused_squad_model_is_fine_tuned_again_when_its_recipe_changed(tiny):
     large = for_size(base, "large")
     qa.train_squad(model, data, large, 1, out, None, tokenizer)
     assert weights.stat().st_mtime_ns != first
-    record = json.loads((qa.squad_dir(out, 1) / "selection.json").read_text())
+    record = json.loads((EvalDir(out).squad(1) / "selection.json").read_text())
     assert record["recipe"]["size_class"] == "large" and record["recipe_sha256"] == qa.recipe_hash(large)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from data_prep.typed_config import ConfigError
+from weam_ds.xtreme_r.eval_dir import EvalDir
 from weam_ds.xtreme_r.metrics import MetricError
 from weam_ds.xtreme_r.score import ScoreError, score, write_scores
 from weam_ds.xtreme_r.tasks import LANGUAGES, TASKS
@@ -72,7 +73,7 @@ def _run(args) -> int:
         caveats = found.get("caveats", [])
         print(f"{version} official aggregates: " + ", ".join(f"{k} {v:.2f}" for k, v in found.items() if k != "caveats")
               + (f" (not comparable: {'; '.join(caveats)})" if caveats else ""))
-    print(f"results: {args.out / 'results.json'}")
+    print(f"results: {EvalDir(args.out).results}")
     return 0
 
 

@@ -12,8 +12,9 @@ import logging
 import statistics
 from pathlib import Path
 
+from weam_ds.xtreme_r.eval_dir import EvalDir
 from weam_ds.xtreme_r.score import official_aggregates
-from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, TASKS
+from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, TASKS, besides_english
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def _task(name: str, runs: list[dict], seeds: list[int]) -> dict:
     langs = list(runs[0]["scores"][main])
     per_lang = {lang: [r["scores"][main][lang] for r in runs] for lang in langs}
     avg = [r["scores"]["avg_metric"] for r in runs]
-    others = [lang for lang in langs if lang != "en"]
+    others = besides_english(langs)
     gaps = [r["scores"][main]["en"] - statistics.fmean(r["scores"][main][lang] for lang in others)
             for r in runs] if "en" in langs and others else []
     return {**head, "scored": True,
@@ -60,8 +61,9 @@ def _caveats(version: str, names: list[str], tasks: dict) -> list[str]:
 
 def aggregate(out: Path, tasks: list[str], seeds: list[int]) -> dict:
     """Reads every ``<out>/<task>/seed<k>/result.json`` of the run."""
-    results = {name: _task(name, [json.loads((out / name / f"seed{s}" / "result.json").read_text(encoding="utf-8"))
-                                  for s in seeds], seeds) for name in tasks}
+    folder = EvalDir(out)
+    results = {name: _task(name, [json.loads(folder.result(name, s).read_text(encoding="utf-8")) for s in seeds],
+                           seeds) for name in tasks}
     scored = {name: t for name, t in results.items() if t["scored"]}
     head: dict = {}
     if scored:

@@ -85,7 +85,7 @@ def fit_stages(seed: Seed, tokenizer, plan: list[Stage]) -> tuple[MultipleChoice
     """Fine-tunes stage after stage with the recipe's values, each from the weights its predecessor kept (the
     first from MODEL_DIR), through the same Trainer path (DeepSpeed included). Returns the last stage's tuner
     and, for result.json, what each stage trained on and the weights it kept."""
-    start, record, checkpoints = seed.model_dir, [], seed.work / "checkpoints"
+    start, record, checkpoints = seed.model_dir, [], seed.checkpoints
     for k, stage in enumerate(plan):
         log.info("stage %d/%d: %s, %d English training examples, %d dev examples", k + 1, len(plan), stage.name,
                  len(stage.train), len(stage.dev))

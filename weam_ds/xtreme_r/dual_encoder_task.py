@@ -47,7 +47,7 @@ def run_seed(seed: Seed, tokenizer) -> Outcome:
     log.info("%s seed %d: fine-tuning on %d English pairs; %s split of %d languages against %d candidates",
              seed.task.name, seed.seed, len(train.query_ids), split, len(seed.langs), len(pool_ids))
     tuner = RetrievalTuner(seed.model_dir, tokenizer, recipe)
-    tuner.fit(train, dev, seed.work / "checkpoints", seed.seed, seed.deepspeed)
+    tuner.fit(train, dev, seed.checkpoints, seed.seed, seed.deepspeed)
     embedded = tuner.embed(pool, recipe.max_length)
     for lang, queries in tests.items():
         write_json(seed.prediction(lang), tuner.retrieve(queries, embedded, pool_ids))

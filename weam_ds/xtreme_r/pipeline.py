@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_prep.files import write_atomically
+from weam_ds.xtreme_r.eval_dir import EvalDir
 from weam_ds.xtreme_r.readers import labelled, read_split, task_file
 from weam_ds.xtreme_r.recipe import Recipe
 from weam_ds.xtreme_r.score import ScoreError
@@ -28,19 +29,36 @@ class Seed:
     recipe: Recipe
     seed: int
     out: Path
+    """The run's output folder (``eval_dir``)."""
     deepspeed: str | None = None
     squad_model: Path | None = None
     """The English-SQuAD QA model of this seed when the run trains one (XQuAD, MLQA and Tatoeba use it)."""
 
     @property
+    def eval_dir(self) -> EvalDir:
+        return EvalDir(self.out)
+
+    @property
     def work(self) -> Path:
-        return self.out / self.task.name / f"seed{self.seed}"
+        return self.eval_dir.seed(self.task.name, self.seed)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.eval_dir.checkpoints(self.task.name, self.seed)
+
+    @property
+    def result(self) -> Path:
+        return self.eval_dir.result(self.task.name, self.seed)
+
+    @property
+    def predictions(self) -> Path:
+        return self.eval_dir.predictions(self.task.name, self.seed)
 
     def prediction(self, lang: str) -> Path:
-        return self.work / "predictions" / self.task.name / f"test-{lang}.{self.task.suffix}"
+        return self.eval_dir.prediction(self.task.name, self.seed, lang)
 
     def label(self, split: str, lang: str) -> Path:
-        return self.out / "labels" / split / self.task.name / f"test-{lang}.{self.task.suffix}"
+        return self.eval_dir.label(split, self.task.name, lang)
 
 
 @dataclass
@@ -104,7 +122,7 @@ def fine_tune_split_files(seed: Seed, tokenizer, tuner_class, gold_lines, unit: 
     log.info("%s seed %d: fine-tuning on %d English %s, scoring the %s split of %d languages",
              seed.task.name, seed.seed, len(train), unit, split, len(tests))
     tuner = tuner_class(seed.model_dir, tokenizer, train, seed.recipe)
-    details["selection"] = tuner.fit(dev, seed.work / "checkpoints", seed.seed, seed.deepspeed)
+    details["selection"] = tuner.fit(dev, seed.checkpoints, seed.seed, seed.deepspeed)
     for lang, examples in tests.items():
         write_lines(seed.prediction(lang), tuner.predict_lines(examples))
         write_lines(seed.label(split, lang), gold_lines(examples))

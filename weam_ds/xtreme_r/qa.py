@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.eval_dir import EvalDir
 from weam_ds.xtreme_r.pipeline import Outcome, Seed, write_json
 from weam_ds.xtreme_r.qa_windows import decode_answers, qa_features
 from weam_ds.xtreme_r.readers import QAExample, answered, read_squad, task_file
@@ -111,10 +112,6 @@ def _test_sets(seed: Seed):
     return tests, split, reason
 
 
-def squad_dir(out: Path, seed: int) -> Path:
-    return out / "squad" / f"seed{seed}"
-
-
 def recipe_hash(recipe: Recipe) -> str:
     """What a reused SQuAD model is checked against: the sha256 of the recipe's values (its size class's)."""
     values = {k: v for k, v in asdict(recipe).items() if k != "differences"}
@@ -126,7 +123,7 @@ def train_squad(model_dir: Path, data: Path, recipe: Recipe, seed: int, out: Pat
     """The seed's English-SQuAD QA model, fine-tuned once and reused (``selection.json``, written after the
     weights with the recipe's hash, marks it complete); one fine-tuned under another recipe (or before the hash
     was recorded) is fine-tuned again. Returns its ``from_pretrained`` folder."""
-    folder = squad_dir(out, seed)
+    folder = EvalDir(out).squad(seed)
     done = folder / "selection.json"
     if done.is_file():
         if json.loads(done.read_text(encoding="utf-8")).get("recipe_sha256") == recipe_hash(recipe):
@@ -154,14 +151,14 @@ def run_seed(seed: Seed, tokenizer) -> Outcome:
     if seed.squad_model is not None:  # XQuAD, MLQA: the seed's shared English-SQuAD model (run trained it)
         squad = seed.squad_model
         tuner = QuestionAnswering(squad, tokenizer, [], seed.recipe)
-        tuner.load_for_prediction(seed.seed, seed.work / "checkpoints")
+        tuner.load_for_prediction(seed.seed, seed.checkpoints)
         record = json.loads((squad.parent / "selection.json").read_text(encoding="utf-8"))["selection"]
         details = {"english_model": str(squad), "selection": record}
     else:
         train, dev = english_sets(seed.data, seed.task)
         log.info("%s seed %d: fine-tuning on %d English questions", seed.task.name, seed.seed, len(train))
         tuner = QuestionAnswering(seed.model_dir, tokenizer, train, seed.recipe)
-        details = {"selection": tuner.fit(dev, seed.work / "checkpoints", seed.seed, seed.deepspeed)}
+        details = {"selection": tuner.fit(dev, seed.checkpoints, seed.seed, seed.deepspeed)}
     for lang, (examples, articles) in tests.items():
         write_json(seed.prediction(lang), tuner.answers(examples))
         if not unscored:  # stripped answers are no labels

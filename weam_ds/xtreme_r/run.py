@@ -12,7 +12,8 @@ with it, as XTREME-R does; a run with Tatoeba trains it when the download has SQ
 otherwise (or with ``tatoeba_encoder="raw"``) Tatoeba embeds with the raw model and says so.
 
 ``<out>`` is a new folder or one this command wrote (data_prep.output_dirs: never the user's files nor a run
-directory's own; inside a run directory it holds the run's lock, weam_ds.run_lock).
+directory's own; inside a run directory it holds the run's lock, weam_ds.run_lock); weam_ds.xtreme_r.eval_dir
+draws it.
 ``<out>/<task>/seed<k>/result.json`` is written last, so an interrupted run resumes at the task/seed level
 (a seed cut off mid-way is redone from the start). It records the recipe, a ``protocol`` block (the official
 script, the selection rule, the batch as split over this run's devices, and every difference from the
@@ -20,7 +21,7 @@ official protocol), what was selected, and the scores. ``<out>/results.json`` ag
 Pass a DeepSpeed config (``ds_configs/``) to fine-tune large encoders under ZeRO.
 
 A run is a list of units (``RunPlan.units``): per seed the shared SQuAD model when a task uses it, then each
-(task, seed). ``run_units`` runs some of them, so a scheduler can give each its own job or GPU (launcher.study's
+(task, seed). ``run_units`` runs some of them, so a scheduler can give each its own job or GPU (launcher.cells'
 ``evaluation_units``): a unit that loads the SQuAD model must start after that seed's SQuAD unit is done
 (``RunPlan.needs``); the last unit to finish writes ``results.json``.
 
@@ -43,6 +44,7 @@ from data_prep.typed_config import ConfigError
 from weam_ds.run_lock import holding_enclosing
 from weam_ds.xtreme_r import choice, classification, dual_encoder_task, qa, tagging, tatoeba
 from weam_ds.xtreme_r.aggregate import aggregate
+from weam_ds.xtreme_r.eval_dir import EvalDir
 from weam_ds.xtreme_r.pipeline import Outcome, Seed
 from weam_ds.xtreme_r.readers import check_layout, task_file
 from weam_ds.xtreme_r.recipe import (RECIPES, SIZE_CLASSES, Recipe, for_size, load_recipe,
@@ -136,10 +138,11 @@ def run_units(model_dir: Path, plan: RunPlan, out: Path, deepspeed: str | None =
         claim(out, COMMAND)  # a new folder, or this command's to resume: it removes seeds' checkpoints there
         for unit in plan.units if units is None else units:
             _run_unit(model_dir, plan, unit, out, deepspeed)
-        if not all((out / u.task / f"seed{u.seed}" / "result.json").is_file() for u in plan.units if u.task != SQUAD):
+        folder = EvalDir(out)
+        if not all(folder.result(u.task, u.seed).is_file() for u in plan.units if u.task != SQUAD):
             return None
         results = aggregate(out, list(plan.tasks), plan.seeds)
-        write_scores(results, out / "results.json")
+        write_scores(results, folder.results)
     return results
 
 
@@ -154,7 +157,7 @@ def _run_unit(model_dir: Path, plan: RunPlan, unit: Unit, out: Path, deepspeed: 
         return
     recipe, langs = plan.tasks[unit.task]
     seed = Seed(model_dir, plan.data, TASKS[unit.task], langs, for_size(recipe, size), unit.seed, out, deepspeed)
-    if (seed.work / "result.json").is_file():
+    if seed.result.is_file():
         log.info("%s seed %d: done before, skipped", unit.task, unit.seed)
         return
     _run_seed(seed, squad_recipe if plan.shares_squad(unit.task) else None, plan.why_raw)
@@ -209,7 +212,7 @@ def _squad_plan(data: Path, plan: dict, recipes: Path, encoder: str) -> tuple[Re
 def _run_seed(seed: Seed, squad_recipe: Recipe | None, why_raw: str | None) -> None:
     from transformers import AutoTokenizer
 
-    shutil.rmtree(seed.work / "checkpoints", ignore_errors=True)  # left by a seed cut off mid-way
+    shutil.rmtree(seed.checkpoints, ignore_errors=True)  # left by a seed cut off mid-way
     tokenizer = AutoTokenizer.from_pretrained(str(seed.model_dir), local_files_only=True)
     if squad_recipe is not None:
         seed.squad_model = qa.train_squad(seed.model_dir, seed.data, squad_recipe, seed.seed, seed.out,
@@ -218,7 +221,7 @@ def _run_seed(seed: Seed, squad_recipe: Recipe | None, why_raw: str | None) -> N
     if seed.task.family == "retrieval":
         pipeline = partial(pipeline, why_raw=why_raw)
     outcome = pipeline(seed, tokenizer)
-    shutil.rmtree(seed.work / "checkpoints", ignore_errors=True)
+    shutil.rmtree(seed.checkpoints, ignore_errors=True)
     _score_seed(seed, outcome)
 
 
@@ -233,5 +236,5 @@ def _score_seed(seed: Seed, outcome: Outcome) -> None:
     if outcome.unscored:
         scores, record["reason"] = None, outcome.unscored
     else:
-        scores = score_task(task.name, outcome.langs, seed.work / "predictions", seed.out / "labels" / outcome.split)
-    write_scores({**record, "scores": scores}, seed.work / "result.json")
+        scores = score_task(task.name, outcome.langs, seed.predictions, seed.eval_dir.labels(outcome.split))
+    write_scores({**record, "scores": scores}, seed.result)

@@ -22,6 +22,7 @@ from statistics import fmean
 
 from data_prep.files import write_atomically
 from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.eval_dir import official_file
 from weam_ds.xtreme_r.tasks import CATEGORIES, LANGUAGES, TASKS
 
 
@@ -187,7 +188,7 @@ def _check_aligned(pred_file: Path, pred: list, gold_file: Path, gold: list) -> 
 
 def score_task(name: str, languages: list[str], predictions: Path, labels: Path) -> dict:
     task = TASKS[name]
-    files = {lang: [d / name / f"test-{lang}.{task.suffix}" for d in (predictions, labels)] for lang in languages}
+    files = {lang: [official_file(d, name, lang) for d in (predictions, labels)] for lang in languages}
     missing = [str(f) for pair in files.values() for f in pair if not f.is_file()]
     if missing:
         raise ScoreError(f"{name}: missing {', '.join(missing)}")

@@ -31,6 +31,7 @@ from data_prep.output_dirs import claim
 from data_prep.shard_format import decode_sample
 from weam_ds.run_lock import holding_enclosing
 from weam_ds.xtreme_r.encoders import load_encoder, max_positions, mean_pool
+from weam_ds.xtreme_r.eval_dir import RetrievalDir
 from weam_ds.xtreme_r.pipeline import Outcome, Seed, write_lines
 from weam_ds.xtreme_r.readers import read_sentences, tatoeba_files, tatoeba_shuffled
 from weam_ds.xtreme_r.score import ScoreError, score, score_task, write_scores
@@ -212,17 +213,17 @@ def run_seed(seed: Seed, tokenizer, why_raw: str | None = None) -> Outcome:
                     f"({len(shuffled)} of {len(langs)} languages, {tatoeba_files(data, shuffled[0])[1]} among them)")
         log.warning("tatoeba: NOT SCORED: %s; the predictions (for each line of the sorted English file, the index "
                     "of a non-English sentence) are written", unscored)
-    extra = seed.work / EXTRA_DIRECTION
+    extra = seed.eval_dir.direction(TASK, seed.seed, EXTRA_DIRECTION)
     for lang, (foreign, english) in pairs.items():
         found = embedder.both_directions(foreign, english, lang)
         write_lines(seed.prediction(lang), _lines(found[OFFICIAL_DIRECTION]))
-        write_lines(extra / "predictions" / TASK / f"test-{lang}.tsv", _lines(found[EXTRA_DIRECTION]))
+        write_lines(extra.prediction(TASK, lang), _lines(found[EXTRA_DIRECTION]))
         if not unscored:
-            for path in (seed.label("test", lang), extra / "labels" / TASK / f"test-{lang}.tsv"):
+            for path in (seed.label("test", lang), extra.label(TASK, lang)):
                 write_lines(path, _lines(range(len(english))))
     details = {"encoder": encoder, "encoder_dir": str(encoder_dir), "layer": embedder.layer,
                "max_length": embedder.max_length,
-               EXTRA_DIRECTION: None if unscored else score_task(TASK, langs, extra / "predictions", extra / "labels")}
+               EXTRA_DIRECTION: None if unscored else score_task(TASK, langs, extra.predictions, extra.labels)}
     return Outcome("test", langs, details, unscored, differences)
 
 
@@ -264,20 +265,20 @@ def evaluate_dataset(model_dir: Path, dataset: Path, out: Path, layer: int | Non
     log.info("Tatoeba-style retrieval with %s, mean-pooled hidden_states[%d], at most %d tokens", model_dir,
              embedder.layer, embedder.max_length)
     pairs = held_out_pairs(dataset)
-    folders = {direction: out / f"tatoeba-{direction}" for direction in (OFFICIAL_DIRECTION, EXTRA_DIRECTION)}
+    folders = {direction: RetrievalDir(out).direction(direction) for direction in (OFFICIAL_DIRECTION, EXTRA_DIRECTION)}
     with holding_enclosing(out, COMMAND):
         claim(out, COMMAND)
         for lang, foreign, english in pairs.values():
             for direction, found in embedder.both_directions(foreign, english, lang).items():
-                write_lines(folders[direction] / "predictions" / TASK / f"test-{lang}.tsv", _lines(found))
-                write_lines(folders[direction] / "labels" / TASK / f"test-{lang}.tsv", _lines(range(len(found))))
+                write_lines(folders[direction].prediction(TASK, lang), _lines(found))
+                write_lines(folders[direction].label(TASK, lang), _lines(range(len(found))))
         results = {}
         for direction, folder in folders.items():
-            scores = score(folder / "predictions", folder / "labels", "xtreme-r",
+            scores = score(folder.predictions, folder.labels, "xtreme-r",
                            languages=[lang for lang, _, _ in pairs.values()])
-            write_scores(scores, folder / "scores.json")
+            write_scores(scores, folder.scores)
             results[direction] = scores
             accuracy = scores[TASK]["accuracy"]
             print(f"Tatoeba-style retrieval {direction}: " + ", ".join(f"{k} {v:.1f}" for k, v in accuracy.items())
-                  + f"; mean {scores[TASK]['avg_accuracy']:.1f} ({folder / 'scores.json'})")
+                  + f"; mean {scores[TASK]['avg_accuracy']:.1f} ({folder.scores})")
     return results
