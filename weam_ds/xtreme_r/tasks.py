@@ -7,6 +7,7 @@ and categories are the official scorer's (see ../shared/xtreme_r_spec.md).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +31,13 @@ _TYDIQA = "en ar bn fi id ko ru sw te".split()
 # XQuAD-R's languages (google-research-datasets/lareqa): what weam-ds runs LAReQA on, per question language,
 # against the pool of all of them. The official scorer lists none.
 LAREQA_LANGUAGES = "ar de el en es hi ru th tr vi zh".split()
+
+
+def besides_english(languages: Iterable[str]) -> list[str]:
+    """``languages`` without English, in their order. Every task fine-tunes on English, so these are the languages
+    reached by cross-lingual transfer (the transfer gap is English minus their mean); for a study's pre-training
+    pairs (``de-en``), the languages a cell adds to English."""
+    return [lang for lang in languages if lang != "en"]
 
 
 @dataclass(frozen=True)
