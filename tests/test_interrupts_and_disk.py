@@ -22,9 +22,9 @@ from conftest import launched_run, small_config
 from data_prep.manifest import read_manifest
 from launcher.cli import main as launcher_main
 from weam_ds.config import load_run_config
+from weam_ds.optimizer import lr_lambda
 from weam_ds.registry import REGISTRY_FILE, Registry
 from weam_ds.run_dir import RunDir, checkpoint_problem
-from weam_ds.train import lr_lambda
 from weam_ds.train import main as train_main
 
 TRAIN = [sys.executable, "-m", "weam_ds.train", "--config"]

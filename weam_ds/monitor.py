@@ -1,25 +1,55 @@
 """What a run reports: TensorBoard scalars, console lines, and metrics.jsonl (rank 0 writes them all).
 
+Each optimizer step's figures are gathered on every rank (:class:`StepFigures`), summed over the ranks in one
+collective, and handed to the :class:`Monitor`, which writes the step's line and reports the interval's means.
 A resumed run continues both logs at its checkpoint's step: the lines and events that a killed run wrote
 after that step are dropped (metrics.jsonl is rewritten without them; TensorBoard is told to purge them
 with ``purge_step``), so each step appears once."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import resource
+import sys
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from data_prep.files import write_atomically
+from weam_ds.run_dir import LOG_FORMAT, RunDir
 
 log = logging.getLogger(__name__)
 
 # Dense bf16 peak TFLOP/s per device (vendor data sheets, SXM parts without sparsity).
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
+
+
+def setup_logging(run: RunDir, rank: int) -> None:
+    """Every rank logs to its own file in the run directory; rank 0 also to the console (less the records marked
+    file-only, failure.FILE_ONLY)."""
+    # DeepSpeed calls collectives that torch has renamed; the warning repeats every step.
+    warnings.filterwarnings("ignore", message=r".*(reduce_scatter_tensor|all_gather_into_tensor).*",
+                            category=FutureWarning)
+    run.log(rank).parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter(LOG_FORMAT.format(rank=rank))
+    handlers = [logging.FileHandler(run.log(rank))]
+    if rank == 0:
+        console = logging.StreamHandler(sys.stderr)
+        console.addFilter(lambda record: not getattr(record, "file_only", False))
+        handlers.append(console)
+    root = logging.getLogger()
+    root.handlers.clear()
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+    for noisy in ("DeepSpeed", "deepspeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def peak_tflops(configured: float | None) -> float | None:
@@ -32,6 +62,66 @@ def peak_tflops(configured: float | None) -> float | None:
                 return value
         log.warning("no peak TFLOP/s known for %s: set monitor.peak_tflops for MFU", name)
     return None
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over every rank (a collective), ``t`` itself left as it was."""
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
+def all_sums(values: list[float], device: str) -> list[float]:
+    """Several figures summed over ranks in one collective."""
+    return all_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+@dataclasses.dataclass
+class StepFigures:
+    """One optimizer step's figures on one rank, added up over its micro-batches."""
+
+    loss: float = 0.0
+    """The losses: each micro-batch adds its share of the step's mean (its loss over the accumulation)."""
+    mlm: float = 0.0
+    xpred: float = 0.0
+    tokens: float = 0.0
+    """Real tokens, both sides of every row."""
+    samples: float = 0.0
+    flops: float = 0.0
+    """Model FLOPs on the real tokens (presets.train_flops), what MFU counts."""
+    positions: float = 0.0
+    """Positions the encoder processed, and how many of them were padding (weam_ds.data.padding_counts)."""
+    padded: float = 0.0
+    data_wait: float = 0.0
+    """Seconds spent waiting for the stream's batches."""
+
+    def add_micro_batch(self, out, batch: dict, accumulation: int, padding: tuple[int, int], flops: float) -> None:
+        """A back-propagated micro-batch: the objective's output ``out`` on ``batch``."""
+        self.loss += out.loss.item() / accumulation
+        self.mlm += out.mlm.item() / accumulation
+        self.xpred += out.xpred.item() / accumulation
+        self.tokens += float(batch["src_attention_mask"].sum() + batch["tgt_attention_mask"].sum())
+        self.samples += len(batch["src_ids"])
+        self.positions += padding[0]
+        self.padded += padding[1]
+        self.flops += flops
+
+    def over_ranks(self, world: int, device: str) -> StepFigures:
+        """The step over every rank (a collective): losses and data wait are means over ranks; tokens, samples,
+        FLOPs and positions are totals."""
+        loss, mlm, xpred, data_wait, tokens, samples, flops, positions, padded = all_sums(
+            [self.loss / world, self.mlm / world, self.xpred / world, self.data_wait / world, self.tokens,
+             self.samples, self.flops, self.positions, self.padded], device)
+        return StepFigures(loss=loss, mlm=mlm, xpred=xpred, tokens=tokens, samples=samples, flops=flops,
+                           positions=positions, padded=padded, data_wait=data_wait)
+
+    def with_optimizer(self, lr: float, grad_norm: float, loss_scale: float, step_time: float) -> dict[str, float]:
+        """The step's figures for :meth:`Monitor.step`, in metrics.jsonl's order, with the optimizer's state and
+        the step's wall time."""
+        return {"loss": self.loss, "mlm": self.mlm, "xpred": self.xpred, "lr": lr, "grad_norm": grad_norm,
+                "loss_scale": loss_scale, "tokens": self.tokens, "samples": self.samples, "flops": self.flops,
+                "positions": self.positions, "padded": self.padded, "data_wait": self.data_wait,
+                "step_time": step_time}
 
 
 class Monitor:

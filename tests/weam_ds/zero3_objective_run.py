@@ -15,7 +15,7 @@ from transformers.integrations import HfDeepSpeedConfig
 from weam_ds.batch import TokenInfo, collate, mask_batch
 from weam_ds.config import MaskingConfig, ObjectiveConfig
 from weam_ds.objective import PretrainingObjective
-from weam_ds.train import _param_groups
+from weam_ds.optimizer import param_groups
 
 
 def main(port: str) -> None:
@@ -32,7 +32,7 @@ def main(port: str) -> None:
         max_position_embeddings=40))
     emb, decoder = model.base_model.embeddings.word_embeddings.weight, model.lm_head.decoder.weight
     obj = PretrainingObjective(model, ObjectiveConfig(exchange="prior_attention"))
-    decay, no_decay = _param_groups(obj, 0.01)  # the trainer's weight-decay split, on partitioned parameters
+    decay, no_decay = param_groups(obj, 0.01)  # the trainer's weight-decay split, on partitioned parameters
     engine, *_ = deepspeed.initialize(model=obj, model_parameters=list(obj.parameters()), config=ds)
     watched = [obj.exchange.query.weight, emb]
     with deepspeed.zero.GatheredParameters(watched):
