@@ -9,7 +9,7 @@ Schema, version 1 (``SCHEMA_VERSION``):
 - ``cells``: one row per cell of the grid. ``cell`` is the name ``cell_name`` builds from the axis values;
   ``axes`` (JSON object) the cell's value on every axis; ``config`` (JSON) the resolved run config and
   ``config_sha256`` its hash; the facts the report needs: ``model`` (preset name, or what the study calls a
-  checkpoint), ``parameters`` (the encoder backbone, as ``weam_ds.presets.count_parameters`` counts ``total``),
+  checkpoint), ``parameters`` (the encoder backbone, as ``weam_ds.presets.parameter_counts`` counts ``total``),
   ``objective``, ``language_subset`` (the subset's name, e.g. ``langs_5``), ``pairs`` (JSON list of the
   pre-training pairs, ``de-en``), ``languages`` (JSON list: the languages those pairs cover besides English)
   and ``n_languages``, ``train_seed``; ``state`` (``STATES``), ``error`` (why it failed, while ``failed``),
