@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from weam_ds.objectives import OBJECTIVES
 from weam_ds.report.results import GROUPS, Results, headline_metric, short_count
 from weam_ds.report.stats import Gain, Scaling
 
 PLOTS = ("gain_vs_languages.png", "score_vs_parameters.png", "score_vs_flops.png", "heatmap_best_cell.png",
          "transfer_gap_vs_size.png")
-COLORS = {"weam": "tab:blue", "mlm": "tab:orange", "tlm": "tab:green"}
 LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -80,8 +80,9 @@ def plot_series(rows: list[Scaling], path: Path, x, y, xlabel: str, ylabel: str,
             if t != task:
                 continue
             pts.sort()
+            colour = OBJECTIVES[objective].colour if objective in OBJECTIVES else None  # else the colour cycle
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                        color=COLORS.get(objective), linestyle=LINESTYLES[subsets.index(subset) % len(LINESTYLES)],
+                        color=colour, linestyle=LINESTYLES[subsets.index(subset) % len(LINESTYLES)],
                         label=", ".join(part for part in (objective.upper(), subset, extra) if part))
         ax.set_xscale("log")
         if size_ticks:

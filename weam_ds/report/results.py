@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from weam_ds.registry import Cell, Registry
-from weam_ds.xtreme_r.tasks import TASKS
+from weam_ds.registry import Registry
+from weam_ds.registry_rows import Cell
+from weam_ds.xtreme_r.tasks import TASKS, besides_english
 
 GROUPS = {"seen": "languages every cell saw", "all": "all evaluated languages",
           "unseen": "languages the cell did not see"}
@@ -104,7 +105,7 @@ class Results:
         if group == "unseen":
             return [lang for lang in evaluated if lang not in cell.pretraining_languages]
         seen = frozenset.intersection(*(c.pretraining_languages for c in self.cells.values()))
-        return [lang for lang in evaluated if lang in seen and lang != "en"]
+        return [lang for lang in besides_english(evaluated) if lang in seen]
 
     def language_scores(self, task: str, cell: str) -> dict[str, float]:
         """Per language, the mean over evaluation seeds."""
@@ -118,7 +119,7 @@ class Results:
 
     def transfer_gap(self, task: str, cell: str) -> float | None:
         """English minus the mean of the other evaluated languages (None without them all)."""
-        others = [lang for lang in self.evaluated(task) if lang != "en"]
+        others = besides_english(self.evaluated(task))
         scores = self.language_scores(task, cell)
         if "en" not in scores or not others or any(lang not in scores for lang in others):
             return None

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from weam_ds.registry import Cell
+from weam_ds.objectives import OBJECTIVES
+from weam_ds.registry_rows import Cell
 from weam_ds.report.results import GROUPS, Results, RowKey
 
 MIN_SEEDS_FOR_STD = 3
@@ -40,7 +41,8 @@ RESAMPLES = 1000
 BOOTSTRAP_SEED = 1234
 """Fixed, so that the same registry always gives the same report."""
 CONFIDENCE = 0.95
-BASELINES = ("mlm", "tlm")
+BASELINES = tuple(name for name in OBJECTIVES if name != "weam")
+"""What WEAM's gains are measured against: every other objective."""
 SPREADS = {"std": "std over train seeds", "bootstrap": f"paired bootstrap over examples ({RESAMPLES:,} resamples)",
            "none": "none (no per-example outcomes)"}
 
