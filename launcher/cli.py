@@ -99,7 +99,7 @@ def _run_parser(commands) -> None:
                                           "with the DeepSpeed runner over a hostfile, or as a SLURM job")
     run.add_argument("--config", required=True, help="the run config (run.yaml), as weam_ds.train reads it")
     run.add_argument("--backend", choices=list(BACKENDS), help="default: the cluster file's backend")
-    run.add_argument("--cluster", help="a cluster YAML (README: Launching); the flags below override it")
+    run.add_argument("--cluster", help="a cluster YAML (docs/launching.md); the flags below override it")
     run.add_argument("--nnodes", type=int)
     run.add_argument("--nproc-per-node", type=int, help="processes per node (default: its GPUs, or 1)")
     run.add_argument("--hostfile", help="deepspeed: '<host> slots=<n>' per line")
@@ -147,7 +147,7 @@ def _study_parser(commands) -> None:
                                               "its results in registry.sqlite")
     steps = study.add_subparsers(dest="study_command", required=True)
     run = steps.add_parser("run", help="run every cell not evaluated yet (resuming interrupted ones)")
-    run.add_argument("study_file", help="study.yaml (README: The scaling study)")
+    run.add_argument("study_file", help="study.yaml (docs/study.md)")
     run.add_argument("--retry-failed", action="store_true", help="also run the cells that failed before")
     run.add_argument("--dry-run", action="store_true", help="slurm: write the job scripts and print the sbatch "
                                                             "commands; submit nothing")
@@ -167,7 +167,7 @@ def _study_parser(commands) -> None:
                                          "inside the job that `study run` submits for it; leaves units/<unit>.json")
     step.add_argument("study_file", help="study.yaml")
     step.add_argument("--cell", required=True, help="the cell's name (its directory under cells/)")
-    step.add_argument("--unit", required=True, help="the evaluation unit (launcher.study.evaluation_units)")
+    step.add_argument("--unit", required=True, help="the evaluation unit (launcher.cells.evaluation_units)")
 
 
 def main(argv: list[str] | None = None) -> int:

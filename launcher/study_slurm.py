@@ -1,5 +1,5 @@
 """The scaling study under SLURM (``launch.backend: slurm``): each cell's steps as jobs, its evaluation fanned
-out one job per unit (launcher.study.evaluation_units), their results harvested into the registry on the
+out one job per unit (launcher.cells.evaluation_units), their results harvested into the registry on the
 submitting host.
 
     study run (submitting host)                            compute nodes
@@ -56,17 +56,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from data_prep.files import write_atomically
 from data_prep.typed_config import ConfigError, read_yaml
 from launcher.backends import BACKENDS, LaunchFile, Request, run_environment
+from launcher.cells import (EXPORT, UNITS, CellFailed, StudyBusy, changed_cells, evaluation_units, exclusive,
+                            read_record, register, training_cost, unit_file, unit_scores)
 from launcher.cluster import ClusterConfig
 from launcher.launch import write_launch_file
 from launcher.slurm import log_pattern, sbatch as _sbatch, site_options
-from launcher.study import (EXPORT, UNITS, CellFailed, StudyBusy, changed_cells, evaluation_units, exclusive,
-                            read_record, register, training_cost, unit_file, unit_scores)
 from launcher.study_config import CellPlan, StudyConfig, load_study
 from weam_ds.config import load_run_config
-from weam_ds.registry import REGISTRY_FILE, Cell, Registry, RegistryError, config_sha256
-from data_prep.files import write_atomically
+from weam_ds.registry import REGISTRY_FILE, Registry, RegistryError, config_sha256
+from weam_ds.registry_rows import Cell
 from weam_ds.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def _to_submit(plans: list[CellPlan], states: dict[str, str], in_flight: set[str
 
 
 def _refuse_changes_in_flight(path: Path, study: StudyConfig, plans: list[CellPlan], registry: Registry) -> None:
-    """A cell whose run config changed starts afresh (study.register deletes its run): never under its jobs."""
+    """A cell whose run config changed starts afresh (launcher.cells.register deletes its run): never under its jobs."""
     known = {cell.name: cell for cell in registry.cells()}
     changed = [known[name] for name in changed_cells(path, study, plans, known)]
     busy = [name for name, seen in _outcomes(Path(study.study_dir), changed).items() if seen.state == "running"]

@@ -1,4 +1,4 @@
-"""A study cell's evaluation fanned out per (task, fine-tuning seed) (launcher.study.evaluation_units): the job graph
+"""A study cell's evaluation fanned out per (task, fine-tuning seed) (launcher.cells.evaluation_units): the job graph
 (the export first, each seed's English-SQuAD model before the QA units that load it), the local scheduler's
 units-to-GPUs assignment, and on the real two-node SLURM cluster (tests/slurm_cluster.py) with the mock XTREME
 folder: 2 tasks x 2 seeds give 4 unit jobs after the training and export jobs, a killed unit is retried alone by
@@ -15,7 +15,8 @@ from test_study import study_file
 from test_study_slurm import ENDED, job_field, launcher, queued_jobs, registry_rows
 from xtreme_fixtures import write_qa, write_xtreme
 
-from launcher.study import evaluation_units, score_records, start_units, unit_file
+from launcher.cells import evaluation_units, score_records, unit_file
+from launcher.study import start_units
 from launcher.study_config import CellPlan, load_study
 
 REPO = Path(__file__).resolve().parents[2]
