@@ -22,11 +22,12 @@ The rule. Segments longest first, each into the row holding the fewest tokens so
 scheduling), over the fewest rows R, starting from max(⌈T / C⌉, the segments longer than C / 2), for which no
 row holds more than C tokens; W is the fullest row. C is the widest row the objective encodes unpacked
 (``Layout.row_capacity`` × ``data.max_length``): a sentence for weam and mlm, twice that for tlm's pair.
-Balanced rows trimmed to the fullest one leave little padding. Where that plan has more positions than one segment per row (N rows of the longest segment: a
-few segments of similar lengths), the plan is one segment per row. So a packed batch never has more positions
-than the stacked one, and since W ≤ C a step's memory is bounded as an unpacked batch's is (its R × W positions
-are what ``batch_tokens`` counts). Attention spans W positions instead of the widest segment: about
-W / (6 × hidden size) more FLOPs per token, 3% for a base model at W = 128.
+Balanced rows trimmed to the fullest one leave little padding. Where that plan has more positions than one
+segment per row (N rows of the longest segment: a few segments of similar lengths), the plan is one segment per
+row. So a packed batch never has more positions than the stacked one, and since W ≤ C a step's memory is
+bounded as an unpacked batch's is (its R × W positions are what ``batch_tokens`` counts). Attention spans W
+positions instead of the widest segment: about W / (6 × hidden size) more FLOPs per token, 3% for a base model at
+W = 128.
 
 The model side (``packed_inputs``, ``unpack``) is index operations only: no host synchronisation.
 """

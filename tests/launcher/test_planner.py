@@ -2,6 +2,7 @@
 measurement on CPU (autograd's saved tensors, PyTorch's FLOP counter, the peak RSS of a partitioned build)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +27,9 @@ from launcher.model_shape import model_shape
 from launcher.planner import HEADROOM, parse_size, plan
 from weam_ds.batch import IGNORE, TokenInfo, collate, mask_batch
 from weam_ds.config import MaskingConfig, ObjectiveConfig, RunConfig, load_run_config
+from weam_ds.data import Corpus, TrainStream, padding_counts
 from weam_ds.objective import PretrainingObjective
+from weam_ds.objectives import OBJECTIVES
 from weam_ds.presets import build_model, count_parameters, model_config, train_flops
 
 XLMR_VOCAB = 250002
@@ -175,6 +178,37 @@ def test_plan_command_exit_status(small_dataset, tmp_path):
 
 
 # --- model states: DeepSpeed's own estimators ----------------------------------------------------------
+
+@pytest.mark.parametrize("micro_batch", [{"batch_size": 3}, {"batch_size": None, "batch_tokens": 6 * 8}])
+@pytest.mark.parametrize("objective", list(OBJECTIVES))
+def test_the_worst_case_batch_is_the_widest_the_objective_encodes_from_the_stream(small_dataset, objective,
+                                                                                  micro_batch):
+    """The planner's worst case (every sentence max_length long) is the widest batch the encoder gets from the
+    training stream, rows and width as the objective lays them out: at max_length 8 nearly every sentence is
+    truncated to it, so some batch has every row full. Packed rows stay within its positions."""
+    cfg = from_dict(RunConfig, {"output_dir": "unused", "model": "tiny", "objective": {"name": objective},
+                                "data": {"datasets": [str(small_dataset[0])], "max_length": 8, "workers": 0,
+                                         "bucket_pool": 4, **micro_batch}})
+    worst = BatchShape.worst_case(cfg)
+    corpus = Corpus.open(cfg.data)
+    info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(corpus.tokenizer_dir)))
+    obj = PretrainingObjective(build_model("tiny", info.vocab_size, pad_token_id=info.pad_id), cfg.objective)
+    shapes = []
+    obj.model.base_model.register_forward_hook(lambda _, args, kwargs, out: shapes.append(kwargs["input_ids"].shape),
+                                               with_kwargs=True)
+    encoded = {}
+    for pack_rows in (False, True):
+        data = dataclasses.replace(cfg.data, pack_rows=pack_rows)
+        stream = iter(TrainStream(corpus, data, MaskingConfig(), info, seed=1, rank=0, objective=objective))
+        batches = [next(stream)[0] for _ in range(24)]
+        encoded[pack_rows] = [padding_counts(batch, objective)[0] for batch in batches]
+        if not pack_rows:
+            with torch.no_grad():
+                for batch in batches:
+                    obj(batch)
+    assert (worst.rows, worst.width) in shapes and max(r * w for r, w in shapes) == worst.rows * worst.width, shapes
+    assert max(encoded[False]) == worst.rows * worst.width and max(encoded[True]) <= worst.rows * worst.width
+
 
 def test_meta_counts_equal_deepspeeds_on_a_real_model():
     """DeepSpeed counts a real model (shared tensors once by storage); the planner counts on the meta device."""
