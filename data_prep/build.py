@@ -10,7 +10,7 @@
               project links onto subwords, write shards; the manifest lists a chunk's shards once they
               are all complete.
 
-A build spread over jobs (``--backend slurm``, launcher.prep_slurm) runs the same stages in three steps:
+A build spread over jobs (``python -m launcher prep``, launcher.prep_slurm) runs the same stages in three steps:
 ``prepare`` (1, 2, 4 and a plan of chunk groups), ``run_chunk_group`` per group at once (3 and 5; each chunk
 leaves its shard records in a result file of its own, since groups share no manifest) and ``finish`` (the
 results merged into the manifest, every shard checked against its record). A local build takes over what

@@ -41,13 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="data_prep", description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--config", required=True, help="prep.yaml (see docs/dataset.md)")
     parser.add_argument("--workers", type=int, help="worker processes (overrides the config; 0 = one per core)")
-    parser.add_argument("--backend", choices=("local", "slurm"), default="local",
-                        help="local: build here; slurm: submit the build as SLURM jobs (--cluster)")
-    parser.add_argument("--cluster", help="slurm: the cluster file, as `launcher run --cluster` reads it")
-    parser.add_argument("--chunks-per-task", type=int,
-                        help="slurm: chunks per array task (default: the chunks spread over the cluster's nnodes)")
-    parser.add_argument("--stage", choices=STAGES, help="one stage of a spread build (what its jobs run)")
+    parser.add_argument("--stage", choices=STAGES, help="one stage of a build spread over SLURM jobs (what the jobs "
+                                                        "that `python -m launcher prep` submits run)")
     parser.add_argument("--nodes", type=int, default=1, help="--stage prepare: nodes to spread the chunks over")
+    parser.add_argument("--chunks-per-task", type=int,
+                        help="--stage prepare: chunks per group (default: the chunks spread over --nodes)")
     parser.add_argument("--task", type=int, help="--stage chunks: the group of chunks to do (the array task)")
     parser.add_argument("--version", action="version", version=f"weam-ds data_prep {__version__}")
     args = parser.parse_args(argv)
@@ -61,15 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         if args.workers is not None:
             cfg.workers = args.workers
-        if args.backend == "slurm":
-            # The launcher imports data_prep (never the reverse at module level): imported where it is used.
-            from launcher.cluster import load_cluster
-            from launcher.prep_slurm import submit
-
-            # One process per job: the training's processes per node (which the file may leave out) mean nothing here.
-            cluster = load_cluster(args.cluster, {"backend": "slurm", "nproc_per_node": 1})
-            submit(Path(args.config), cfg, cluster, args.chunks_per_task)
-            return 0
         if args.stage is not None:
             return _run_stage(args, cfg)
         report = build(cfg)
@@ -94,14 +83,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     for name in ("chunks_per_task", "nodes"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1")
-    if args.backend == "slurm" and args.cluster is None:
-        raise ConfigError("--cluster: the slurm backend needs the cluster file (partition, time, nnodes ...)")
-    if args.backend != "slurm" and args.cluster is not None:
-        raise ConfigError("--cluster: only with --backend slurm")
-    if args.chunks_per_task is not None and args.backend != "slurm" and args.stage != "prepare":
-        raise ConfigError("--chunks-per-task: only with --backend slurm")
-    if args.backend == "slurm" and args.stage is not None:
-        raise ConfigError("--stage: run by the jobs of a spread build, not with --backend slurm")
+    if args.chunks_per_task is not None and args.stage != "prepare":
+        raise ConfigError("--chunks-per-task: with --stage prepare (a spread build: `python -m launcher prep`)")
     if (args.stage == "chunks") != (args.task is not None):
         raise ConfigError("--task: with --stage chunks, and only there")
 

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from data_prep import PrepError
 from data_prep.typed_config import ConfigError
 from launcher import __version__
 from launcher.backends import BACKENDS, Request
@@ -124,6 +125,29 @@ def _run_parser(commands) -> None:
     slurm.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=None)
 
 
+def _prep(args) -> int:
+    from data_prep.config import load_config
+    from launcher.prep_slurm import submit
+
+    if args.chunks_per_task is not None and args.chunks_per_task < 1:
+        raise ConfigError("--chunks-per-task: must be at least 1")
+    cfg = load_config(args.config)
+    # One process per job: the training's processes per node (which the file may leave out) mean nothing here.
+    cluster = load_cluster(args.cluster, {"backend": "slurm", "nproc_per_node": 1})
+    submit(Path(args.config), cfg, cluster, args.chunks_per_task)
+    return 0
+
+
+def _prep_parser(commands) -> None:
+    prep = commands.add_parser("prep", help="build a data_prep dataset as SLURM jobs: a prepare job, an array of "
+                                            "align+encode tasks, a final job (docs/dataset.md)")
+    prep.add_argument("--config", required=True, help="prep.yaml, as `python -m data_prep` reads it")
+    prep.add_argument("--cluster", required=True, help="the cluster file (partition, time, nnodes ...), as "
+                                                       "`launcher run --cluster` reads it")
+    prep.add_argument("--chunks-per-task", type=int,
+                      help="chunks per array task (default: the chunks spread over the cluster's nnodes)")
+
+
 def _study(args) -> int:
     from launcher import study
 
@@ -178,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     hosts.add_argument("hostfile")
     _run_parser(commands)
     _plan_parser(commands)
+    _prep_parser(commands)
     _study_parser(commands)
     args = parser.parse_args(argv)
     try:
-        return {"hosts": _hosts, "run": _run, "plan": _plan, "study": _study}[args.command](args)
-    except (HostfileError, ConfigError, RegistryError) as exc:
+        return {"hosts": _hosts, "run": _run, "plan": _plan, "prep": _prep, "study": _study}[args.command](args)
+    except (HostfileError, ConfigError, RegistryError, PrepError) as exc:
         print(f"launcher: error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""A data_prep build spread over a SLURM cluster: ``python -m data_prep --config prep.yaml --backend slurm
+"""A data_prep build spread over a SLURM cluster: ``python -m launcher prep --config prep.yaml
 --cluster cluster.yaml``.
 
     submitting host          compute nodes
@@ -119,7 +119,7 @@ def _script(kind: str, name: str, output: str, cluster: ClusterConfig, body: lis
                "--open-mode=append", f"--output={q(output)}", *site_options(cluster)]
     lines = [
         "#!/bin/bash",
-        f"# data_prep's {kind} job, written by `python -m data_prep --backend slurm` (launcher/prep_slurm.py).",
+        f"# data_prep's {kind} job, written by `python -m launcher prep` (launcher/prep_slurm.py).",
         *(f"#SBATCH {option}" for option in options),
         "",
         "set -u",

@@ -1,4 +1,4 @@
-"""``python -m data_prep --backend slurm`` on the real two-node SLURM cluster (tests/slurm_cluster.py): a prepare
+"""``python -m launcher prep`` on the real two-node SLURM cluster (tests/slurm_cluster.py): a prepare
 job, an array of align+encode tasks and a final job give the dataset a local build gives; an array task killed
 mid-chunk ends the chain, and the same command then redoes that chunk alone.
 
@@ -21,18 +21,18 @@ import psutil
 import yaml
 from conftest import small_config
 
-from data_prep.cli import main
 from data_prep.manifest import read_manifest
 from data_prep.shards import file_sha256, read_samples
+from launcher.cli import main
 
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 
 
-def data_prep(*args: str) -> tuple[int, str]:
-    """``python -m data_prep ARGS`` in this process: its exit status and its console."""
+def launcher_prep(*args: str) -> tuple[int, str]:
+    """``python -m launcher prep ARGS`` in this process: its exit status and its console."""
     console = io.StringIO()
     with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
-        code = main(list(args))
+        code = main(["prep", *args])
     return code, console.getvalue()
 
 
@@ -92,16 +92,16 @@ def test_a_slurm_build_equals_the_local_one_and_a_killed_array_task_is_redone_al
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(yaml.safe_dump({"backend": "slurm", "nnodes": 2,
                                        "slurm": {"partition": "debug", "time": "00:10:00", "cpus_per_task": 1}}))
-    command = ("--config", str(prep), "--backend", "slurm", "--cluster", str(cluster), "--chunks-per-task", "2")
+    command = ("--config", str(prep), "--cluster", str(cluster), "--chunks-per-task", "2")
     logs = dataset / "slurm"
 
-    code, console = data_prep(*command)
+    code, console = launcher_prep(*command)
     assert code == 0, console
     prepare = re.search(r"submitted job (\d+) \((data_prep-\w+)\)", console)
     job, name = prepare[1], prepare[2]
     assert f"squeue --name={name}" in console
     # A second submission while the first's jobs are queued or running is refused, naming them.
-    code, again = data_prep(*command)
+    code, again = launcher_prep(*command)
     assert code == 2 and job in again and "still queued or running" in again, again
 
     # The prepare job planned 4 groups of 2 chunks (fr-en 0-1, 2-3, 4 + ja-en 0, ja-en 1), as the array's tasks.
@@ -130,7 +130,7 @@ def test_a_slurm_build_equals_the_local_one_and_a_killed_array_task_is_redone_al
                 if not p.name.startswith("fr-en-") or "-00001-" not in p.name}
 
     # The same command redoes only fr-en chunk 1: one array task, then the final job completes the dataset.
-    code, console = data_prep(*command)
+    code, console = launcher_prep(*command)
     assert code == 0, console
     job = re.search(r"submitted job (\d+)", console)[1]
     array = submitted(logs / f"prepare-{job}.out", "array")
@@ -147,6 +147,6 @@ def test_a_slurm_build_equals_the_local_one_and_a_killed_array_task_is_redone_al
     assert read_manifest(dataset)["tokenizer"]["vocab_size"] == read_manifest(local)["tokenizer"]["vocab_size"]
     # Submitted again once complete: nothing to do, nothing submitted.
     before = slurm.command("squeue", "-h", "--states=all", f"--name={name}", "-o", "%i").stdout.split()
-    code, console = data_prep(*command)
+    code, console = launcher_prep(*command)
     assert code == 0 and "is complete; nothing to do" in console, console
     assert slurm.command("squeue", "-h", "--states=all", f"--name={name}", "-o", "%i").stdout.split() == before
