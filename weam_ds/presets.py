@@ -183,7 +183,7 @@ def _numel(params) -> int:
 
 _BERT_LAYOUT = ("bert", "roberta", "xlm-roberta", "xlm-roberta-xl")
 """The model types whose masked LM is laid out as BERT's (every preset, mBERT, XLM-R): the ones
-:func:`parameter_counts` can count from their config."""
+:func:`parameter_counts` counts from their config's geometry."""
 
 
 def parameter_counts(config: PretrainedConfig) -> dict[str, int]:
@@ -196,6 +196,8 @@ def parameter_counts(config: PretrainedConfig) -> dict[str, int]:
         non_embedding = L·(4·H² + 4·H + 2·H·F + F + H + 4·H) + 2·H
         mlm_head      = H² + H + 2·H + V                               (+ V·H + V for an untied decoder)
 
+    A model of another layout is built on the meta device and counted there.
+
     A layer: the query, key, value and attention-output projections with their biases (4·H² + 4·H), the
     feed-forward in and out (2·H·F + F + H), two LayerNorms (4·H). One more LayerNorm lies outside the layers:
     post-LN encoders (BERT, XLM-R) normalise the embeddings, pre-LN ones (XLM-R XL) the last layer's output.
@@ -203,8 +205,10 @@ def parameter_counts(config: PretrainedConfig) -> dict[str, int]:
     (tied), or a weight and bias of its own where the config unties them.
     """
     if config.model_type not in _BERT_LAYOUT:
-        raise ConfigError(f"{config.name_or_path or config.model_type}: cannot count a {config.model_type!r} "
-                          f"model's parameters from its config (known layouts: {', '.join(_BERT_LAYOUT)})")
+        # Another architecture (a DeBERTa checkpoint, XLM): no formula here, so its shapes are counted on the meta
+        # device, which allocates nothing.
+        with torch.device("meta"):
+            return count_parameters(AutoModelForMaskedLM.from_config(config))
     h, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
     embedding = (v + config.max_position_embeddings + config.type_vocab_size) * h
     non_embedding = config.num_hidden_layers * (4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h) + 2 * h

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from data_prep.typed_config import ConfigError, load_yaml
+from weam_ds.presets import encoder_config, parameter_counts
 from weam_ds.xtreme_r.encoders import POOLINGS
 from weam_ds.xtreme_r.tasks import EverySteps, Task
 
@@ -91,10 +92,8 @@ class Recipe:
 
 def model_size_class(model_dir: Path) -> SizeClass:
     """The size class of the model in ``model_dir`` (the one place that decides it): ``large`` from
-    ``LARGE_NON_EMBEDDING`` non-embedding parameters, counted on the meta device (no weights read)."""
-    from weam_ds.presets import build_model, count_parameters  # torch and transformers: only to count a model
-
-    non_embedding = count_parameters(build_model(model_dir, 0, meta=True))["non_embedding"]
+    ``LARGE_NON_EMBEDDING`` non-embedding parameters, counted from its config (no weights read)."""
+    non_embedding = parameter_counts(encoder_config(model_dir, 0))["non_embedding"]
     return "large" if non_embedding >= LARGE_NON_EMBEDDING else "base"
 
 
