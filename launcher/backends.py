@@ -50,7 +50,7 @@ class Request:
     run: RunConfig
     cluster: ClusterConfig
     host_memory: int | None = None
-    """The memory plan's host memory per node in bytes (launcher.planner's ``Plan.host_bytes_per_node``: the need
+    """The memory plan's host memory per node in bytes (launcher.memory's ``Plan.host_bytes_per_node``: the need
     with the headroom on top); None where no plan was made. SLURM requests it (--mem)."""
 
 
