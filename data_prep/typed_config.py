@@ -118,6 +118,11 @@ def _convert(tp: Any, value: Any, where: str, key: str) -> Any:
         key_type, value_type = typing.get_args(tp)
         return {_convert(key_type, k, where, f"{key}.{k}"): _convert(value_type, v, where, f"{key}.{k}")
                 for k, v in value.items()}
+    if origin is typing.Literal:  # a choice among fixed names: checked here, once, for every config
+        choices = typing.get_args(tp)
+        if value in choices and isinstance(value, str) == all(isinstance(c, str) for c in choices):
+            return value
+        raise ConfigError(f"{where}{key}: {value!r} is not one of {', '.join(map(str, choices))}")
     if tp is typing.Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -157,6 +162,8 @@ def _type_name(tp: Any) -> str:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
     if tp is type(None):
         return "null"
+    if typing.get_origin(tp) is typing.Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
     return "a mapping" if dataclasses.is_dataclass(tp) else getattr(tp, "__name__", str(tp))
 
 

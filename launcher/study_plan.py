@@ -50,6 +50,7 @@ from launcher.study_config import CellPlan, StudyConfig, XtremeConfig, expand, l
 from weam_ds import monitor
 from weam_ds.config import load_run_config
 from weam_ds.monitor import PEAK_TFLOPS
+from weam_ds.objectives import OBJECTIVES
 from weam_ds.presets import encoder_config, parameter_counts, train_flops_per_token
 from weam_ds.xtreme_r.recipe import RECIPES, load_recipe
 from weam_ds.xtreme_r.tasks import TASKS
@@ -284,7 +285,7 @@ def cost_plan(study: StudyConfig, plans: list[CellPlan], mfu: float = MFU, gpu: 
         n = parameter_counts(config)["non_embedding"]
         pair_tokens, samples = train_tokens(cfg, plan.pairs)
         sentence = pair_tokens / max(2 * samples, 1)
-        predicted = cfg.objective.masking.rate * (2 if cfg.objective.name == "weam" else 1)  # WEAM adds XPRED
+        predicted = cfg.objective.masking.rate * (2 if OBJECTIVES[cfg.objective.name].cross_lingual else 1)  # + XPRED
         steps = cfg.train.steps
         tokens = steps * tokens_per_step(cfg, plan.pairs, study.launch)
         key = _memory_key(plan.run)

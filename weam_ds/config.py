@@ -7,12 +7,12 @@ import json
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from data_prep.typed_config import ConfigError, load_yaml
-from weam_ds.objectives import OBJECTIVES
+from weam_ds.objectives import ObjectiveName
+from weam_ds.vocab_check import ModelVocab
 
-EXCHANGES = ("hard", "prior_attention")
 
 
 @dataclass
@@ -34,10 +34,10 @@ class MaskingConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "weam"
+    name: ObjectiveName = "weam"
     """weam (MLM + cross-lingual prediction), mlm (MLM on both sides) or tlm (MLM on the concatenated pair):
     a key of weam_ds.objectives.OBJECTIVES."""
-    exchange: str = "hard"
+    exchange: Literal["hard", "prior_attention"] = "hard"
     """weam only: hard (alignment-weighted mean of aligned states) or prior_attention (attention with
     the alignment as a log-prior)."""
     xpred_weight: float = 1.0
@@ -47,10 +47,6 @@ class ObjectiveConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
 
     def __post_init__(self):
-        if self.name not in OBJECTIVES:
-            raise ConfigError(f"name: {self.name!r} is not one of {', '.join(OBJECTIVES)}")
-        if self.exchange not in EXCHANGES:
-            raise ConfigError(f"exchange: {self.exchange!r} is not one of {', '.join(EXCHANGES)}")
         if self.xpred_weight < 0:
             raise ConfigError("xpred_weight: must not be negative")
         if not 0 < self.prior_epsilon < 1:
@@ -178,13 +174,11 @@ class OptimizerConfig:
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = 1000
-    decay: str = "linear"
+    decay: Literal["linear", "cosine"] = "linear"
     """linear or cosine, from the peak after warm-up down to ``min_lr_ratio`` × peak at the last step."""
     min_lr_ratio: float = 0.0
 
     def __post_init__(self):
-        if self.decay not in ("linear", "cosine"):
-            raise ConfigError(f"decay: {self.decay!r} is not one of linear, cosine")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError("warmup_steps, min_lr_ratio: warmup_steps >= 0, min_lr_ratio in [0, 1]")
 
@@ -240,7 +234,7 @@ class RunConfig:
     data: DataConfig
     model: str = "base"
     """An encoder preset (tiny, mini, base, large, xl, xxl) or a local Hugging Face checkpoint directory."""
-    model_vocab: str = "match"
+    model_vocab: ModelVocab = "match"
     """A checkpoint's vocabulary (weam_ds.vocab_check): ``match``, the dataset must have been built with the
     checkpoint's tokenizer (refused otherwise); ``resize``, train on the dataset's tokenizer anyway: the embedding
     table takes its size, rows kept by id (a piece whose id moved starts from another piece's vector)."""
@@ -250,12 +244,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
-
-    def __post_init__(self):
-        from weam_ds.vocab_check import MODEL_VOCAB
-
-        if self.model_vocab not in MODEL_VOCAB:
-            raise ConfigError(f"model_vocab: {self.model_vocab!r} is not one of {', '.join(MODEL_VOCAB)}")
 
 
 def load_run_config(path: str | Path, nvme_here: bool = True) -> RunConfig:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -87,3 +88,6 @@ OBJECTIVES: dict[str, Objective] = {
 }
 """weam: MLM on both sides plus cross-lingual prediction; mlm: MLM on both sides; tlm: MLM on the concatenated
 pair (XLM's translation LM). The order is the config error's and the report's."""
+
+ObjectiveName = Literal[tuple(OBJECTIVES)]
+"""The run config's ``objective.name``: one of the registry's keys (data_prep.typed_config checks it)."""

@@ -11,10 +11,11 @@ kept by id, so a piece whose id moved starts from another piece's vector and tra
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from data_prep.typed_config import ConfigError
 
-MODEL_VOCAB = ("match", "resize")
+ModelVocab = Literal["match", "resize"]
 """``match``: the dataset's tokenizer must be the checkpoint's (refused otherwise); ``resize``: train the
 checkpoint on the dataset's tokenizer, its embedding table resized to it."""
 _SPECIAL = ("pad_token", "mask_token", "cls_token", "sep_token", "bos_token", "eos_token", "unk_token")

@@ -200,7 +200,10 @@ def test_config_errors_name_the_key(small_dataset, tmp_path):
     _bad(small_dataset, tmp_path, "nvme_path", deepspeed={"config": "ds_configs/zero3_nvme_bf16.json"})
     _bad(small_dataset, tmp_path, "deepspeed.config: no file", deepspeed={"config": "nope.json"})
     _bad(small_dataset, tmp_path, "data.datasets\\[0\\]: .* has no manifest.json", data={"datasets": ["/nonexistent"]})
-    _bad(small_dataset, tmp_path, "objective.exchange: 'soft'", objective={"exchange": "soft"})
+    _bad(small_dataset, tmp_path, "objective.exchange: 'soft' is not one of hard, prior_attention",
+         objective={"exchange": "soft"})
+    _bad(small_dataset, tmp_path, "objective.name: 'xlm' is not one of weam, mlm, tlm", objective={"name": "xlm"})
+    _bad(small_dataset, tmp_path, "schedule.decay: 1 is not one of linear, cosine", schedule={"decay": 1})
     _bad(small_dataset, tmp_path, "batch_size, batch_tokens: set exactly one", data={"batch_tokens": 512})
     _bad(small_dataset, tmp_path, "batch_tokens: must be at least 2 x max_length \\(96\\)",
          data={"batch_size": None, "batch_tokens": 60, "max_length": 48})
