@@ -1,7 +1,9 @@
-"""Shared fixtures: real parallel text from the demo corpus, written in each input format, and one
-small dataset built by data_prep that several tests inspect."""
+"""Shared fixtures: real parallel text from the demo corpus, written in each input format, one small dataset built
+by data_prep and one trained run that many tests read (each built once per test run, tests/fixtures/), and the
+real SLURM cluster; and the hook that marks and groups the tests for pytest-xdist (pytest.ini)."""
 from __future__ import annotations
 
+import collections
 import itertools
 import socket
 from pathlib import Path
@@ -10,13 +12,15 @@ from xml.sax.saxutils import escape
 import pytest
 import webdataset as wds
 
-from data_prep.build import build
+from data_prep.build import BuildReport, build
 from data_prep.cleaning import Cleaner
-from data_prep.config import CleaningConfig, PairConfig, config_from_dict
+from data_prep.config import CleaningConfig, PairConfig, PrepConfig, config_from_dict
 from data_prep.demo_corpus import catalogs
 from data_prep.manifest import read_manifest, shard_paths
 from data_prep.readers import read_pairs
 from data_prep.shard_format import decode_sample
+
+from fixtures.shared import built_once
 
 
 def free_port() -> int:
@@ -129,13 +133,27 @@ def small_config(tmp: Path, ja_pairs, **overrides) -> dict:
     return cfg
 
 
-@pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory, ja_pairs):
-    """A dataset built once for the session; tests must not modify it."""
-    tmp = tmp_path_factory.mktemp("small")
+def _build_small_dataset(tmp: Path, ja_pairs) -> tuple[Path, PrepConfig, BuildReport]:
     cfg = config_from_dict(small_config(tmp, ja_pairs))
     report = build(cfg)
     return Path(cfg.output_dir), cfg, report
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, ja_pairs):
+    """(dataset dir, its PrepConfig, the BuildReport): built once per test run and read by tests on every
+    pytest-xdist worker at once, so tests must not modify it (copy it to change it)."""
+    return built_once(tmp_path_factory, "small_dataset", lambda tmp: _build_small_dataset(tmp, ja_pairs))
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_dataset, tmp_path_factory):
+    """A ``fixtures.runs.TrainedRun``: a 2-rank ZeRO-3 WEAM run of 16 steps on ``small_dataset`` with checkpoints
+    step8 and step16 and the export of step16, built once per test run. Tests read it; one that changes it works
+    on ``trained_run.copy(tmp_path / ...)``."""
+    from fixtures.runs import build_trained_run  # torch and transformers: imported only where a run is needed
+
+    return built_once(tmp_path_factory, "trained_run", lambda tmp: build_trained_run(small_dataset[0], tmp))
 
 
 @pytest.fixture(scope="session")
@@ -165,3 +183,44 @@ def slurm(slurm_cluster, monkeypatch):
         monkeypatch.setenv(key, value)
     yield slurm_cluster
     slurm_cluster.command("scancel", "--user=root", check=False)
+
+
+# --- markers and pytest-xdist groups ------------------------------------------------------------------------------
+
+CLUSTER_FIXTURES = frozenset({"slurm", "slurm_cluster", "ssh_hosts"})
+"""The real SLURM cluster and sshd (tests/slurm_cluster.py, tests/sshd_hosts.py): one of each per test run, since
+the cluster edits /etc/hosts and runs daemons on fixed names, so all their tests run in one worker, one by one."""
+SLOW_FIXTURES = CLUSTER_FIXTURES | {"trained_run"}
+"""Fixtures that launch training or start services: a test that uses one is ``slow`` without saying so."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's -m selection and before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``cluster`` and ``slow`` where the fixtures a test uses tell (a test that launches training itself
+    carries ``@pytest.mark.slow``), and gives --dist loadgroup its units of work: the cluster tests in one group;
+    the tests sharing a module-scoped fixture in one group per module, so that the fixture is built once; every
+    other test on its own. Units with more slow tests run first (the cluster first), so that no worker is left
+    with a long unit at the end while the other idles."""
+    units = {}
+    for item in items:
+        used = set(item.fixturenames)
+        if used & CLUSTER_FIXTURES:
+            item.add_marker(pytest.mark.cluster)
+        if used & SLOW_FIXTURES or item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.slow)
+        group = _xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+        units[item] = group or item.nodeid
+    slow = collections.Counter(units[item] for item in items if item.get_closest_marker("slow"))
+    order = {item: index for index, item in enumerate(items)}
+    items.sort(key=lambda item: (units[item] != "cluster", -slow[units[item]], order[item]))
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    if item.get_closest_marker("cluster"):
+        return "cluster"
+    definitions = getattr(item, "_fixtureinfo", None)
+    scopes = {fixture.scope for defs in (definitions.name2fixturedefs.values() if definitions else ())
+              for fixture in defs}
+    return item.nodeid.split("::")[0] if scopes & {"module", "class"} else None

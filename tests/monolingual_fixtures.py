@@ -1,7 +1,7 @@
 """An mBERT-shaped checkpoint built here (a WordPiece tokenizer trained on the demo catalogs and a tiny
 BertForMaskedLM, nothing downloaded) and a dataset built for it with data_prep's ``tokenizer.path``: fr-en
 pairs beside monolingual Spanish text. Used by tests of monolingual text and of continued pre-training;
-built once per test session, whichever test module asks first."""
+built once per test run, whichever test module (on whichever pytest-xdist worker) asks first; read-only."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,11 +13,11 @@ from conftest import catalog_pairs, write_moses
 from data_prep.build import build
 from data_prep.config import config_from_dict
 
+from fixtures.shared import built_once
+
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PAIRS = 260
 """fr-en pairs, and Spanish sentences, in the dataset (dev and test take 20 of each)."""
-
-_BUILT: dict[str, tuple[Path, Path]] = {}
 
 
 def wordpiece_tokenizer(texts: list[str], vocab_size: int) -> BertTokenizerFast:
@@ -46,23 +46,24 @@ def save_bert_checkpoint(tokenizer: BertTokenizerFast, directory: Path) -> Path:
 
 def bert_checkpoint_and_dataset(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint dir, dataset dir): the dataset's tokenizer is the checkpoint's (data_prep tokenizer.path)."""
-    if "bert" not in _BUILT:
-        tmp = tmp_path_factory.mktemp("mbert")
-        fr_en = catalog_pairs("fr", PAIRS)
-        spanish = [es for es, _ in catalog_pairs("es", PAIRS)]
-        texts = [side for pair in fr_en for side in pair] + spanish
-        checkpoint = save_bert_checkpoint(wordpiece_tokenizer(texts, 900), tmp / "mbert-tiny")
-        src, tgt = write_moses(tmp, "fr-en", fr_en)
-        (tmp / "es.txt").write_text("".join(f"{s}\n" for s in spanish), encoding="utf-8")
-        cfg = config_from_dict({
-            "output_dir": str(tmp / "dataset"),
-            "tokenizer": {"path": str(checkpoint)},
-            "splits": {"dev": 20, "test": 20},
-            "shards": {"max_samples": 100, "max_bytes": 1 << 20},
-            "workers": 1,
-            "pairs": [{"src_lang": "fr", "tgt_lang": "en", "format": "moses", "src": str(src), "tgt": str(tgt)}],
-            "monolingual": [{"lang": "es", "format": "text", "path": str(tmp / "es.txt")}],
-        })
-        build(cfg)
-        _BUILT["bert"] = checkpoint, Path(cfg.output_dir)
-    return _BUILT["bert"]
+    return built_once(tmp_path_factory, "mbert", _build_bert_checkpoint_and_dataset)
+
+
+def _build_bert_checkpoint_and_dataset(tmp: Path) -> tuple[Path, Path]:
+    fr_en = catalog_pairs("fr", PAIRS)
+    spanish = [es for es, _ in catalog_pairs("es", PAIRS)]
+    texts = [side for pair in fr_en for side in pair] + spanish
+    checkpoint = save_bert_checkpoint(wordpiece_tokenizer(texts, 900), tmp / "mbert-tiny")
+    src, tgt = write_moses(tmp, "fr-en", fr_en)
+    (tmp / "es.txt").write_text("".join(f"{s}\n" for s in spanish), encoding="utf-8")
+    cfg = config_from_dict({
+        "output_dir": str(tmp / "dataset"),
+        "tokenizer": {"path": str(checkpoint)},
+        "splits": {"dev": 20, "test": 20},
+        "shards": {"max_samples": 100, "max_bytes": 1 << 20},
+        "workers": 1,
+        "pairs": [{"src_lang": "fr", "tgt_lang": "en", "format": "moses", "src": str(src), "tgt": str(tgt)}],
+        "monolingual": [{"lang": "es", "format": "text", "path": str(tmp / "es.txt")}],
+    })
+    build(cfg)
+    return checkpoint, Path(cfg.output_dir)
