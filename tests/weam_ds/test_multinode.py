@@ -26,7 +26,7 @@ from conftest import free_port, kill_tree, shard_samples
 from data_prep.manifest import read_manifest
 from data_prep.typed_config import from_dict
 from runs import run_config, write_config
-from weam_ds import checkpoint, data
+from weam_ds import checkpoint, data, shard_reader
 from weam_ds.batch import TokenInfo, collate
 from weam_ds.config import DataConfig, MaskingConfig
 from weam_ds.run_dir import COMMIT_FILE, SHARED_MARKER_PREFIX, RunDir, checkpoint_problem
@@ -72,6 +72,7 @@ def _can_mount_privately(tmp: Path) -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
 def test_two_nodes_share_the_run_directory_or_the_job_ends_touching_no_checkpoint(small_dataset, tmp_path, caplog):
     if shutil.which("unshare") is None or not _can_mount_privately(tmp_path):
         pytest.skip("needs unshare -m and tmpfs mounts (root)")
@@ -132,7 +133,8 @@ class _Reads:
 
     def __init__(self, monkeypatch):
         self.hashed, self.read, self.decoded = Counter(), 0, 0
-        real_hash, real_read, real_decode = data.file_sha256, data.read_samples, data.decode_sample
+        real_hash, real_read, real_decode = (shard_reader.file_sha256, shard_reader.read_samples,
+                                             shard_reader.decode_sample)
 
         def file_sha256(path):
             self.hashed[str(path)] += 1
@@ -147,9 +149,9 @@ class _Reads:
             self.decoded += 1
             return real_decode(raw, **kwargs)
 
-        monkeypatch.setattr(data, "file_sha256", file_sha256)
-        monkeypatch.setattr(data, "read_samples", read_samples)
-        monkeypatch.setattr(data, "decode_sample", decode_sample)
+        monkeypatch.setattr(shard_reader, "file_sha256", file_sha256)
+        monkeypatch.setattr(shard_reader, "read_samples", read_samples)
+        monkeypatch.setattr(shard_reader, "decode_sample", decode_sample)
 
 
 def test_each_shard_is_hashed_once_per_job_and_each_rank_reads_its_dev_share(small_dataset, tmp_path, monkeypatch):
