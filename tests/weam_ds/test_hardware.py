@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import torch
 
+from weam_ds.cli import main
 from weam_ds.hardware import adam_implementation, apex_available, probe
 
 
@@ -23,12 +22,12 @@ def test_probe_matches_this_machine(caplog):
     assert f"with {hw.dist_backend}" in caplog.text and "apex fused kernels" in caplog.text
 
 
-def test_env_command_prints_the_probe():
-    out = subprocess.run([sys.executable, "-m", "weam_ds", "env"], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == probe().as_dict()
+def test_env_command_prints_the_probe(capsys):
+    assert main(["env"]) == 0
+    assert json.loads(capsys.readouterr().out) == probe().as_dict()
 
 
-def test_the_optimizer_named_follows_the_deepspeed_config(small_dataset, tmp_path):
+def test_the_optimizer_named_follows_the_deepspeed_config(small_dataset, tmp_path, capsys):
     """``weam_ds env --config`` names what training builds: DeepSpeedCPUAdam whenever the optimizer is
     offloaded (apex or not), apex's FusedAdam for Adam otherwise when apex imports, torch's AdamW on CPUs."""
     from weam_ds.config import deepspeed_config, load_run_config
@@ -49,7 +48,6 @@ def test_the_optimizer_named_follows_the_deepspeed_config(small_dataset, tmp_pat
         assert adam_implementation("cuda", apex, resolved["zero2_fp16"][1]) == fused
         assert adam_implementation("cpu", apex, resolved["zero3_offload_bf16"][1]) == "torch.optim.AdamW"
     path, ds = resolved["zero3_offload_bf16"]
-    out = subprocess.run([sys.executable, "-m", "weam_ds", "env", "--config", str(path)], capture_output=True,
-                         text=True, check=True)
+    assert main(["env", "--config", str(path)]) == 0
     hw = probe()
-    assert json.loads(out.stdout)["optimizer"] == adam_implementation(hw.device, hw.apex, ds)
+    assert json.loads(capsys.readouterr().out)["optimizer"] == adam_implementation(hw.device, hw.apex, ds)

@@ -3,17 +3,14 @@ without building the model, checkpoints that round-trip through AutoModelForMask
 local checkpoint, and the size table CLI."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from transformers import (AutoModelForMaskedLM, BertConfig, DebertaV2Config, DebertaV2ForMaskedLM,
                           XLMRobertaXLConfig)
 
 from data_prep.typed_config import ConfigError
-from weam_ds.presets import (PRESETS, build_model, count_parameters, encoder_config, model_config, parameter_counts,
-                             train_flops_per_token)
+from weam_ds.presets import (PRESETS, build_model, count_parameters, encoder_config, main, model_config,
+                             parameter_counts, train_flops_per_token)
 
 XLMR_VOCAB = 250002
 # Backbone sizes published with XLM-R (Conneau et al. 2020) and XLM-R XL/XXL (Goyal et al. 2021).
@@ -165,15 +162,14 @@ def test_train_flops_terms():
     assert flops - train_flops_per_token(c, n, mask_rate=0) == pytest.approx(6 * 0.15 * (XLMR_VOCAB + 768) * 768)
 
 
-def test_cli_prints_every_preset():
-    out = subprocess.run([sys.executable, "-m", "weam_ds.presets", "--vocab-size", "8000"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
+def test_cli_prints_every_preset(capsys):
+    assert main(["--vocab-size", "8000"]) == 0
+    stdout = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines()[2:]}
     assert list(rows) == ["tiny", "mini", "base", "large", "xl", "xxl"]
     assert rows["base"][1] == "XLMRobertaForMaskedLM" and rows["xxl"][1] == "XLMRobertaXLForMaskedLM"
     assert rows["xl"][2:6] == ["36", "2560", "32", "10240"]
-    assert "8000" in out.stdout.splitlines()[0] and rows["xxl"][-1] == "GFLOP"
+    assert "8000" in stdout.splitlines()[0] and rows["xxl"][-1] == "GFLOP"
 
 
 def test_batch_flops_agree_with_the_per_token_formula():
