@@ -5,6 +5,8 @@ PY     := $(VENV)/bin/python
 # CPU torch is enough for tests and the demo; on a GPU machine set TORCH to the CUDA build you want.
 TORCH  ?= torch==2.13.0
 DEMO_DIR ?= out/demo
+# pytest-xdist workers for `make test`: auto is one per CPU core; 0 runs the tests in one process.
+TEST_WORKERS ?= auto
 
 # The real services the launcher's tests start: a two-node SLURM cluster (tests/slurm_cluster.py) and sshd with pdsh
 # for the DeepSpeed runner (tests/sshd_hosts.py). Installed where this runs as root with apt (as CI does); elsewhere
@@ -23,7 +25,7 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 test: venv test-services
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 test-services:
 	@missing=""; for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \

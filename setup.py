@@ -34,7 +34,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # Real human translations for the demo corpus: the gettext catalogs these packages ship.
     "demo": ["django>=4.2,<6", "sphinx>=7,<10"],
-    "test": ["pytest>=8,<10"],
+    # pytest-xdist runs the suite on every core (pytest.ini); filelock lets its workers share one build of the
+    # dataset and the trained run (tests/fixtures/shared.py).
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "filelock>=3.12,<5"],
 }
 
 setup(

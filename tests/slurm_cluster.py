@@ -25,6 +25,8 @@ from pathlib import Path
 NODES = ("node1", "node2")
 HOSTS_MARK = "# weam-ds test cluster"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "unshare")
+POLL = 0.2
+"""Seconds between two looks at a job's or the nodes' state (a look is one squeue or sinfo, a few ms)."""
 
 
 class ClusterUnavailable(RuntimeError):
@@ -122,24 +124,25 @@ class Cluster:
                 return state
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job} is {state} after {seconds:.0f} s, not one of {sorted(states)}")
-            time.sleep(0.5)
+            time.sleep(POLL)
 
-    def node_state(self, node: str) -> str:
-        return self.command("sinfo", "-h", "-N", "-n", node, "-o", "%T").stdout.strip()
+    def node_states(self) -> dict[str, str]:
+        """Every node's state, from one ``sinfo``."""
+        return dict(line.split() for line in self.command("sinfo", "-h", "-N", "-o", "%N %T").stdout.splitlines())
 
     def wait_for_nodes_idle(self, seconds: float = 60) -> None:
         """Both nodes up and free: the previous test's jobs gone, a downed node returned to service."""
         deadline = time.monotonic() + seconds
         while True:
-            states = {node: self.node_state(node) for node in NODES}
-            if all(state == "idle" for state in states.values()):
+            states = self.node_states()
+            if all(states.get(node) == "idle" for node in NODES):
                 return
             for node, state in states.items():
                 if state.startswith(("down", "drain")):
                     self.command("scontrol", "update", f"NodeName={node}", "State=RESUME", check=False)
             if time.monotonic() > deadline:
                 raise AssertionError(f"nodes not idle after {seconds:.0f} s: {states}")
-            time.sleep(0.5)
+            time.sleep(POLL)
 
     def log(self, name: str) -> str:
         path = self.root / "log" / name
