@@ -75,19 +75,31 @@ def batch_log(run: RunDir, job: str) -> str:
     return (run.log(0).parent / f"slurm-{job}.out").read_text(errors="replace")
 
 
-def test_a_two_node_job_trains_stops_at_the_time_limit_signal_requeues_and_resumes_each_step_once(
+def steps_since_resume(run: RunDir, resumes: int) -> int:
+    """The steps rank 0 logged after its ``resumes``-th resume (0 before it resumed that often): metrics.jsonl
+    still holds the lines an earlier attempt logged past its checkpoint until the resumed run drops them."""
+    parts = re.split(r"resumed from .* at step \d+", run.log(0).read_text()) if run.log(0).exists() else []
+    return len(re.findall(r"monitor: step \d+", parts[resumes])) if len(parts) > resumes else 0
+
+
+def test_a_two_node_job_is_cancelled_loses_a_node_and_is_requeued_at_the_time_limit_resuming_each_step_once(
         small_dataset, tmp_path, slurm, monkeypatch):
+    """One run through three jobs, each resuming from the newest checkpoint: a plain scancel (the training
+    checkpoints), a lost node (the job ends promptly and keeps its checkpoint), and the time-limit signal (a
+    checkpoint, the job requeues itself and runs to the end)."""
     dataset, _, _ = small_dataset
     out = tmp_path / f"run {HOSTILE}"
-    config = write_run_config(tmp_path, dataset, out, steps=12)
+    steps = 16
+    config = write_run_config(tmp_path, dataset, out, steps=steps)
     run = RunDir(out)
     # The submitting shell holds credentials: the job inherits them (sbatch --export=ALL) and must drop them.
     for name, value in {**CREDENTIALS, **LOOK_ALIKES}.items():
         monkeypatch.setenv(name, value)
     cluster = write_cluster(tmp_path, env={"WANDB_API_KEY": "given-by-env"}, job_name=HOSTILE, cpus_per_task=2,
                             mem="1G")
-    job = submit(tmp_path, config, cluster)
 
+    # A plain scancel: SIGTERM to every step, SIGKILL after KillWait. The training checkpoints at the step reached.
+    job = submit(tmp_path, config, cluster)
     wait_until(lambda: steps_logged(run) >= 3, 300, "three steps", job, slurm)
     ranks = trainers(job)
     assert len(ranks) == 2
@@ -97,13 +109,44 @@ def test_a_two_node_job_trains_stops_at_the_time_limit_signal_requeues_and_resum
         assert not {"HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "TOKEN"} & set(env)
         assert env["SLURM_CPUS_PER_TASK"] == "2"  # srun was given the job's CPUs
     assert re.search(r"MinMemoryNode=1G\b", slurm.command("scontrol", "show", "job", job).stdout)
-    slurm.command("scancel", "--batch", "--signal=USR1", job)  # as slurmctld does ahead of the time limit
+    slurm.command("scancel", job)
+    slurm.wait_for_state(job, {"CANCELLED", "COMPLETED", "FAILED"}, 120)
+    tag = run.latest_tag()
+    assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None, batch_log(run, job)[-3000:]
+    cancelled_at = int(tag[4:])
+    assert cancelled_at >= 3 and metric_steps(run) == list(range(1, cancelled_at + 1))
+
+    # Submitted again, it resumes. Node 2 lost: its part of the job (the torchrun agent and its rank) killed at
+    # once. The job ends within a bound, saying why, and keeps the checkpoint it had.
+    slurm.wait_for_nodes_idle()
+    job = submit(tmp_path, config, cluster)
+    wait_until(lambda: steps_since_resume(run, 1) >= 2, 300, "two steps more", job, slurm)
+    assert re.search(f"resumed from .* at step {cancelled_at}$", run.log(0).read_text(), re.M)
+    lost = time.monotonic()
+    for process in job_processes(job, "node2"):
+        process.kill()
+    state = slurm.wait_for_state(job, {"FAILED", "CANCELLED", "COMPLETED", "NODE_FAIL"}, 120)
+    ended_after = time.monotonic() - lost
+    assert state == "FAILED" and ended_after < 60, ended_after
+    log = batch_log(run, job)
+    assert "srun: error: node2: task 1: Killed" in log, log[-3000:]
+    tag = run.latest_tag()
+    assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None and int(tag[4:]) >= cancelled_at
+    kept = int(tag[4:])
+
+    # Submitted again, it resumes from the newest checkpoint. The time-limit signal, as slurmctld sends it ahead of
+    # the limit: the training checkpoints and the job requeues itself.
+    slurm.wait_for_nodes_idle()
+    job = submit(tmp_path, config, cluster)
+    wait_until(lambda: steps_since_resume(run, 2) >= 2, 300, "two steps more", job, slurm)
+    assert re.search(f"resumed from .* at step {kept}$", run.log(0).read_text(), re.M)
+    slurm.command("scancel", "--batch", "--signal=USR1", job)
     wait_until(lambda: restarts(slurm, job) == 1 and slurm.job_state(job) == "PENDING", 120, "the requeue", job,
                slurm)
     tag = run.latest_tag()
     assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None, batch_log(run, job)[-3000:]
     stopped_at = int(tag[4:])
-    assert 3 <= stopped_at < 12  # the SIGTERM checkpoint: checkpoint_interval is 1000
+    assert kept + 2 <= stopped_at < steps  # the SIGTERM checkpoint: checkpoint_interval is 1000
 
     # Released once both nodes have cleaned up, and a second after the requeue: slurmd refuses a credential issued
     # in the same second as the revocation the requeue made ("Job credential revoked").
@@ -115,53 +158,12 @@ def test_a_two_node_job_trains_stops_at_the_time_limit_signal_requeues_and_resum
     log = batch_log(run, job)
     assert "stopped ahead of the time limit; requeueing job" in log
     assert re.search(f"resumed from .* at step {stopped_at}$", run.log(0).read_text(), re.M)
-    assert metric_steps(run) == list(range(1, 13)) and run.latest_tag() == "step12"
+    assert metric_steps(run) == list(range(1, steps + 1)) and run.latest_tag() == f"step{steps}"
     assert logged_losses(run.log(0))[-4:] == logged_losses(run.log(1))[-4:]
     assert "2 ranks on 2 nodes" in run.log(0).read_text()
     logs = sorted(p.name for p in run.log(0).parent.glob(f"slurm-{job}-*.out"))
     assert logs == [f"slurm-{job}-node0.out", f"slurm-{job}-node1.out"]  # one per node, by its index in the job
     assert_nothing_ran(tmp_path)
-
-
-def test_scancel_leaves_a_checkpoint_a_lost_node_ends_the_job_promptly_and_each_resubmission_resumes(
-        small_dataset, tmp_path, slurm):
-    dataset, _, _ = small_dataset
-    out = tmp_path / "run"
-    config = write_run_config(tmp_path, dataset, out, steps=16)
-    cluster = write_cluster(tmp_path)
-    run = RunDir(out)
-
-    # A plain scancel: SIGTERM to every step, SIGKILL after KillWait. The training checkpoints at the step reached.
-    job = submit(tmp_path, config, cluster)
-    wait_until(lambda: steps_logged(run) >= 2, 300, "two steps", job, slurm)
-    slurm.command("scancel", job)
-    slurm.wait_for_state(job, {"CANCELLED", "COMPLETED", "FAILED"}, 120)
-    tag = run.latest_tag()
-    assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None
-    cancelled_at = int(tag[4:])
-    assert cancelled_at >= 2 and metric_steps(run) == list(range(1, cancelled_at + 1))
-
-    # Node 2 lost: its part of the job (the torchrun agent and its rank) killed at once. The job ends within a
-    # bound, saying why, and keeps the checkpoint it had.
-    job = submit(tmp_path, config, cluster)
-    wait_until(lambda: steps_logged(run) >= cancelled_at + 2, 300, "two steps more", job, slurm)
-    lost = time.monotonic()
-    for process in job_processes(job, "node2"):
-        process.kill()
-    state = slurm.wait_for_state(job, {"FAILED", "CANCELLED", "COMPLETED", "NODE_FAIL"}, 120)
-    ended_after = time.monotonic() - lost
-    assert state == "FAILED" and ended_after < 60, ended_after
-    log = batch_log(run, job)
-    assert "srun: error: node2: task 1: Killed" in log, log[-3000:]
-    tag = run.latest_tag()
-    assert tag is not None and checkpoint_problem(run.checkpoints / tag) is None and int(tag[4:]) >= cancelled_at
-
-    # Submitted again, it resumes from the newest checkpoint and runs to the end, each step once.
-    job = submit(tmp_path, config, cluster)
-    assert slurm.wait_for_state(job, {"COMPLETED", "FAILED", "CANCELLED"}, 300) == "COMPLETED", \
-        batch_log(run, job)[-3000:]
-    assert re.search(f"resumed from .* at step {int(tag[4:])}$", run.log(0).read_text(), re.M)
-    assert metric_steps(run) == list(range(1, 17)) and run.latest_tag() == "step16"
 
 
 def test_an_output_dir_that_a_node_cannot_see_ends_the_job_at_once_naming_the_node(small_dataset, tmp_path, slurm):
