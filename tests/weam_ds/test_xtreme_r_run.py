@@ -421,41 +421,35 @@ def _under_zero3(model, recipes, data, out, task: str, languages: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_fine_tuning_under_deepspeed_zero3(setup, tmp_path):
+def test_fine_tuning_xnli_xcopa_in_two_stages_and_a_dual_encoder_under_deepspeed_zero3(setup, tmp_path):
+    """Three tasks in one launched process under ZeRO-3. XNLI: fine-tuned and scored. XCOPA: the SIQA stage's
+    selected weights are gathered from ZeRO-3's partitions and the COPA stage starts from them. Mewsli-X: the dual
+    encoder is no transformers model class: ZeRO-3 partitions it, evaluates it on the dev set after each epoch,
+    reloads the best epoch and embeds the pool all the same."""
     tmp, model, recipes = setup
-    data = write_xtreme(tmp_path / "data")
+    data = write_mewslix(write_siqa(write_xcopa(write_xtreme(tmp_path / "data"), languages=("en", "it"))),
+                         languages=("en", "de"))
+    both = _siqa_recipes(tmp_path / "recipes")  # xcopa.yaml in two stages, the other tasks' recipes beside it
+    for task in ("xnli", "mewslix"):
+        shutil.copy(recipes / f"{task}.yaml", both)
     out = tmp_path / "ds-run"
-    _under_zero3(model, recipes, data, out, "xnli", "en,de")
+    _under_zero3(model, both, data, out, "xnli,xcopa,mewslix", "en,de,it")  # xnli: en, de; xcopa: it; mewslix: en, de
+
     result = json.loads((out / "xnli" / "seed1" / "result.json").read_text())
     predicted = read_lines(out / "xnli" / "seed1" / "predictions" / "xnli" / "test-de.tsv")
     gold = read_lines(out / "labels" / "test" / "xnli" / "test-de.tsv")
     assert result["scores"]["accuracy"]["de"] == pytest.approx(metrics.accuracy(gold, predicted)["accuracy"])
 
-
-def test_xcopa_two_stages_under_deepspeed_zero3(setup, tmp_path):
-    """The SIQA stage's selected weights are gathered from ZeRO-3's partitions and the COPA stage starts from
-    them, all in one launched process."""
-    _, model, _ = setup
-    data = write_siqa(write_xcopa(tmp_path / "data", languages=("en", "it")))
-    out = tmp_path / "ds-xcopa"
-    _under_zero3(model, _siqa_recipes(tmp_path / "recipes"), data, out, "xcopa", "it")
     result = json.loads((out / "xcopa" / "seed1" / "result.json").read_text())
     assert [(s["stage"], s["from"]) for s in result["stages"]] == [("siqa", "model"), ("copa", "siqa")]
     _xcopa_scored(out, result, ["it"])
 
-
-def test_dual_encoder_under_deepspeed_zero3(setup, tmp_path):
-    """The dual encoder is no transformers model class: ZeRO-3 partitions it, evaluates it on the dev set
-    after each epoch, reloads the best epoch and embeds the pool all the same."""
-    tmp, model, recipes = setup
-    data = write_mewslix(tmp_path / "data", languages=("en", "de"))
-    out = tmp_path / "ds-mewslix"
-    _under_zero3(model, recipes, data, out, "mewslix", "en,de")
     result = json.loads((out / "mewslix" / "seed1" / "result.json").read_text())
     predicted = json.loads((out / "mewslix" / "seed1" / "predictions" / "mewslix" / "test-de.json").read_text())
     gold = json.loads((out / "labels" / "test" / "mewslix" / "test-de.json").read_text())
     assert all(set(r) == set(ENTITIES) for r in predicted.values()) and set(predicted) == set(gold)
     assert result["scores"]["map@20"]["de"] == pytest.approx(metrics.mewslix_map20(gold, predicted)["map@20"])
+
 
 def _mtimes(out):
     return {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/result.json")}
