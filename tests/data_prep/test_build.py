@@ -149,6 +149,7 @@ def _check_complete(dataset: Path) -> dict:
     return entry
 
 
+@pytest.mark.slow
 def test_build_killed_while_aligning_keeps_finished_alignments(tmp_path, ja_pairs):
     cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
     config = tmp_path / "prep.yaml"
@@ -176,6 +177,7 @@ def test_build_killed_while_aligning_keeps_finished_alignments(tmp_path, ja_pair
     assert reused and int(reused[1]) >= len(aligned)
 
 
+@pytest.mark.slow
 def test_build_stopped_while_encoding_does_not_redo_finished_chunks(tmp_path, ja_pairs):
     cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
     # Chunk 3 cannot write its first shard: a directory is in the way.
@@ -197,6 +199,7 @@ def test_build_stopped_while_encoding_does_not_redo_finished_chunks(tmp_path, ja
     assert report.worker["align"] == 0  # nor was any alignment
 
 
+@pytest.mark.slow
 def test_failed_build_does_not_lock_its_config(tmp_path, ja_pairs, caplog):
     cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
     with pytest.raises(PrepError, match="tokenizer.train.vocab_size"):
@@ -212,6 +215,7 @@ def test_failed_build_does_not_lock_its_config(tmp_path, ja_pairs, caplog):
     assert (dataset / "notes.txt").read_text() == "the user's own file"
 
 
+@pytest.mark.slow
 def test_unfinished_build_from_another_config_leaves_no_stale_shards(tmp_path, ja_pairs):
     cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=1)
     claim(dataset, "data_prep")  # data_prep's directory (as a build marks it first), the blocker in it
@@ -228,6 +232,7 @@ def test_unfinished_build_from_another_config_leaves_no_stale_shards(tmp_path, j
     assert {p.relative_to(dataset).as_posix() for p in dataset.rglob("*.tar")} == {s["path"] for s in entry["shards"]}
 
 
+@pytest.mark.slow
 def test_eflomal_writes_its_files_under_the_dataset_not_tmp(tmp_path, ja_pairs):
     cfg, dataset = _ja_six_chunks(tmp_path, ja_pairs, workers=2)
     config = tmp_path / "prep.yaml"
