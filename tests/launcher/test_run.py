@@ -84,6 +84,7 @@ def wait_for(condition, job: subprocess.Popen, seconds: float = 300) -> None:
 # --- torchrun -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_agents_with_their_own_addresses_meet_at_an_address_and_restart_elastically_after_a_kill(
         small_dataset, tmp_path, start):
     """Two torchrun agents, as two nodes would run them: each with its own --local-addr (127.0.0.1 and
@@ -119,6 +120,7 @@ def test_two_agents_with_their_own_addresses_meet_at_an_address_and_restart_elas
     assert "rank 1 of 2" in run.log(1).read_text() and "2 ranks on 2 nodes" in run.log(0).read_text()
 
 
+@pytest.mark.slow
 def test_a_failed_job_exits_non_zero_with_the_failing_ranks_last_log_lines(small_dataset, tmp_path):
     dataset, _, _ = small_dataset
     out = tmp_path / "run"
@@ -135,6 +137,7 @@ def test_a_failed_job_exits_non_zero_with_the_failing_ranks_last_log_lines(small
     assert "Traceback (most recent call last)" in report and "non-finite losses in a row" in report
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_the_training_with_a_checkpoint(small_dataset, tmp_path, start):
     dataset, _, _ = small_dataset
     out = tmp_path / "run"
