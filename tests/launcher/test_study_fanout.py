@@ -1,8 +1,10 @@
 """A study cell's evaluation fanned out per (task, fine-tuning seed) (launcher.cells.evaluation_units): the job graph
 (the export first, each seed's English-SQuAD model before the QA units that load it), the local scheduler's
 units-to-GPUs assignment, and on the real two-node SLURM cluster (tests/slurm_cluster.py) with the mock XTREME
-folder: 2 tasks x 2 seeds give 4 unit jobs after the training and export jobs, a killed unit is retried alone by
-``--retry-failed``, and the cell ends evaluated with the scores of a one-job evaluation of the same export."""
+folder: 2 tasks x 2 seeds give 4 unit jobs after the export job, a killed unit is retried alone by ``--retry-failed``,
+and the cell ends evaluated with the scores of a one-job evaluation of the same export. The cell has trained before
+(a copy of the shared ``trained_run``, as tests/study_standin.py's copy backend leaves a cell), so no training job is
+submitted; a study's training job under SLURM, and the export job waiting for it, are test_study_slurm.py's."""
 from __future__ import annotations
 
 import json
@@ -11,13 +13,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_study import study_file
+from test_study import STEPS, study_file
 from test_study_slurm import ENDED, job_field, launcher, queued_jobs, registry_rows
 from xtreme_fixtures import write_qa, write_xtreme
 
 from launcher.cells import evaluation_units, score_records, unit_file
 from launcher.study import start_units
-from launcher.study_config import CellPlan, load_study
+from launcher.study_config import CellPlan, expand, load_study
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = "learning_rate: 1.0e-3\nepochs: 1\nbatch_size: 8\nmax_length: 32\n"
@@ -31,7 +33,7 @@ def fanout_study(tmp: Path, dataset: Path, data: Path, tasks: list[str], slurm: 
     for task in tasks:
         (recipes / f"{task}.yaml").write_text(RECIPE + ("doc_stride: 8\n" if task in ("xquad", "mlqa") else ""))
     return study_file(tmp, dataset, "fan", **{
-        "axes": {"objective.name": ["weam"]}, "budget/steps": 2,
+        "axes": {"objective.name": ["weam"]}, "budget/steps": STEPS,
         "base/deepspeed/config": str(REPO / "ds_configs" / "cpu.json"),
         "evaluation": {"tatoeba": None, "xtreme_r": {"data": str(data), "tasks": tasks, "seeds": SEEDS,
                                                      "languages": ["en", "de"], "recipes": str(recipes)}},
@@ -75,13 +77,15 @@ def test_local_units_start_one_per_free_gpu_each_after_the_units_it_waits_for():
     assert start_units(units, started | {"xnli-seed2"}, {"xnli-seed1", "xnli-seed2"}, ["0", "1"]) == []
 
 
-def test_a_cell_evaluated_per_task_and_seed_retries_a_killed_unit_alone(small_dataset, tmp_path, monkeypatch,
-                                                                         slurm):
+def test_a_cell_evaluated_per_task_and_seed_retries_a_killed_unit_alone(small_dataset, trained_run, tmp_path,
+                                                                         monkeypatch, slurm):
     dataset, _, _ = small_dataset
     monkeypatch.chdir(tmp_path)
     data = write_xtreme(tmp_path / "xtreme")
     path = fanout_study(tmp_path, dataset, data, TASKS, {"partition": "debug"})
     study_dir = tmp_path / "fan"
+    (plan,) = expand(load_study(path), str(path))
+    trained_run.copy(plan.run_dir)  # the cell has trained: its last step's checkpoint is there
     earlier = frozenset(queued_jobs(slurm))
 
     code, console = launcher("study", "run", str(path))
@@ -90,11 +94,11 @@ def test_a_cell_evaluated_per_task_and_seed_retries_a_killed_unit_alone(small_da
     directory = study_dir / "cells" / cell.name
     jobs = json.loads((directory / "jobs.json").read_text())
     units = {f"{task}-seed{seed}" for task in TASKS for seed in SEEDS}
-    assert set(jobs["units"]) == {"export", *units}
+    assert set(jobs["units"]) == {"export", *units} and jobs["train"] is None  # trained already: no training job
     submitted = queued_jobs(slurm, earlier)
-    assert sorted(submitted) == sorted([jobs["train"], *jobs["units"].values()])  # 4 units + train + export
+    assert sorted(submitted) == sorted(jobs["units"].values())  # 4 units + export
     export = jobs["units"]["export"]
-    assert job_field(slurm, export, "Dependency").startswith(f"afterok:{jobs['train']}")
+    assert job_field(slurm, export, "Dependency") == "(null)"  # nothing to wait for
     for unit in units:
         assert job_field(slurm, jobs["units"][unit], "Dependency").startswith(f"afterok:{export}")
     # One unit's job killed (before it could start: it waits for the export); the others run on.
@@ -106,7 +110,7 @@ def test_a_cell_evaluated_per_task_and_seed_retries_a_killed_unit_alone(small_da
     code, console = launcher("study", "status", str(path))
     (cell,), scores = registry_rows(study_dir)
     assert cell.state == "failed" and cell.error == f"xnli-seed2 job {killed} CANCELLED (it never started)", console
-    assert not scores and cell.cost.steps == 2  # no scores until every unit is in; the export's cost is
+    assert not scores and cell.cost.steps == STEPS  # no scores until every unit is in; the export's cost is
     kept = {unit: unit_file(directory, unit).stat().st_mtime_ns for unit in {"export", *units} - {"xnli-seed2"}}
 
     # --retry-failed: that unit's job alone, waiting for nothing (its export is done), the other records kept.

@@ -83,6 +83,7 @@ def test_a_study_under_slurm_runs_each_cell_as_jobs_harvested_into_the_registry(
         assert {train, step} <= set(submitted) and list(jobs[lr]["units"]) == ["export"]
         assert job_field(slurm, train, "Command") == str(directory / "run" / "slurm.sbatch")
         assert job_field(slurm, step, "Command") == str(directory / "units" / "export.sbatch")
+        assert job_field(slurm, step, "Dependency").startswith(f"afterok:{train}")  # the export after the training
         assert job_field(slurm, step, "Partition") == "debug" and job_field(slurm, step, "TimeLimit") == "01:00:00"
     # While the jobs are queued or running (the real squeue says so), status keeps both cells running.
     code, console = launcher("study", "status", str(path))
