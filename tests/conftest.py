@@ -198,9 +198,9 @@ SLOW_FIXTURES = CLUSTER_FIXTURES | {"trained_run"}
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Marks ``cluster`` and ``slow`` where the fixtures a test uses tell (a test that launches training itself
     carries ``@pytest.mark.slow``), and gives --dist loadgroup its units of work: the cluster tests in one group;
-    the tests sharing a module-scoped fixture in one group per module, so that the fixture is built once; every
-    other test on its own. Units with more slow tests run first (the cluster first), so that no worker is left
-    with a long unit at the end while the other idles."""
+    the tests sharing a module-scoped fixture in one group per module, so that the fixture is built once; a test
+    with its own ``xdist_group`` mark in that group; every other test on its own. Units with more slow tests run
+    first (the cluster first), so that no worker is left with a long unit at the end while the other idles."""
     units = {}
     for item in items:
         used = set(item.fixturenames)
@@ -209,8 +209,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if used & SLOW_FIXTURES or item.get_closest_marker("cluster"):
             item.add_marker(pytest.mark.slow)
         group = _xdist_group(item)
-        if group:
+        if group and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
+        if group and getattr(item.config.option, "loadgroup", False) and hasattr(item, "_id"):
+            # pytest-xdist 3.8 tells its scheduler the group by appending "@<group>" to the test's id through
+            # item._nodeid, which pytest 9.2's structured ids ignore (pytest-xdist issue 1386): without this
+            # every test is scheduled on its own, and two workers would each start a SLURM cluster.
+            item._id = type(item._id).parse(f"{item.nodeid}@{group}")
         units[item] = group or item.nodeid
     slow = collections.Counter(units[item] for item in items if item.get_closest_marker("slow"))
     order = {item: index for index, item in enumerate(items)}
@@ -220,7 +225,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _xdist_group(item: pytest.Item) -> str | None:
     if item.get_closest_marker("cluster"):
         return "cluster"
+    if item.get_closest_marker("xdist_group"):  # the test's own: tests that must not run at the same time
+        return item.get_closest_marker("xdist_group").args[0]
     definitions = getattr(item, "_fixtureinfo", None)
     scopes = {fixture.scope for defs in (definitions.name2fixturedefs.values() if definitions else ())
               for fixture in defs}
-    return item.nodeid.split("::")[0] if scopes & {"module", "class"} else None
+    return item.path.stem if scopes & {"module", "class"} else None  # test modules' names are unique (rootdir/tests)
+
+
+SLOW_SECONDS = 5.0
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Names the tests whose call took more than SLOW_SECONDS without the ``slow`` mark, so that a quick loop
+    (-m "not slow") stays quick: mark them, or make them quicker."""
+    unmarked = sorted((report.duration, report.nodeid) for reports in terminalreporter.stats.values()
+                      for report in reports
+                      if getattr(report, "when", None) == "call" and report.duration > SLOW_SECONDS
+                      and "slow" not in report.keywords)
+    if unmarked:
+        terminalreporter.section(f"over {SLOW_SECONDS:.0f} s without @pytest.mark.slow")
+        for seconds, nodeid in reversed(unmarked):
+            terminalreporter.write_line(f"{seconds:6.1f}s {nodeid}")

@@ -96,6 +96,7 @@ def test_held_out_pairs_are_disjoint_from_train(small_dataset):
         assert not texts["dev"] & texts["test"]
 
 
+@pytest.mark.xdist_group("small_dataset_build")  # both take its build lock: one at a time
 def test_rerun_of_complete_dataset_does_nothing(small_dataset):
     dataset, cfg, _ = small_dataset
     before = {p: p.stat().st_mtime_ns for p in dataset.rglob("*")}
@@ -104,6 +105,7 @@ def test_rerun_of_complete_dataset_does_nothing(small_dataset):
     assert {p: p.stat().st_mtime_ns for p in dataset.rglob("*")} == before
 
 
+@pytest.mark.xdist_group("small_dataset_build")  # both take its build lock: one at a time
 def test_changed_config_refuses_to_reuse_output(small_dataset):
     dataset, cfg, _ = small_dataset
     changed = config_from_dict({**_as_dict(cfg), "splits": {"dev": 41, "test": 60}})
