@@ -20,6 +20,7 @@ from data_prep.manifest import read_manifest, shard_paths
 from data_prep.readers import read_pairs
 from data_prep.shard_format import decode_sample
 
+from fixtures.run_config import launched_run  # noqa: F401 - the launcher tests' run config
 from fixtures.shared import built_once
 
 
@@ -84,25 +85,6 @@ def write_tmx(path: Path, pairs: list[tuple[str, str]], src_lang: str, tgt_lang:
     path.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<tmx version="1.4"><header srclang="{src_lang}"/>'
                     f"<body>\n{units}</body></tmx>\n", encoding="utf-8")
     return path
-
-
-def launched_run(dataset: Path, out: Path, steps: int, **sections) -> dict:
-    """A tiny CPU run as the launcher tests start it: every step logged, checkpoints only at the end or on a
-    stop; ``sections`` are merged into the config's top-level sections."""
-    cfg = {
-        "output_dir": str(out),
-        "model": "tiny",
-        "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
-                 "shuffle_buffer": 64},
-        "optimizer": {"lr": 2e-3},
-        "schedule": {"warmup_steps": 2},
-        "train": {"steps": steps, "log_interval": 1, "eval_interval": 1000, "checkpoint_interval": 1000,
-                  "keep_checkpoints": 1},
-        "deepspeed": {"config": "ds_configs/cpu.json"},
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
-    return cfg
 
 
 @pytest.fixture(scope="session")

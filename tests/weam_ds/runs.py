@@ -1,5 +1,5 @@
-"""Helpers for tests that run weam_ds.train as users do: a run config on a dataset the project built, and
-torchrun launches of CPU (gloo) ranks."""
+"""Helpers for tests that run weam_ds.train as users do: a run config on a dataset the project built
+(tests/fixtures/run_config.py, the one builder), and torchrun launches of CPU (gloo) ranks."""
 from __future__ import annotations
 
 import json
@@ -9,25 +9,7 @@ from pathlib import Path
 
 import yaml
 from conftest import free_port
-
-
-def run_config(dataset: Path, out: Path, steps: int = 16, **sections) -> dict:
-    """A tiny WEAM run on CPU; ``sections`` are merged into the config's top-level sections."""
-    cfg = {
-        "output_dir": str(out),
-        "model": "tiny",
-        "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
-                 "shuffle_buffer": 64},
-        "objective": {"name": "weam"},
-        "optimizer": {"lr": 2e-3},
-        "schedule": {"warmup_steps": 4},
-        "train": {"steps": steps, "log_interval": 4, "eval_interval": 8, "checkpoint_interval": 8,
-                  "keep_checkpoints": 1},
-        "deepspeed": {"config": "ds_configs/cpu.json"},
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
-    return cfg
+from fixtures.run_config import run_config  # noqa: F401 - the tests' builder, imported from here
 
 
 def write_config(cfg: dict, tmp: Path) -> Path:

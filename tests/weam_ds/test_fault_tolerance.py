@@ -1,11 +1,18 @@
 """Training tried as a hostile or unlucky user would, on 2 CPU ranks under torchrun: a failure on any rank
 ends the whole job promptly with its reason; a kill during a save leaves ``latest`` on a complete
 checkpoint; a resumed run logs each step once; damaged shards are counted, once; a bad config is a one-line
-error that writes nothing."""
+error that writes nothing.
+
+One launch per way a job can end that only processes show (an error on every rank, on one rank, a hung rank;
+a run killed three ways and resumed); what decides the rest (which checkpoint a resume takes, which pair a
+stream names, whether a rank prints a config error) is tested on its own, without a launch."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,9 +21,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import kill_tree
+import torch
+from conftest import free_port, kill_tree
+from transformers import AutoTokenizer
 
+from data_prep.typed_config import from_dict
+from weam_ds import checkpoint, failure
+from weam_ds.batch import TokenInfo
+from weam_ds.config import DataConfig, MaskingConfig
+from weam_ds.data import Corpus, NoData, TrainStream
 from weam_ds.export import main as export_main
 from weam_ds.run_dir import COMMIT_FILE, PROBE_FILE, RunDir
 from weam_ds.train import main as train_main
@@ -47,30 +60,49 @@ def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "weam_ds.train: error:" in line]
 
 
-@pytest.mark.parametrize("case,workers", [("nonfinite", 1), ("nonfinite", 2), ("one_pair_bad", 1),
-                                          ("every_pair_bad", 2)])
-def test_an_error_ends_every_rank_promptly_with_its_reason(small_dataset, tmp_path, case, workers):
+@pytest.mark.slow
+def test_an_error_ends_every_rank_promptly_with_its_reason(small_dataset, tmp_path):
+    """Every rank fails at once (the non-finite guard decides alike on all), each with DataLoader workers to end:
+    the job ends within the bound, and the reason is printed once. Which errors the data raises, and how a
+    worker's error reads, are decided in-process (the next test); a failure on one rank alone is the one after."""
     dataset, _, _ = small_dataset
-    sections = {"data": {"workers": workers}, "train": {"steps": 1000, "checkpoint_interval": 1000}}
-    if case == "nonfinite":
-        sections.update(optimizer={"lr": 1.0e8}, train={**sections["train"], "max_nonfinite_in_row": 2})
-        expected = "2 non-finite losses in a row"
-    else:
-        pairs = ["fr-en"] if case == "one_pair_bad" else ["fr-en", "ja-en"]
-        _damage_shards(dataset, tmp_path / "damaged", pairs)
-        dataset = tmp_path / "damaged"
-        expected = ("every train shard of fr-en (" if case == "one_pair_bad"
-                    else "every train shard of every pair is bad: fr-en (")
-    cfg = run_config(dataset, tmp_path / "run", **sections)
+    cfg = run_config(dataset, tmp_path / "run", optimizer={"lr": 1.0e8}, data={"workers": 2},
+                     train={"steps": 1000, "checkpoint_interval": 1000, "max_nonfinite_in_row": 2})
     run, seconds = _run_to_failure(torchrun_command(write_config(cfg, tmp_path)))
     assert run.returncode != 0
     assert seconds < BOUND, f"the job took {seconds:.0f} s to end"
     errors = _errors(run.stderr)
-    assert len(errors) == 1 and expected in errors[0], run.stderr[-3000:]
-    if case == "every_pair_bad":
-        assert "ja-en (" in errors[0]
+    assert len(errors) == 1 and "2 non-finite losses in a row" in errors[0], run.stderr[-3000:]
 
 
+@pytest.mark.parametrize("bad,workers,expected", [
+    (["fr-en"], 1, "every train shard of fr-en ("),
+    (["fr-en", "ja-en"], 2, "every train shard of every pair is bad: fr-en ("),
+])
+def test_a_pair_without_readable_shards_is_named_through_the_loader_workers(small_dataset, tmp_path, bad, workers,
+                                                                            expected):
+    """The training's stream in DataLoader workers, as the trainer reads it: the error a worker raises reaches the
+    training process as a NoData (train.main ends the job with status 2 for it) whose one-line reason
+    (failure.describe, what the job prints) names the pairs. (The trainer's workers ignore SIGTERM, and a failing
+    rank SIGKILLs them, failure._leave; these are left as the DataLoader makes them, so that it can end them.)"""
+    dataset, _, _ = small_dataset
+    _damage_shards(dataset, tmp_path / "damaged", bad)
+    cfg = from_dict(DataConfig, {"datasets": [str(tmp_path / "damaged")], "max_length": 48, "batch_size": 8,
+                                 "workers": workers, "shuffle_buffer": 64})
+    corpus = Corpus.open(cfg)
+    info = TokenInfo.from_tokenizer(AutoTokenizer.from_pretrained(str(corpus.tokenizer_dir)))
+    stream = TrainStream(corpus, cfg, MaskingConfig(), info, seed=7, rank=0)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=2)
+    with pytest.raises(NoData) as raised:
+        for taken, _ in enumerate(loader):
+            assert taken < 1000, "the stream never said that a pair has no data"
+    reason = failure.describe(raised.value)
+    assert "\n" not in reason and reason.startswith("NoData: ") and expected in reason, reason
+    if len(bad) == 2:
+        assert "ja-en (" in reason
+
+
+@pytest.mark.slow
 def test_an_error_on_one_rank_ends_the_rank_waiting_in_a_collective(small_dataset, tmp_path):
     dataset, _, _ = small_dataset
     cfg = run_config(dataset, tmp_path / "run", steps=1000, train={"checkpoint_interval": 1000})
@@ -83,6 +115,7 @@ def test_an_error_on_one_rank_ends_the_rank_waiting_in_a_collective(small_datase
     assert "injected failure on rank 1" in RunDir(tmp_path / "run").log(0).read_text()
 
 
+@pytest.mark.slow
 def test_a_hung_rank_ends_the_job_at_the_collective_timeout(small_dataset, tmp_path):
     """Rank 1 stops (SIGSTOP: alive, silent, its watch thread frozen too); rank 0's next collective fails at
     train.collective_timeout, rank 0 ends, and torchrun kills the stopped rank."""
@@ -106,146 +139,157 @@ def test_a_hung_rank_ends_the_job_at_the_collective_timeout(small_dataset, tmp_p
     assert len(_errors(stderr)) == 1 and "rank 0:" in _errors(stderr)[0]
 
 
-def test_ranks_whose_torchrun_agent_is_killed_checkpoint_and_stop(small_dataset, tmp_path):
-    """SIGKILL to the agent alone: its ranks get SIGTERM (failure.end_with_parent), save a complete checkpoint
-    together and exit, rather than running on unsupervised."""
+def _optimizer_file(tag_dir: Path) -> Path:
+    return next(tag_dir.glob("*optim_states.pt"))
+
+
+@pytest.mark.slow
+def test_kills_at_several_points_even_mid_save_leave_latest_complete_and_a_resume_logs_each_step_once(
+        small_dataset, tmp_path):
+    """One ZeRO-2 run on 2 ranks (ZeRO-3's resumes: test_train), killed three ways, then resumed to its end:
+
+    1. torchrun and both ranks killed at once after step 4, before the first checkpoint, as a node failure would;
+    2. started afresh, rank 1 killed while writing its optimizer partition of step16 (step8 complete): the job
+       ends within the bound and ``latest`` stays on step8, whose commit record lists every file each rank
+       wrote (ZeRO-3's: test_train), so a save that lost a rank is never named by ``latest``;
+    3. ``latest`` pointed at the incomplete step16, as DeepSpeed's own save would have left it (rank 0 writes it
+       as soon as rank 0 is done): the resume falls back to step8 (the choice itself:
+       test_resume_falls_back_to_the_newest_complete_checkpoint); two steps later its torchrun agent alone is
+       killed, and the ranks, told by SIGTERM (failure.end_with_parent), save a complete checkpoint together and
+       exit rather than run on unsupervised;
+    4. resumed from there to the end: each step logged once, the last step evaluated off the interval, the
+       newest 3 checkpoints kept, and the export matches the probe."""
     import psutil
 
     dataset, _, _ = small_dataset
     out = tmp_path / "run"
-    cfg = run_config(dataset, out, steps=1000, train={"checkpoint_interval": 1000, "log_interval": 1})
-    job = subprocess.Popen(torchrun_command(write_config(cfg, tmp_path)), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    ranks = psutil.Process(job.pid).children(recursive=True)
-    job.kill()
-    job.wait()
-    gone, alive = psutil.wait_procs(ranks, timeout=BOUND)
-    assert not alive, "ranks outlived their agent"
+    cfg = run_config(dataset, out, steps=26, data={"workers": 2},
+                     train={"checkpoint_interval": 8, "keep_checkpoints": 3, "log_interval": 2, "eval_interval": 4},
+                     deepspeed={"config": "ds_configs/cpu.json", "overrides": {"zero_optimization": {"stage": 2}}})
+    config = write_config(cfg, tmp_path)
     run = RunDir(out)
-    assert run.latest_tag() == f"step{metric_rows(out)[-1]['step']}" and run.resume_tag()[1] == []
-    assert "(SIGTERM): saving a checkpoint" in run.log(0).read_text()
+    job = subprocess.Popen(torchrun_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and job.poll() is None:
+        if run.metrics.exists() and len(run.metrics.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.02)
+    kill_tree(job.pid)  # 1. torchrun and every rank at once
+    job.wait()
 
-
-@pytest.mark.parametrize("stage", [2, 3])
-def test_a_rank_killed_while_saving_leaves_latest_on_a_complete_checkpoint(small_dataset, tmp_path, stage):
-    dataset, _, _ = small_dataset
-    out = tmp_path / "run"
-    cfg = run_config(dataset, out, steps=24, data={"workers": 2},
-                     train={"checkpoint_interval": 8, "keep_checkpoints": 3, "log_interval": 1},
-                     deepspeed={"config": "ds_configs/cpu.json", "overrides": {"zero_optimization": {"stage": stage}}})
     mark = tmp_path / "saving"
     env = {**os.environ, "SLOW_RANK": "1", "SLOW_TAG": "step16", "SLOW_MARK": str(mark), "SLOW_SECONDS": "30"}
-    job = subprocess.Popen(torchrun_command(write_config(cfg, tmp_path), script=FAULTY), env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(torchrun_command(config, script=FAULTY), env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not mark.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert mark.exists(), job.communicate()[1][-3000:]
     killed = time.monotonic()
-    os.kill(int(mark.read_text()), signal.SIGKILL)  # rank 1, in the middle of writing step16
+    os.kill(int(mark.read_text()), signal.SIGKILL)  # 2. rank 1, in the middle of writing step16
     _, stderr = job.communicate(timeout=BOUND + 30)
     assert job.returncode != 0 and time.monotonic() - killed < BOUND, stderr[-3000:]
-
-    run = RunDir(out)
     assert run.latest_tag() == "step8"
     assert not (run.checkpoints / "step16" / COMMIT_FILE).exists()
-    assert PROBE_FILE in json.loads((run.checkpoints / "step8" / COMMIT_FILE).read_text())["files"]
-    rerun = train(cfg, tmp_path)
-    assert "resumed from" in rerun.stderr and "at step 8" in rerun.stderr
-    assert run.latest_tag() == "step24" and [r["step"] for r in metric_rows(out)] == list(range(1, 25))
+    files = json.loads((run.checkpoints / "step8" / COMMIT_FILE).read_text())["files"]
+    assert PROBE_FILE in files
+    assert sorted(files) == sorted(p.name for p in (run.checkpoints / "step8").iterdir() if p.name != COMMIT_FILE)
+    assert sum("optim_states" in name for name in files) == 2
+
+    (run.checkpoints / "latest").write_text("step16")
+    job = subprocess.Popen(torchrun_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(_steps_logged_since_the_resume(run)) < 2 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ranks = psutil.Process(job.pid).children(recursive=True)
+    job.kill()  # 3. the agent alone
+    _, stderr = job.communicate(timeout=BOUND + 30)  # the ranks hold the agent's stderr until they leave
+    _, alive = psutil.wait_procs(ranks, timeout=BOUND)
+    assert not alive, "ranks outlived their agent"
+    assert "latest names step16, which is incomplete" in stderr
+    assert "falling back to step8, the newest complete checkpoint" in stderr
+    assert f"resumed from {run.checkpoints / 'step8'}/" in stderr and "at step 8" in stderr
+    stopped = metric_rows(out)[-1]["step"]
+    assert stopped > 8 and run.latest_tag() == f"step{stopped}" and run.resume_tag()[1] == []
+    assert "(SIGTERM): saving a checkpoint" in run.log(0).read_text()
+
+    resumed = train(cfg, tmp_path).stderr  # 4.
+    assert f"at step {stopped}" in resumed
+    assert run.latest_tag() == "step26" and run.step_tags()[-2:] == ["step24", "step26"]
+    assert len(run.step_tags()) == 3  # of at least 4 complete ones: step8, step{stopped}, step24, step26
+    assert [r["step"] for r in metric_rows(out)] == list(range(1, 27))
+    assert scalar_steps(out, "loss/total") == list(range(2, 27, 2))
+    assert scalar_steps(out, "eval/loss") == [4, 8, 12, 16, 20, 24, 26]
     assert export_main([str(run.checkpoints), str(tmp_path / "hf")]) == 0  # checked against the probe
 
 
-def test_runs_killed_at_several_points_then_resumed_log_each_step_once(small_dataset, tmp_path):
-    dataset, _, _ = small_dataset
-    out = tmp_path / "run"
-    cfg = run_config(dataset, out, steps=30, train={"checkpoint_interval": 6, "log_interval": 2, "eval_interval": 4})
-    cmd = torchrun_command(write_config(cfg, tmp_path))
-    metrics = out / "metrics.jsonl"
-    for kill_after in (4, 17):  # before the first checkpoint, and between later ones
-        job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and job.poll() is None:
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after:
-                break
-            time.sleep(0.02)
-        kill_tree(job.pid)  # torchrun and every rank at once, as a node failure would
-        job.wait()
-    train(cfg, tmp_path)
-    assert [r["step"] for r in metric_rows(out)] == list(range(1, 31))
-    assert scalar_steps(out, "loss/total") == list(range(2, 31, 2))
-    assert scalar_steps(out, "eval/loss") == [4, 8, 12, 16, 20, 24, 28, 30]
+def _steps_logged_since_the_resume(run: RunDir) -> list[str]:
+    """The steps rank 0's log reports after its last "resumed from"."""
+    text = run.log(0).read_text() if run.log(0).exists() else ""
+    _, resumed, after = text.rpartition("resumed from")
+    return re.findall(r"weam_ds\.monitor: step (\d+) \|", after) if resumed else []
 
 
-def _resumable_run(small_dataset, tmp_path_factory) -> tuple[Path, dict]:
-    dataset, _, _ = small_dataset
-    tmp = tmp_path_factory.mktemp("resumable")
-    cfg = run_config(dataset, tmp / "run", steps=12, train={"checkpoint_interval": 4, "keep_checkpoints": 3})
-    train(cfg, tmp, 1)
-    return tmp, cfg
+@contextlib.contextmanager
+def _one_rank_group():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def resumable(small_dataset, tmp_path_factory):
-    return _resumable_run(small_dataset, tmp_path_factory)
-
-
-def _optimizer_file(tag_dir: Path) -> Path:
-    return next(tag_dir.glob("*optim_states.pt"))
-
-
-@pytest.mark.parametrize("damage,resumes_at,note", [
-    ("empty", "step12", "latest is empty"),
-    ("dangling", "step12", "latest names step99, which does not exist"),
-    ("missing", "step12", "latest is missing"),
-    ("truncated", "step8", "latest names step12, which is incomplete"),
+@pytest.mark.parametrize("damage,note", [
+    ("empty", "latest is empty"),
+    ("dangling", "latest names step99, which does not exist"),
+    ("missing", "latest is missing"),
+    ("truncated", "latest names step16, which is incomplete: "),
 ])
-def test_resume_falls_back_to_the_newest_complete_checkpoint(resumable, tmp_path, damage, resumes_at, note):
-    tmp, cfg = resumable
-    out = tmp_path / "run"
-    shutil.copytree(Path(cfg["output_dir"]), out)
-    checkpoints = out / "checkpoints"
+def test_resume_falls_back_to_the_newest_complete_checkpoint(trained_run, tmp_path, caplog, damage, note):
+    """RunDir.resume_tag chooses, checkpoint.choose_resume_tag logs what it passed over and hands every rank the
+    choice; a resume that falls back, end to end, is the killed run's above."""
+    run = RunDir(trained_run.copy(tmp_path / "run"))
+    assert run.step_tags() == ["step8", "step16"] and run.latest_tag() == "step16"
     if damage == "empty":
-        (checkpoints / "latest").write_text("")
+        (run.checkpoints / "latest").write_text("")
     elif damage == "dangling":
-        (checkpoints / "latest").write_text("step99")
+        (run.checkpoints / "latest").write_text("step99")
     elif damage == "missing":
-        (checkpoints / "latest").unlink()
+        (run.checkpoints / "latest").unlink()
     else:
-        optimizer = _optimizer_file(checkpoints / "step12")
+        optimizer = _optimizer_file(run.checkpoints / "step16")
         optimizer.write_bytes(optimizer.read_bytes()[:4096])
-    resumed = {**cfg, "output_dir": str(out), "train": {**cfg["train"], "steps": 14}}
-    run = train(resumed, tmp_path, 1)
-    assert note in run.stderr and f"falling back to {resumes_at}, the newest complete checkpoint" in run.stderr
-    assert f"resumed from {checkpoints / resumes_at}/" in run.stderr and f"at step {resumes_at[4:]}" in run.stderr
-    assert [r["step"] for r in metric_rows(out)] == list(range(1, 15))
+    resumes_at = "step8" if damage == "truncated" else "step16"
+    tag, notes = run.resume_tag()
+    assert tag == resumes_at and len(notes) == 2 and notes[0].startswith(note), notes
+    assert notes[1] == f"falling back to {resumes_at}, the newest complete checkpoint"
+    with _one_rank_group(), caplog.at_level(logging.WARNING, logger="weam_ds.checkpoint"):
+        assert checkpoint.choose_resume_tag(run) == resumes_at
+    assert [r.getMessage() for r in caplog.records if r.name == "weam_ds.checkpoint"] == [
+        f"{run.checkpoints}: {n}" for n in notes]
 
 
-def test_export_refuses_a_damaged_checkpoint_naming_the_file(resumable, tmp_path, capsys):
-    _, cfg = resumable
-    out = tmp_path / "run"
-    shutil.copytree(Path(cfg["output_dir"]), out)
-    optimizer = _optimizer_file(out / "checkpoints" / "step12")
+def test_export_refuses_a_damaged_checkpoint_naming_the_file(trained_run, tmp_path, capsys):
+    out = trained_run.copy(tmp_path / "run")
+    optimizer = _optimizer_file(out / "checkpoints" / "step16")
     optimizer.write_bytes(optimizer.read_bytes()[:4096])
-    assert export_main([str(out / "checkpoints"), str(tmp_path / "hf"), "--tag", "step12"]) == 2
+    assert export_main([str(out / "checkpoints"), str(tmp_path / "hf"), "--tag", "step16"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and optimizer.name in err and "4096 bytes" in err
     assert not (tmp_path / "hf").exists()
     # Same size, damaged content (the commit record cannot see it): the archive check names the file.
-    shutil.copytree(Path(cfg["output_dir"]) / "checkpoints" / "step12", out / "checkpoints" / "step12",
-                    dirs_exist_ok=True)
+    shutil.copytree(trained_run.out / "checkpoints" / "step16", out / "checkpoints" / "step16", dirs_exist_ok=True)
     data = bytearray(optimizer.read_bytes())
     data[len(data) // 2:len(data) // 2 + 64] = b"\0" * 64
     optimizer.write_bytes(bytes(data))
-    assert export_main([str(out / "checkpoints"), str(tmp_path / "hf"), "--tag", "step12"]) == 2
+    assert export_main([str(out / "checkpoints"), str(tmp_path / "hf"), "--tag", "step16"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and optimizer.name in err
     # Without --tag the export takes the newest complete checkpoint.
-    (out / "checkpoints" / "step12" / COMMIT_FILE).unlink()
+    (out / "checkpoints" / "step16" / COMMIT_FILE).unlink()
     assert export_main([str(out / "checkpoints"), str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
@@ -263,6 +307,7 @@ def _shorten(path: Path, keep: int, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_shards_that_end_early_are_counted_once_across_ranks_and_resumes(small_dataset, tmp_path):
     dataset, _, _ = small_dataset
     copy = tmp_path / "damaged"
@@ -328,10 +373,18 @@ def test_a_bad_run_config_is_a_one_line_error_and_writes_nothing(small_dataset, 
     assert not (tmp_path / "out").exists()
 
 
-def test_under_torchrun_a_config_error_is_printed_once(small_dataset, tmp_path):
+def test_under_torchrun_a_config_error_is_printed_once(small_dataset, tmp_path, capsys, monkeypatch):
+    """Every rank reads the same config: train.main prints its error on rank 0 alone (RANK, as torchrun sets it),
+    with no traceback, and each rank hands the reason to torchrun's summary through torchelastic's error file."""
     path, _ = _bad_config(small_dataset, tmp_path, data={"batch_size": 0})
-    run = subprocess.run(torchrun_command(path), capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0
-    errors = _errors(run.stderr)
-    assert len(errors) == 1 and "data.batch_size" in errors[0]
-    assert "weam_ds/train.py" not in run.stderr  # no traceback of ours (torchrun's own report follows)
+    printed = []
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / f"error{rank}.json"))
+        assert train_main(["--config", str(path)]) == 2
+        printed.append(capsys.readouterr().err)
+    assert printed[1] == ""
+    errors = _errors(printed[0])
+    assert len(errors) == 1 and "data.batch_size" in errors[0] and "Traceback" not in printed[0]
+    for rank in ("0", "1"):
+        assert "data.batch_size" in json.loads((tmp_path / f"error{rank}.json").read_text())["message"]
