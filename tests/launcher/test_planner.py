@@ -338,6 +338,7 @@ def test_train_flops_match_the_flop_counter(real, preset, pairs):
 # --- host memory while a model is built partitioned ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_partitioned_build_stays_within_the_planned_host_memory(small_dataset):
     """Two ranks build mini with XLM-R's vocabulary (the gathered embedding dominates), then base with a small one
     (the layers do), each build in a child of the rank forked after its imports (partitioned_build_run.py)."""

@@ -140,6 +140,7 @@ def test_padding_counts_follow_how_each_objective_encodes_a_monolingual_row():
     assert padding_counts(batch, "tlm") == (20, 20 - (6 + 4 + 3))
 
 
+@pytest.mark.slow
 def test_training_logs_the_padding_of_the_batches_it_took(small_dataset, tmp_path):
     dataset, _, _ = small_dataset
     out = tmp_path / "run"
