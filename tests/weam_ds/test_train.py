@@ -21,40 +21,24 @@ from weam_ds.batch import TokenInfo
 from weam_ds.config import DataConfig, MaskingConfig, RunConfig, deepspeed_config, load_run_config
 from weam_ds.data import Corpus, NoData, TrainStream
 from weam_ds.export import export
-from weam_ds.presets import build_model
-from weam_ds.run_dir import PROBE_FILE, RunDir
+from weam_ds.run_dir import COMMIT_FILE, PROBE_FILE, RunDir
 
 from runs import losses, run_config, train
 
 STEPS = 16
 
 
-@pytest.fixture(scope="module")
-def zero3_run(small_dataset, tmp_path_factory):
-    """A 2-rank ZeRO-3 WEAM run that continues pre-training a saved checkpoint (so that other runs can start
-    from the very same weights)."""
-    dataset, _, _ = small_dataset
-    tmp = tmp_path_factory.mktemp("train")
-    tokenizer = AutoTokenizer.from_pretrained(str(dataset / "tokenizer"))
-    info = TokenInfo.from_tokenizer(tokenizer)
-    torch.manual_seed(0)
-    build_model("tiny", info.vocab_size, pad_token_id=info.pad_id).save_pretrained(str(tmp / "init"))
-    tokenizer.save_pretrained(str(tmp / "init"))  # a checkpoint holds its tokenizer (weam_ds.vocab_check)
-    cfg = run_config(dataset, tmp / "zero3", model=str(tmp / "init"))
-    run = train(cfg, tmp)
+def test_two_rank_zero3_weam_run_learns_and_reports(trained_run):
+    """The shared trained run (tests/fixtures/runs.py): a 2-rank ZeRO-3 WEAM run continuing a saved checkpoint."""
     assert ("parallel setup: 2 ranks on 1 node (gloo), ZeRO-3, fp32, offload none, optimizer torch.optim.AdamW, "
-            "activation checkpointing off, micro-batch 8 pairs per rank x 1 accumulation") in run.stderr
-    return tmp, cfg, Path(cfg["output_dir"])
-
-
-def test_two_rank_zero3_weam_run_learns_and_reports(zero3_run):
-    _, _, out = zero3_run
+            "activation checkpointing off, micro-batch 8 pairs per rank x 1 accumulation") in trained_run.stderr
+    out = trained_run.out
     values = losses(out)
     assert len(values) == STEPS
     assert np.mean(values[-4:]) < np.mean(values[:4])
     run = RunDir(out)
     assert run.latest_tag() == f"step{STEPS}"
-    assert [p.name for p in run.checkpoints.glob("step*")] == [f"step{STEPS}"]  # keep_checkpoints: 1
+    assert run.step_tags() == ["step8", f"step{STEPS}"]  # keep_checkpoints: 2 (pruning: test_fault_tolerance)
     assert (run.log(0)).is_file() and (run.log(1)).is_file()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -67,31 +51,35 @@ def test_two_rank_zero3_weam_run_learns_and_reports(zero3_run):
                 "counters/skipped_steps", "counters/bad_shards", "eval/loss"):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("loss/total")] == [4, 8, 12, 16]
+    # The commit record lists every file of the save: under ZeRO-3 each rank's model states and optimizer
+    # partition (ZeRO-2's: test_fault_tolerance), so a save that lost a rank's file is never resumed from.
+    tag_dir = run.checkpoints / f"step{STEPS}"
+    files = json.loads((tag_dir / COMMIT_FILE).read_text())["files"]
+    assert sorted(files) == sorted(p.name for p in tag_dir.iterdir() if p.name != COMMIT_FILE)
+    assert sum("model_states" in n for n in files) == 2 and sum("optim_states" in n for n in files) == 2
 
 
-def test_zero2_gives_the_losses_of_zero3(zero3_run):
-    tmp, cfg, out = zero3_run
-    zero2 = run_config(Path(cfg["data"]["datasets"][0]), tmp / "zero2", model=cfg["model"],
+def test_zero2_gives_the_losses_of_zero3(trained_run, tmp_path):
+    cfg = trained_run.config
+    zero2 = run_config(Path(cfg["data"]["datasets"][0]), tmp_path / "zero2", model=cfg["model"],
                        deepspeed={"config": "ds_configs/cpu.json", "overrides": {"zero_optimization": {"stage": 2}}})
-    train(zero2, tmp)
-    assert losses(tmp / "zero2") == pytest.approx(losses(out), rel=1e-4)
+    train(zero2, tmp_path)
+    assert losses(tmp_path / "zero2") == pytest.approx(losses(trained_run.out), rel=1e-4)
 
 
-def test_interrupted_and_resumed_run_takes_the_same_steps(zero3_run):
-    tmp, cfg, out = zero3_run
-    resumed = {**cfg, "output_dir": str(tmp / "resumed")}
-    first = train(resumed, tmp, 2, "--stop-at", "5")
+def test_interrupted_and_resumed_run_takes_the_same_steps(trained_run, tmp_path):
+    resumed = {**trained_run.config, "output_dir": str(tmp_path / "resumed")}
+    first = train(resumed, tmp_path, 2, "--stop-at", "5")
     assert "stopping at step 5" in first.stderr
-    assert RunDir(tmp / "resumed").latest_tag() == "step5"
-    train(resumed, tmp)
-    assert losses(tmp / "resumed") == pytest.approx(losses(out), rel=1e-6)
+    assert RunDir(tmp_path / "resumed").latest_tag() == "step5"
+    train(resumed, tmp_path)
+    assert losses(tmp_path / "resumed") == pytest.approx(losses(trained_run.out), rel=1e-6)
 
 
-def test_export_loads_with_auto_model_and_matches_the_engine(zero3_run, tmp_path):
-    _, _, out = zero3_run
-    target = tmp_path / "hf"
-    difference = export(out / "checkpoints", target)
-    assert difference is not None and difference < 1e-4
+def test_export_loads_with_auto_model_and_matches_the_engine(trained_run):
+    """The trained run's export (weam_ds.export.export, which measured ``export_difference`` on the probe)."""
+    target, out = trained_run.export, trained_run.out
+    assert trained_run.export_difference < 1e-4
     model = AutoModelForMaskedLM.from_pretrained(str(target)).eval()
     probe = torch.load(out / "checkpoints" / f"step{STEPS}" / PROBE_FILE, weights_only=True)
     with torch.no_grad():
@@ -103,6 +91,7 @@ def test_export_loads_with_auto_model_and_matches_the_engine(zero3_run, tmp_path
 
 @pytest.mark.parametrize("objective,train_options", [
     ("mlm", {"activation_checkpointing": True}), ("tlm", {"gradient_accumulation": 2})])
+@pytest.mark.slow
 def test_baseline_objectives_train(small_dataset, tmp_path, objective, train_options):
     dataset, _, _ = small_dataset
     cfg = run_config(dataset, tmp_path / objective, objective={"name": objective},
@@ -250,10 +239,9 @@ def test_non_finite_losses_are_skipped_then_abort(tmp_path):
         dist.destroy_process_group()
 
 
-def test_resume_on_another_number_of_ranks_through_a_universal_checkpoint(zero3_run, tmp_path):
-    _, cfg, out = zero3_run
-    copy = tmp_path / "universal"
-    shutil.copytree(out, copy)
+def test_resume_on_another_number_of_ranks_through_a_universal_checkpoint(trained_run, tmp_path):
+    cfg = trained_run.config
+    copy = trained_run.copy(tmp_path / "universal")
     ckpt = copy / "checkpoints"
     convert = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                               str(ckpt / f"step{STEPS}"), "--output_folder", str(ckpt / f"step{STEPS}_universal")],
@@ -269,19 +257,24 @@ def test_resume_on_another_number_of_ranks_through_a_universal_checkpoint(zero3_
     assert values[-1] < (values[0] + np.mean(values[STEPS - 4:STEPS])) / 2
 
 
-def test_sigterm_checkpoints_and_exits(small_dataset, tmp_path):
-    import os
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_and_a_bf16_run_with_prior_attention_exports(small_dataset, tmp_path):
+    """One process without a launcher, as docs/run_config.md shows it (no rank variables, no MPI), training
+    in bf16 with prior attention: SIGTERM checkpoints and exits 0; the fp32 export of that checkpoint agrees
+    with its probe, computed in bf16, within 16-bit rounding."""
     import signal
     import time
 
     dataset, _, _ = small_dataset
-    cfg = run_config(dataset, tmp_path / "preempted", train={"steps": 10_000, "checkpoint_interval": 10_000})
+    out = tmp_path / "preempted"
+    cfg = run_config(dataset, out, objective={"name": "weam", "exchange": "prior_attention"},
+                     train={"steps": 10_000, "checkpoint_interval": 10_000},
+                     deepspeed={"config": "ds_configs/cpu.json", "overrides": {"bf16": {"enabled": True}}})
     path = tmp_path / "preempted.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    # One process without a launcher, as docs/run_config.md shows it: no rank variables, no MPI.
     proc = subprocess.Popen([sys.executable, "-m", "weam_ds.train", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "preempted" / "metrics.jsonl"
+    metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
@@ -291,20 +284,10 @@ def test_sigterm_checkpoints_and_exits(small_dataset, tmp_path):
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     assert "(SIGTERM): saving a checkpoint" in stderr
-    step = len(metrics.read_text().splitlines())
+    step = len(losses(out))
     assert 3 <= step < 10_000
-    assert RunDir(tmp_path / "preempted").latest_tag() == f"step{step}"
-
-
-def test_bf16_zero3_with_prior_attention_trains_and_exports(small_dataset, tmp_path):
-    dataset, _, _ = small_dataset
-    cfg = run_config(dataset, tmp_path / "bf16", objective={"name": "weam", "exchange": "prior_attention"},
-                     train={"steps": 3}, deepspeed={"config": "ds_configs/cpu.json",
-                                                    "overrides": {"bf16": {"enabled": True}}})
-    train(cfg, tmp_path, 1)
-    assert len(losses(tmp_path / "bf16")) == 3
-    # The probe was computed in bf16; the fp32 export must agree within 16-bit rounding.
-    difference = export(tmp_path / "bf16" / "checkpoints", tmp_path / "hf")
+    assert RunDir(out).latest_tag() == f"step{step}"
+    difference = export(out / "checkpoints", tmp_path / "hf")
     assert difference is not None and (tmp_path / "hf" / "model.safetensors").is_file()
 
 
