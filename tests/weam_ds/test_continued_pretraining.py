@@ -170,6 +170,7 @@ def test_resize_happens_only_when_asked(bert_dataset, tmp_path):
     assert build_model(tmp_path, rows, resize_vocab=True).get_input_embeddings().weight.shape[0] == rows
 
 
+@pytest.mark.slow
 def test_resized_checkpoint_trains_under_zero3(bert_dataset, tmp_path):
     """``model_vocab: resize`` under ZeRO-3 (one process): an XLM-R-shaped checkpoint whose table is 40 rows
     longer than the dataset's tokenizer is cut to it, the MLM head's bias too (that bias kept its old size
@@ -190,6 +191,7 @@ def test_resized_checkpoint_trains_under_zero3(bert_dataset, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in metric_rows(tmp_path / "resized"))
 
 
+@pytest.mark.slow
 def test_two_rank_zero3_run_mixes_text_and_pairs_from_the_checkpoint(bert_dataset, tmp_path):
     """The mBERT-shaped checkpoint, continued under ZeRO-3 on 2 ranks on the dataset built with its own
     tokenizer: fr-en pairs and Spanish text from one mixture, both in the per-pair losses."""

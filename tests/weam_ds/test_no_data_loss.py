@@ -67,6 +67,7 @@ def dead_run(training):
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_one_writer_per_run_directory_and_a_dead_ones_lock_is_taken_over(training, tmp_path, capsys, caplog):
     tmp, config, proc = training
     run = tmp / "run"
@@ -88,6 +89,7 @@ def test_one_writer_per_run_directory_and_a_dead_ones_lock_is_taken_over(trainin
     assert (run / "export" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_export_into_the_working_directory_deletes_nothing(dead_run, tmp_path, monkeypatch, capsys):
     (tmp_path / "notes.txt").write_text("the user's own file")
     monkeypatch.chdir(tmp_path)
@@ -103,6 +105,7 @@ def test_export_into_the_working_directory_deletes_nothing(dead_run, tmp_path, m
     assert "working directory" in capsys.readouterr().err and Path.cwd() == empty and not os.listdir(empty)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("into", ["run", "checkpoints"])
 def test_export_into_the_run_or_its_checkpoints_deletes_nothing(dead_run, into, capsys):
     out = dead_run if into == "run" else dead_run / "checkpoints"
@@ -114,6 +117,7 @@ def test_export_into_the_run_or_its_checkpoints_deletes_nothing(dead_run, into, 
     assert _snapshot(dead_run) == before
 
 
+@pytest.mark.slow
 def test_export_replaces_only_an_earlier_export_and_only_with_force(dead_run, tmp_path, capsys):
     """Another model's directory is refused; an earlier export needs --force, and a failed forced export
     leaves it whole."""
@@ -137,6 +141,7 @@ def test_export_replaces_only_an_earlier_export_and_only_with_force(dead_run, tm
     assert not [p for p in dead_run.iterdir() if p.name.startswith(".export.")]  # the swap left nothing beside
 
 
+@pytest.mark.slow
 def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing_looking_complete(dead_run, tmp_path, capsys):
     with tmpfs(tmp_path / "small_disk", "256k") as disk:
         assert export_main([str(dead_run / "checkpoints"), str(disk / "model")]) == 2
@@ -146,6 +151,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing_looking_complete
         assert "Traceback" not in err and not list(disk.iterdir())  # nothing half-written left there
 
 
+@pytest.mark.slow
 def test_report_into_the_run_keeps_its_tensorboard_and_replaces_only_its_own(dead_run, tmp_path, capsys):
     with Registry(tmp_path / REGISTRY_FILE) as registry:
         registry.set_study("issue-23", "0" * 64)
@@ -167,6 +173,7 @@ def test_report_into_the_run_keeps_its_tensorboard_and_replaces_only_its_own(dea
     assert (out / "report.md").is_file() and not (out / "tensorboard" / "stale-cell").exists()
 
 
+@pytest.mark.slow
 def test_data_prep_refuses_an_output_dir_it_did_not_write(dead_run, tmp_path, ja_pairs, capsys):
     before = _snapshot(dead_run)
     config = tmp_path / "prep.yaml"

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import free_port
 
 
+@pytest.mark.slow
 def test_weam_trains_under_zero3_with_tied_decoder():
     script = Path(__file__).with_name("zero3_objective_run.py")
     run = subprocess.run([sys.executable, str(script), str(free_port())], capture_output=True, text=True, timeout=600)
