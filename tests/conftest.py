@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import socket
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -165,6 +166,16 @@ def slurm(slurm_cluster, monkeypatch):
         monkeypatch.setenv(key, value)
     yield slurm_cluster
     slurm_cluster.command("scancel", "--user=root", check=False)
+
+
+def pytest_configure(config) -> None:
+    # Every core runs a pytest-xdist worker: torch's own intra-op threads on top oversubscribe the cores (40 tiny
+    # training steps took 14 s with torch's default 2 threads, 2 s with 1, on 2 busy cores). Launched ranks are
+    # left alone: torchrun gives each one thread already.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 # --- markers and pytest-xdist groups ------------------------------------------------------------------------------
