@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from data_prep.files import write_atomically
 from data_prep.manifest import ManifestError
 from data_prep.typed_config import ConfigError, to_dict
 from weam_ds import checkpoint, extensions, failure, resume_check, run_lock
@@ -276,7 +277,9 @@ class Trainer:
             return
         run = self.run
         run.root.mkdir(parents=True, exist_ok=True)
-        run.config.write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        # Atomically: the other ranks read it while resuming (resume_check.config_changes), and a half-written
+        # file there is "not a run config".
+        write_atomically(run.config, yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         run.ds_config.write_text(json.dumps(self.ds, indent=1))
         self.model.config.save_pretrained(str(run.model))
         self.tokenizer.save_pretrained(str(run.model))
