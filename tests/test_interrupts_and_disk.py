@@ -18,6 +18,7 @@ import psutil
 import pytest
 import yaml
 from conftest import launched_run, small_config
+from study_standin import copy_backend, launcher_command, starts
 
 from data_prep.manifest import read_manifest
 from launcher.cli import main as launcher_main
@@ -91,6 +92,7 @@ def tmpfs(path: Path, size: str, readonly: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=True)
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_a_launched_run_and_resuming_it_with_another_config(small_dataset, tmp_path, capsys):
     """Ctrl-C in start-up and in training: one line, status 130, nothing left running, a complete checkpoint;
     DeepSpeed's shared-memory op (no use in CPU training) never built, a build lock left by a killed build
@@ -140,13 +142,19 @@ def test_ctrl_c_to_a_launched_run_and_resuming_it_with_another_config(small_data
     assert stderr.count("\n") == 1 and "model ('tiny' -> 'mini')" in stderr
 
 
-def test_ctrl_c_to_study_run_leaves_the_cell_interrupted_and_a_plain_rerun_continues_it(small_dataset, tmp_path):
+def test_ctrl_c_to_study_run_leaves_the_cell_interrupted_and_a_plain_rerun_continues_it(small_dataset, trained_run,
+                                                                                      tmp_path):
+    """The cell "trains" through the copy backend (tests/study_standin.py: a launch of torchrun's shape, an agent and
+    its rank, copying trained_run step by step), so Ctrl-C reaches the runner mid-training. A training's own
+    checkpoint on the runner's SIGTERM and its resume are test_ctrl_c_to_a_launched_run's (the same
+    launcher.launch.execute)."""
     dataset, _, _ = small_dataset
     base = yaml.safe_load(run_config(tmp_path, dataset, tmp_path / "unused", "base").read_text())
+    steps = len(trained_run.out.joinpath("metrics.jsonl").read_text().splitlines())
     study = {"name": "ctrlc", "study_dir": str(tmp_path / "ctrlc"), "base": base,
              "languages": {"langs_1": ["fr-en"]}, "axes": {"data.pairs": ["langs_1"], "objective.name": ["weam"]},
-             "budget": {"rule": "steps", "steps": 8}, "evaluation": {"tatoeba": {"batch_size": 32}},
-             "launch": {"backend": "local", "nproc_per_node": 1}}
+             "budget": {"rule": "steps", "steps": steps}, "evaluation": {"tatoeba": {"batch_size": 32}},
+             "launch": {"backend": "copy", "nproc_per_node": 1}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     cells = tmp_path / "ctrlc" / "cells"
@@ -155,19 +163,25 @@ def test_ctrl_c_to_study_run_leaves_the_cell_interrupted_and_a_plain_rerun_conti
         metrics = list(cells.glob("*/run/metrics.jsonl"))
         return bool(metrics) and len(metrics[0].read_text().splitlines()) >= 2
 
-    code, stderr, _ = ctrl_c_when(start([sys.executable, "-m", "launcher", "study", "run", str(path)]), training)
-    assert code == 130 and "Traceback" not in stderr, stderr[-3000:]
-    assert lines_of(stderr, "launcher:")[-1].endswith("`study run` again continues it")
+    with copy_backend({"weam": trained_run.out}, step_seconds=0.2):
+        code, stderr, _ = ctrl_c_when(start(launcher_command("study", "run", str(path))), training)
+        assert code == 130 and "Traceback" not in stderr, stderr[-3000:]
+        assert lines_of(stderr, "launcher:")[-1].endswith("`study run` again continues it")
+        with Registry(tmp_path / "ctrlc" / REGISTRY_FILE, readonly=True) as registry:
+            (cell,) = registry.cells()
+        assert cell.state == "interrupted"
+        assert launcher_main(["study", "run", str(path)]) == 0
     with Registry(tmp_path / "ctrlc" / REGISTRY_FILE, readonly=True) as registry:
         (cell,) = registry.cells()
-    assert cell.state == "interrupted"
-    assert launcher_main(["study", "run", str(path)]) == 0
-    with Registry(tmp_path / "ctrlc" / REGISTRY_FILE, readonly=True) as registry:
-        (cell,) = registry.cells()
-    assert cell.state == "evaluated" and cell.cost.steps == 8
-    assert "resumed from" in RunDir(cells / cell.name / "run").log(0).read_text()
+    assert cell.state == "evaluated" and cell.cost.steps == steps
+    run = RunDir(cells / cell.name / "run")
+    assert "copy backend: stopped by SIGTERM" in run.log(0).read_text()  # the runner stopped the rank, not killed it
+    stopped_at = starts(run.root)[1]  # the rerun continued the interrupted training, each step once
+    assert starts(run.root) == [0, stopped_at] and 2 <= stopped_at < steps
+    assert [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()] == list(range(1, steps + 1))
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_data_prep_ends_it_and_its_workers_at_once(tmp_path, ja_pairs):
     cfg = small_config(tmp_path, ja_pairs)
     config = tmp_path / "prep.yaml"
@@ -186,6 +200,7 @@ def test_ctrl_c_to_data_prep_ends_it_and_its_workers_at_once(tmp_path, ja_pairs)
         assert all((out / shard["path"]).is_file() for shard in entry["shards"])
 
 
+@pytest.mark.slow
 def test_a_full_disk_in_training_is_one_line_and_leaves_latest_alone(small_dataset, tmp_path):
     dataset, _, _ = small_dataset
     with tmpfs(tmp_path / "small_disk", "1m") as disk:
@@ -199,6 +214,7 @@ def test_a_full_disk_in_training_is_one_line_and_leaves_latest_alone(small_datas
         assert run.latest_tag() is None and checkpoint_problem(run.checkpoints / "step2") is not None
 
 
+@pytest.mark.slow
 def test_read_only_dirs_and_bad_inputs_are_one_line_errors_with_status_2(small_dataset, tmp_path, ja_pairs):
     dataset, _, _ = small_dataset
     with tmpfs(tmp_path / "readonly", "1m", readonly=True) as readonly:
