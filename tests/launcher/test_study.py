@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import kill_tree
+from fixtures.run_config import launched_run
 from study_standin import copy_backend, launcher_command, starts
 
 from launcher.cli import main
@@ -34,16 +35,8 @@ def study_file(tmp: Path, dataset: Path, name: str, **changes) -> Path:
     study = {
         "name": name,
         "study_dir": str(tmp / name),
-        "base": {
-            "output_dir": "replaced-per-cell",
-            "model": "tiny",
-            "data": {"datasets": [str(dataset)], "max_length": 48, "batch_size": 8, "workers": 1, "eval_batches": 2,
-                     "shuffle_buffer": 64},
-            "optimizer": {"lr": 2e-3},
-            "schedule": {"warmup_steps": 2},
-            "train": {"steps": 100, "log_interval": 2, "eval_interval": 1000, "checkpoint_interval": 8},
-            "deepspeed": {"config": "ds_configs/cpu.json"},
-        },
+        "base": launched_run(dataset, "replaced-per-cell", 100,
+                             train={"log_interval": 2, "checkpoint_interval": 8, "keep_checkpoints": 2}),
         "languages": {"langs_1": ["fr-en"], "langs_2": ["fr-en", "ja-en"]},
         "axes": {"data.pairs": ["langs_1", "langs_2"], "objective.name": ["weam", "mlm"]},
         "budget": {"rule": "steps", "steps": STEPS},

@@ -202,6 +202,7 @@ def test_kills_at_several_points_even_mid_save_leave_latest_complete_and_a_resum
     deadline = time.monotonic() + 300
     while len(_steps_logged_since_the_resume(run)) < 2 and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert job.poll() is None, job.communicate()[1][-3000:]  # the resumed job runs: its end would say why
     ranks = psutil.Process(job.pid).children(recursive=True)
     job.kill()  # 3. the agent alone
     _, stderr = job.communicate(timeout=BOUND + 30)  # the ranks hold the agent's stderr until they leave
