@@ -180,9 +180,12 @@ def pytest_configure(config) -> None:
 
 # --- markers and pytest-xdist groups ------------------------------------------------------------------------------
 
-CLUSTER_FIXTURES = frozenset({"slurm", "slurm_cluster", "ssh_hosts"})
-"""The real SLURM cluster and sshd (tests/slurm_cluster.py, tests/sshd_hosts.py): one of each per test run, since
-the cluster edits /etc/hosts and runs daemons on fixed names, so all their tests run in one worker, one by one."""
+SERVICES = {"slurm": "cluster", "slurm_cluster": "cluster", "ssh_hosts": "sshd"}
+"""The fixtures of the real services and their xdist groups: the SLURM cluster (tests/slurm_cluster.py), one per
+test run since it edits /etc/hosts and runs daemons on fixed names, so all its tests run in one worker, one by one;
+sshd (tests/sshd_hosts.py, free ports on loopback aliases), whose test runs beside them."""
+CLUSTER_FIXTURES = frozenset(SERVICES)
+"""A test that uses one needs a real service: marked ``cluster``."""
 SLOW_FIXTURES = CLUSTER_FIXTURES | {"trained_run"}
 """Fixtures that launch training or start services: a test that uses one is ``slow`` without saying so."""
 
@@ -216,8 +219,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _xdist_group(item: pytest.Item) -> str | None:
-    if item.get_closest_marker("cluster"):
-        return "cluster"
+    services = {SERVICES[name] for name in item.fixturenames if name in SERVICES}
+    if services:
+        return "cluster" if "cluster" in services else services.pop()
     if item.get_closest_marker("xdist_group"):  # the test's own: tests that must not run at the same time
         return item.get_closest_marker("xdist_group").args[0]
     definitions = getattr(item, "_fixtureinfo", None)
