@@ -30,7 +30,7 @@ from data_prep.typed_config import ConfigError, from_dict
 from weam_ds.batch import TokenInfo
 from weam_ds.config import DataConfig, MaskingConfig
 from weam_ds.data import Corpus, TrainStream, padding_counts
-from weam_ds.monitor import PEAK_TFLOPS
+from weam_ds.peak_flops import PEAK_TFLOPS
 from weam_ds.presets import build_model, count_parameters, train_flops_per_token
 
 GOAL_TOKENS_PER_S = 350_000

@@ -15,7 +15,7 @@ from launcher.cluster import load_cluster
 from launcher.hostfile import HostfileError, read_hostfile
 from launcher.launch import execute
 from weam_ds.config import load_run_config
-from weam_ds.monitor import PEAK_TFLOPS
+from weam_ds.peak_flops import PEAK_TFLOPS
 from weam_ds.registry import RegistryError
 from weam_ds.run_dir import RunDir
 

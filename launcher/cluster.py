@@ -14,7 +14,7 @@ from typing import Any
 
 from data_prep.typed_config import ConfigError, from_dict, read_yaml
 from launcher.hostfile import HOST_NAME, read_hostfile
-from weam_ds.monitor import PEAK_TFLOPS
+from weam_ds.peak_flops import PEAK_TFLOPS
 
 BACKEND_NAMES = ("local", "torchrun", "deepspeed", "slurm")
 """The backends a cluster file can name (``ClusterConfig.backend`` says what each is); launcher.backends.BACKENDS
@@ -122,7 +122,7 @@ class ClusterConfig:
     nvme: str | None = None
     """NVMe space per node for ZeRO offload ("3.5TB"), for the memory planner."""
     gpu: str | None = None
-    """The GPU model (one of weam_ds.monitor.PEAK_TFLOPS: H100, A100 ...), for the study plan's GPU-hours at
+    """The GPU model (one of weam_ds.peak_flops.PEAK_TFLOPS: H100, A100 ...), for the study plan's GPU-hours at
     its peak FLOP/s."""
 
     def __post_init__(self):

@@ -28,7 +28,7 @@ predictions (forward passes over the test sets) are not counted. A recipe's larg
 rate and the batch, not these counts.
 
 GPU-hours = C / (MFU × peak FLOP/s per GPU) / 3600, at an assumed MFU (``--mfu``, default 40%) and the dense bf16
-peak of the cluster's GPU (``launch.gpu`` or ``--gpu``: weam_ds.monitor.PEAK_TFLOPS; ``--peak-tflops`` for
+peak of the cluster's GPU (``launch.gpu`` or ``--gpu``: weam_ds.peak_flops.PEAK_TFLOPS; ``--peak-tflops`` for
 another). Where the cells run on CPUs, the plan says "no GPU" instead of GPU-hours.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ from launcher.study_config import CellPlan, StudyConfig, XtremeConfig, expand, l
     train_tokens
 from weam_ds import monitor
 from weam_ds.config import load_run_config
-from weam_ds.monitor import PEAK_TFLOPS
+from weam_ds.peak_flops import PEAK_TFLOPS
 from weam_ds.objectives import OBJECTIVES
 from weam_ds.presets import encoder_config, parameter_counts, train_flops_per_token
 from weam_ds.xtreme_r.recipe import RECIPES, load_recipe

@@ -1,6 +1,6 @@
-"""DeepSpeed's C++ ops that are compiled on first use (into ``~/.cache/torch_extensions``, or
-``$TORCH_EXTENSIONS_DIR``), kept out of the launch where training does not need them.
+"""What DeepSpeed would build or compile at start-up that training does not use, kept out of the launch.
 
+DeepSpeed's C++ ops are compiled on first use (into ``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``).
 A build holds ``<extension>/lock`` (torch's FileBaton: created exclusively, kept open while compiling, removed
 when done), and every other process that wants the op waits for it to go, silently and without end. A build
 killed mid-way (Ctrl-C during start-up) leaves it, and every later launch on the machine hung there. So:
@@ -12,11 +12,17 @@ killed mid-way (Ctrl-C during start-up) leaves it, and every later launch on the
   no process holds open is removed, with a warning naming it. On a shared file system (NFS, Lustre, ...) a
   build on another node holds it where this node cannot see: there only a lock older than any build
   (``SHARED_LOCK_STALE_S``) is taken over.
+- ``import_muon_uncompiled``: every ZeRO engine imports DeepSpeed's Muon optimizer to recognise it, and that
+  module applies ``torch.compile`` to its kernels at import, which imports torch's inductor: about a second of
+  CPU on every rank, for an optimizer weam_ds never builds (weam_ds.optimizer: AdamW). It is imported first
+  with ``torch.compile`` as the identity.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +44,30 @@ def skip_unused_ops() -> None:
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__.update(dict.fromkeys(UNUSED_ON_CPU, False))
+
+
+MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
+
+
+def import_muon_uncompiled() -> None:
+    """Before ``deepspeed.initialize``: DeepSpeed's Muon optimizer module imported with its kernels left as plain
+    Python (never called: weam_ds trains with AdamW), so that no rank pays torch's inductor import for it."""
+    if MUON_MODULE in sys.modules:
+        return
+    compile_ = torch.compile
+    torch.compile = _uncompiled
+    try:
+        importlib.import_module(MUON_MODULE)
+    except ImportError:
+        pass  # a DeepSpeed without Muon: nothing to import
+    finally:
+        torch.compile = compile_
+
+
+def _uncompiled(model=None, **_):
+    """``torch.compile``'s signature, compiling nothing: ``@torch.compile`` and ``@torch.compile(...)`` leave
+    the function as it is."""
+    return model if model is not None else _uncompiled
 
 
 def _extension_roots() -> list[Path]:

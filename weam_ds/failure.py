@@ -27,8 +27,6 @@ import threading
 import time
 from typing import NoReturn
 
-import torch.distributed as dist
-
 log = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
@@ -45,6 +43,8 @@ def _keys() -> tuple[str, str]:
 
 def _store():
     """The store every rank of the process group already reaches (torchrun's, or rank 0's TCPStore)."""
+    import torch.distributed as dist  # here: the launcher imports this module for end_with_parent, without torch
+
     if dist.is_available() and dist.is_initialized():
         return dist.distributed_c10d._get_default_store()
     return None

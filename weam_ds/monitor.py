@@ -21,13 +21,10 @@ import torch
 import torch.distributed as dist
 
 from data_prep.files import write_atomically
+from weam_ds.peak_flops import PEAK_TFLOPS
 from weam_ds.run_dir import LOG_FORMAT, RunDir
 
 log = logging.getLogger(__name__)
-
-# Dense bf16 peak TFLOP/s per device (vendor data sheets, SXM parts without sparsity).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
-
 
 def setup_logging(run: RunDir, rank: int) -> None:
     """Every rank logs to its own file in the run directory; rank 0 also to the console (less the records marked

@@ -16,7 +16,7 @@ from test_study import STEPS, study_file
 from data_prep.manifest import read_manifest
 from launcher.cli import main
 from launcher.study_plan import COPA, MULTINLI, SIQA, SQUAD, plan_study
-from weam_ds.monitor import PEAK_TFLOPS
+from weam_ds.peak_flops import PEAK_TFLOPS
 from weam_ds.presets import PRESETS
 from weam_ds.xtreme_r.recipe import RECIPES
 

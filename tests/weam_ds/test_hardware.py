@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import torch
 
@@ -51,3 +53,19 @@ def test_the_optimizer_named_follows_the_deepspeed_config(small_dataset, tmp_pat
     assert main(["env", "--config", str(path)]) == 0
     hw = probe()
     assert json.loads(capsys.readouterr().out)["optimizer"] == adam_implementation(hw.device, hw.apex, ds)
+
+
+def test_deepspeeds_muon_module_is_imported_without_compiling_its_kernels():
+    """extensions.import_muon_uncompiled, in a fresh interpreter (this one may have torch's inductor already):
+    the module every ZeRO engine imports is there, its kernels not wrapped by torch.compile, torch's inductor
+    never imported, and torch.compile itself again afterwards."""
+    code = ("import sys, torch\n"
+            "from weam_ds.extensions import MUON_MODULE, import_muon_uncompiled\n"
+            "compile_ = torch.compile\n"
+            "import_muon_uncompiled()\n"
+            "from deepspeed.runtime.zero.muon import original_muon\n"
+            "print(MUON_MODULE in sys.modules, hasattr(original_muon.zeropower_via_newtonschulz5, '__wrapped__'),\n"
+            "      'torch._inductor' in sys.modules, torch.compile is compile_)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].split() == ["True", "False", "False", "True"]  # after DeepSpeed's own lines

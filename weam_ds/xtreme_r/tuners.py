@@ -110,6 +110,10 @@ class Tuner:
         checkpoint, else keeps the last weights. Returns the selection record."""
         from transformers import Trainer, set_seed
 
+        if deepspeed:
+            from weam_ds.extensions import import_muon_uncompiled
+
+            import_muon_uncompiled()  # before the Trainer's deepspeed.initialize
         set_seed(seed)
         select = dev is not None and isinstance(self.recipe.selection, EverySteps)
         args = training_arguments(self.recipe, self.split, checkpoints, seed, deepspeed, select)
