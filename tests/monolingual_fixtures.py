@@ -59,6 +59,7 @@ def _build_bert_checkpoint_and_dataset(tmp: Path) -> tuple[Path, Path]:
     cfg = config_from_dict({
         "output_dir": str(tmp / "dataset"),
         "tokenizer": {"path": str(checkpoint)},
+        "aligner": {"samplers": 1},  # as conftest.small_config: a third of eflomal's time
         "splits": {"dev": 20, "test": 20},
         "shards": {"max_samples": 100, "max_bytes": 1 << 20},
         "workers": 1,

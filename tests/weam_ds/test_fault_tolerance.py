@@ -330,7 +330,9 @@ def test_shards_that_end_early_are_counted_once_across_ranks_and_resumes(small_d
     out = tmp_path / "run"
     # Length-bucketing pools of 2 batches: the stream draws at most 16 samples ahead of the run.
     cfg = run_config(copy, out, data={"verify_sha256": False, "shuffle_buffer": 1000, "bucket_pool": 2})
-    train(cfg, tmp_path, 2, "--stop-at", "8")
+    # Stopped between checkpoints (checkpoint_interval 8), as on preemption: a checkpoint of step 5.
+    assert "stopping at step 5" in train(cfg, tmp_path, 2, "--stop-at", "5").stderr
+    assert RunDir(out).latest_tag() == "step5"
     train(cfg, tmp_path, 2)
     rows = metric_rows(out)
     assert [r["step"] for r in rows] == list(range(1, 17))

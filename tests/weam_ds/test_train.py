@@ -3,6 +3,7 @@ ZeRO-3, exact resume, export round trip, TensorBoard scalars; and the resumable 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -68,12 +69,17 @@ def test_zero2_gives_the_losses_of_zero3(trained_run, tmp_path):
 
 
 def test_interrupted_and_resumed_run_takes_the_same_steps(trained_run, tmp_path):
-    resumed = {**trained_run.config, "output_dir": str(tmp_path / "resumed")}
-    first = train(resumed, tmp_path, 2, "--stop-at", "5")
-    assert "stopping at step 5" in first.stderr
-    assert RunDir(tmp_path / "resumed").latest_tag() == "step5"
-    train(resumed, tmp_path)
-    assert losses(tmp_path / "resumed") == pytest.approx(losses(trained_run.out), rel=1e-6)
+    """The trained run as a job lost after step 16 but before its checkpoint was complete leaves it (a copy:
+    step16 gone, ``latest`` naming step8, metrics logged up to step 16): resumed, it takes steps 9 to 16 again
+    with the very losses of the uninterrupted run (the data position and every random state restored), each
+    step logged once. A stop between checkpoints (--stop-at) and its resume: test_fault_tolerance's shards test."""
+    out = trained_run.copy(tmp_path / "resumed")
+    run = RunDir(out)
+    shutil.rmtree(run.checkpoints / f"step{STEPS}")
+    (run.checkpoints / "latest").write_text("step8\n", encoding="utf-8")
+    train({**trained_run.config, "output_dir": str(out)}, tmp_path)
+    assert re.search(r"resumed from .* at step 8$", run.log(0).read_text(), re.M)
+    assert losses(out) == pytest.approx(losses(trained_run.out), rel=1e-6)
 
 
 def test_export_loads_with_auto_model_and_matches_the_engine(trained_run):
