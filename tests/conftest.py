@@ -171,9 +171,12 @@ def slurm(slurm_cluster, monkeypatch):
 
 
 def pytest_configure(config) -> None:
+    # One intra-op thread in every process a test starts, through the environment: torchrun sets it only where a
+    # node runs several ranks, and a node's single rank (SLURM job steps, two agents, the DeepSpeed runner's
+    # hosts) took every core: two such ranks on 2 cores took 0.5 s a step instead of 0.1 s, spinning.
+    os.environ["OMP_NUM_THREADS"] = "1"
     # Every core runs a pytest-xdist worker: torch's own intra-op threads on top oversubscribe the cores (40 tiny
-    # training steps took 14 s with torch's default 2 threads, 2 s with 1, on 2 busy cores). Launched ranks are
-    # left alone: torchrun gives each one thread already.
+    # training steps took 14 s with torch's default 2 threads, 2 s with 1, on 2 busy cores).
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
