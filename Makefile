@@ -5,8 +5,10 @@ PY     := $(VENV)/bin/python
 # CPU torch is enough for tests and the demo; on a GPU machine set TORCH to the CUDA build you want.
 TORCH  ?= torch==2.13.0
 DEMO_DIR ?= out/demo
-# pytest-xdist workers for `make test`: auto is one per CPU core; 0 runs the tests in one process.
-TEST_WORKERS ?= auto
+# pytest-xdist workers for `make test`: one more than the CPU cores, as many tests wait on what they started (a hung
+# rank's 30 s grace, SLURM's scheduling, sshd) and a third worker keeps 2 cores busy meanwhile; 0 runs the tests in
+# one process.
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 
 # The real services the launcher's tests start: a two-node SLURM cluster (tests/slurm_cluster.py) and sshd with pdsh
 # for the DeepSpeed runner (tests/sshd_hosts.py). Installed where this runs as root with apt (as CI does); elsewhere
