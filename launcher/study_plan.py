@@ -49,8 +49,8 @@ from launcher.study_config import CellPlan, StudyConfig, XtremeConfig, expand, l
     train_tokens
 from weam_ds import monitor
 from weam_ds.config import load_run_config
-from weam_ds.peak_flops import PEAK_TFLOPS
 from weam_ds.objectives import OBJECTIVES
+from weam_ds.peak_flops import PEAK_TFLOPS
 from weam_ds.presets import encoder_config, parameter_counts, train_flops_per_token
 from weam_ds.xtreme_r.recipe import RECIPES, load_recipe
 from weam_ds.xtreme_r.tasks import TASKS

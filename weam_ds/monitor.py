@@ -26,6 +26,7 @@ from weam_ds.run_dir import LOG_FORMAT, RunDir
 
 log = logging.getLogger(__name__)
 
+
 def setup_logging(run: RunDir, rank: int) -> None:
     """Every rank logs to its own file in the run directory; rank 0 also to the console (less the records marked
     file-only, failure.FILE_ONLY)."""
