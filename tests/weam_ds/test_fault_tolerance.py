@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, kill_tree
+from conftest import free_port
 from transformers import AutoTokenizer
 
 from data_prep.typed_config import from_dict
@@ -150,19 +150,21 @@ def _optimizer_file(tag_dir: Path) -> Path:
 @pytest.mark.slow
 def test_kills_at_several_points_even_mid_save_leave_latest_complete_and_a_resume_logs_each_step_once(
         small_dataset, tmp_path):
-    """One ZeRO-2 run on 2 ranks (ZeRO-3's resumes: test_train), killed three ways, then resumed to its end:
+    """One ZeRO-2 run on 2 ranks (ZeRO-3's resumes: test_train), killed two ways, then resumed to its end:
 
-    1. torchrun and both ranks killed at once after step 4, before the first checkpoint, as a node failure would;
-    2. started afresh, rank 1 killed while writing its optimizer partition of step16 (step8 complete): the job
-       ends within the bound and ``latest`` stays on step8, whose commit record lists every file each rank
-       wrote (ZeRO-3's: test_train), so a save that lost a rank is never named by ``latest``;
-    3. ``latest`` pointed at the incomplete step16, as DeepSpeed's own save would have left it (rank 0 writes it
+    1. rank 1 killed while writing its optimizer partition of step16 (step8 complete): the job ends within the
+       bound and ``latest`` stays on step8, whose commit record lists every file each rank wrote (ZeRO-3's:
+       test_train), so a save that lost a rank is never named by ``latest``;
+    2. ``latest`` pointed at the incomplete step16, as DeepSpeed's own save would have left it (rank 0 writes it
        as soon as rank 0 is done): the resume falls back to step8 (the choice itself:
        test_resume_falls_back_to_the_newest_complete_checkpoint); two steps later its torchrun agent alone is
        killed, and the ranks, told by SIGTERM (failure.end_with_parent), save a complete checkpoint together and
        exit rather than run on unsupervised;
-    4. resumed from there to the end: each step logged once, the last step evaluated off the interval, the
-       newest 3 checkpoints kept, and the export matches the probe."""
+    3. resumed from there to the end: each step logged once, the last step evaluated off the interval, the
+       newest 3 checkpoints kept, and the export matches the probe.
+
+    A job killed whole before its first checkpoint, as a node failure would, leaves only logs, which the next
+    start drops: test_a_start_drops_what_a_killed_attempt_logged_after_its_step."""
     import psutil
 
     dataset, _, _ = small_dataset
@@ -172,16 +174,6 @@ def test_kills_at_several_points_even_mid_save_leave_latest_complete_and_a_resum
                      deepspeed={"config": "ds_configs/cpu.json", "overrides": {"zero_optimization": {"stage": 2}}})
     config = write_config(cfg, tmp_path)
     run = RunDir(out)
-    job = subprocess.Popen(torchrun_command(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and job.poll() is None:
-        if run.metrics.exists() and len(run.metrics.read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.02)
-    kill_tree(job.pid)  # 1. torchrun and every rank at once
-    job.wait()
-
     mark = tmp_path / "saving"
     env = {**os.environ, "SLOW_RANK": "1", "SLOW_TAG": "step16", "SLOW_MARK": str(mark), "SLOW_SECONDS": "30"}
     job = subprocess.Popen(torchrun_command(config, script=FAULTY), env=env, stdout=subprocess.DEVNULL,
@@ -191,7 +183,7 @@ def test_kills_at_several_points_even_mid_save_leave_latest_complete_and_a_resum
         time.sleep(0.05)
     assert mark.exists(), job.communicate()[1][-3000:]
     killed = time.monotonic()
-    os.kill(int(mark.read_text()), signal.SIGKILL)  # 2. rank 1, in the middle of writing step16
+    os.kill(int(mark.read_text()), signal.SIGKILL)  # 1. rank 1, in the middle of writing step16
     _, stderr = job.communicate(timeout=BOUND + 30)
     assert job.returncode != 0 and time.monotonic() - killed < BOUND, stderr[-3000:]
     assert run.latest_tag() == "step8"
@@ -208,7 +200,7 @@ def test_kills_at_several_points_even_mid_save_leave_latest_complete_and_a_resum
         time.sleep(0.05)
     assert job.poll() is None, job.communicate()[1][-3000:]  # the resumed job runs: its end would say why
     ranks = psutil.Process(job.pid).children(recursive=True)
-    job.kill()  # 3. the agent alone
+    job.kill()  # 2. the agent alone
     _, stderr = job.communicate(timeout=BOUND + 30)  # the ranks hold the agent's stderr until they leave
     _, alive = psutil.wait_procs(ranks, timeout=BOUND)
     assert not alive, "ranks outlived their agent"
@@ -219,7 +211,7 @@ def test_kills_at_several_points_even_mid_save_leave_latest_complete_and_a_resum
     assert stopped > 8 and run.latest_tag() == f"step{stopped}" and run.resume_tag()[1] == []
     assert "(SIGTERM): saving a checkpoint" in run.log(0).read_text()
 
-    resumed = train(cfg, tmp_path).stderr  # 4.
+    resumed = train(cfg, tmp_path).stderr  # 3.
     assert f"at step {stopped}" in resumed
     assert run.latest_tag() == "step26" and run.step_tags()[-2:] == ["step24", "step26"]
     assert len(run.step_tags()) == 3  # of at least 4 complete ones: step8, step{stopped}, step24, step26
@@ -227,6 +219,30 @@ def test_kills_at_several_points_even_mid_save_leave_latest_complete_and_a_resum
     assert scalar_steps(out, "loss/total") == list(range(2, 27, 2))
     assert scalar_steps(out, "eval/loss") == [4, 8, 12, 16, 20, 24, 26]
     assert export_main([str(run.checkpoints), str(tmp_path / "hf")]) == 0  # checked against the probe
+
+
+def test_a_start_drops_what_a_killed_attempt_logged_after_its_step(tmp_path):
+    """weam_ds.monitor.Monitor, as Trainer.train builds it at the step it starts from: an attempt killed before
+    its first checkpoint left steps 1-4 in metrics.jsonl and TensorBoard, the fresh start (step 0) logs 1-6, an
+    attempt resumed from step 4 logs 5-8. Each step is shown once, with the values of the attempt that went on."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from weam_ds.monitor import Monitor
+
+    run = RunDir(tmp_path / "run")
+    run.tensorboard.mkdir(parents=True)
+    for attempt, (start, end) in enumerate([(0, 4), (0, 6), (4, 8)]):
+        monitor = Monitor(run.tensorboard, run.metrics, ["fr-en"], None, 1, resumed_at=start)
+        for step in range(start + 1, end + 1):
+            monitor.step(step, {"loss": float(attempt), "positions": 1.0, "padded": 0.0})
+            if step % 2 == 0:
+                monitor.report(step)
+        monitor.close()
+    assert [(r["step"], r["loss"]) for r in metric_rows(run.root)] == [(s, 1.0 if s <= 4 else 2.0)
+                                                                       for s in range(1, 9)]
+    events = EventAccumulator(str(run.tensorboard))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss/total")] == [(2, 1.0), (4, 1.0), (6, 2.0), (8, 2.0)]
 
 
 def _steps_logged_since_the_resume(run: RunDir) -> list[str]:
