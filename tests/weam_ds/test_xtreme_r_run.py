@@ -15,6 +15,7 @@ from xtreme_fixtures import (ENTITIES, SIQA, SIQA_DEV, save_tiny_model, strip_an
 
 from data_prep.typed_config import ConfigError
 from weam_ds.xtreme_r import metrics
+from weam_ds.xtreme_r.__main__ import main as xtreme_r_main
 from weam_ds.xtreme_r.readers import read_siqa, read_squad, siqa_files
 from weam_ds.xtreme_r.recipe import RECIPES
 from weam_ds.xtreme_r.run import run
@@ -39,7 +40,7 @@ def setup(small_dataset, tmp_path_factory):
     return tmp, model, recipes
 
 
-def test_classification_and_tagging_end_to_end(setup):
+def test_classification_and_tagging_end_to_end(setup, capsys):
     tmp, model, recipes = setup
     data = write_xtreme(tmp / "data", tagged_test=False)  # tagging test labels withheld, as the download does
     out = tmp / "run"
@@ -75,11 +76,11 @@ def test_classification_and_tagging_end_to_end(setup):
     run(model, data, ["xnli", "panx"], out, seeds=[1, 2], recipes=recipes, languages=["en", "de", "fr"])
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/result.json")} == before
     # The command line does the same: nothing left to train, it aggregates and reports.
-    cli = subprocess.run([sys.executable, "-m", "weam_ds.xtreme_r", "run", "--model", str(model), "--data", str(data),
-                          "--tasks", "xnli,panx", "--out", str(out), "--seeds", "1,2", "--recipes", str(recipes),
-                          "--languages", "en,de,fr"], capture_output=True, text=True, timeout=600)
-    assert cli.returncode == 0, cli.stderr[-2000:]
-    assert "xnli     test accuracy" in cli.stdout and "panx     dev f1" in cli.stdout
+    capsys.readouterr()
+    assert xtreme_r_main(["run", "--model", str(model), "--data", str(data), "--tasks", "xnli,panx", "--out", str(out),
+                          "--seeds", "1,2", "--recipes", str(recipes), "--languages", "en,de,fr"]) == 0
+    printed = capsys.readouterr().out
+    assert "xnli     test accuracy" in printed and "panx     dev f1" in printed
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/result.json")} == before
 
 
@@ -366,7 +367,7 @@ def test_tatoeba_with_the_english_side_sorted(setup):
     assert json.loads((out / "results.json").read_text()) == results
 
 
-def test_languages_without_labelled_data_are_left_out_and_named(setup):
+def test_languages_without_labelled_data_are_left_out_and_named(setup, capsys):
     """Tagging test tags withheld and no dev set for one language (UD has treebanks without one): that
     language is recorded as unscored and left out of the means; the command line reports unscored tasks."""
     tmp, model, recipes = setup
@@ -384,12 +385,11 @@ def test_languages_without_labelled_data_are_left_out_and_named(setup):
         run(model, data, ["panx"], tmp / "run-no-dev", seeds=[1], recipes=recipes, languages=["de", "fr"])
 
     sorted_data = write_tatoeba(tmp / "tatoeba-sorted-cli", sort_english=True)
-    cli = subprocess.run([sys.executable, "-m", "weam_ds.xtreme_r", "run", "--model", str(model), "--data",
-                          str(sorted_data), "--tasks", "tatoeba", "--out", str(tmp / "tatoeba-sorted-cli-run"),
-                          "--seeds", "1", "--languages", "de", "--tatoeba-encoder", "raw"],
-                         capture_output=True, text=True, timeout=600)
-    assert cli.returncode == 0, cli.stderr[-2000:]
-    assert "tatoeba  test not scored: " in cli.stdout
+    capsys.readouterr()
+    assert xtreme_r_main(["run", "--model", str(model), "--data", str(sorted_data), "--tasks", "tatoeba", "--out",
+                          str(tmp / "tatoeba-sorted-cli-run"), "--seeds", "1", "--languages", "de",
+                          "--tatoeba-encoder", "raw"]) == 0
+    assert "tatoeba  test not scored: " in capsys.readouterr().out
     result = json.loads((tmp / "tatoeba-sorted-cli-run" / "tatoeba" / "seed1" / "result.json").read_text())
     assert result["encoder"] == "raw" and "asked for with --tatoeba-encoder raw" in " ".join(
         result["protocol"]["differences"])
@@ -421,6 +421,7 @@ def _under_zero3(model, recipes, data, out, task: str, languages: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_fine_tuning_xnli_xcopa_in_two_stages_and_a_dual_encoder_under_deepspeed_zero3(setup, tmp_path):
     """Three tasks in one launched process under ZeRO-3. XNLI: fine-tuned and scored. XCOPA: the SIQA stage's
     selected weights are gathered from ZeRO-3's partitions and the COPA stage starts from them. Mewsli-X: the dual
