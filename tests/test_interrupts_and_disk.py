@@ -191,7 +191,9 @@ def test_ctrl_c_to_data_prep_ends_it_and_its_workers_at_once(tmp_path, ja_pairs)
     # Aligning: the workers and their eflomal processes are busy.
     code, stderr, seconds = ctrl_c_when(job, lambda: any(".aligned" in p.name or "tmp" in p.name
                                                          for p in out.glob(".work/*/*")))
-    assert code == 130 and seconds < 10 and "Traceback" not in stderr, stderr[-3000:]
+    # Status 130 as a shell reports it: the exit status, or the process ended by SIGINT itself (seen once in a
+    # loaded run, after the line below: a second KeyboardInterrupt at exit; not reproduced with one Ctrl-C).
+    assert code in (130, -signal.SIGINT) and seconds < 10 and "Traceback" not in stderr, stderr[-3000:]
     assert lines_of(stderr, "data_prep:") == [
         "data_prep: interrupted; the same command continues the build (finished chunks are kept)"]
     manifest = read_manifest(out, require_complete=False)
