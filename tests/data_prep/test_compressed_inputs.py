@@ -164,6 +164,7 @@ def test_a_cut_off_or_corrupt_archive_stops_the_build_in_one_line_with_nothing_c
         assert_nothing_listed(case)
 
 
+@pytest.mark.slow  # a whole build
 def test_a_build_from_compressed_files_equals_the_plain_build(tmp_path, ja_pairs, small_dataset):
     plain_dir, plain_cfg, _ = small_dataset
     cfg = small_config(tmp_path, ja_pairs, workers=1)  # workers decide speed only; one spares starting a pool

@@ -271,6 +271,7 @@ def test_whole_word_masking_selects_every_piece_of_a_word(real):
 
 # --- learning ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # 40 training steps in this process: 5 to 10 s under a loaded make test
 @pytest.mark.parametrize("exchange", ["hard", "prior_attention"])
 def test_tiny_model_lowers_mlm_and_xpred_on_real_pairs(real, small_dataset, exchange):
     samples, info = real
