@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from data_prep.build import build
     from data_prep.config import load_config
-    from data_prep.worker_pool import LOG_FORMAT
+    from data_prep.worker_pool import LOG_FORMAT, ctrl_c_noted
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
@@ -59,9 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         if args.workers is not None:
             cfg.workers = args.workers
-        if args.stage is not None:
-            return _run_stage(args, cfg)
-        report = build(cfg)
+        with ctrl_c_noted():
+            if args.stage is not None:
+                return _run_stage(args, cfg)
+            report = build(cfg)
     except KeyboardInterrupt:
         print("data_prep: interrupted; the same command continues the build (finished chunks are kept)",
               file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager, suppress
@@ -16,6 +17,39 @@ from typing import Any
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """A build's log line, in its own process and in its workers'."""
+POLL_S = 0.2
+"""How often a build waiting on its workers looks for a Ctrl-C that Python dropped (``ctrl_c_noted``)."""
+_interrupted = threading.Event()
+
+
+@contextmanager
+def ctrl_c_noted() -> Iterator[None]:
+    """While ``python -m data_prep`` builds: Ctrl-C raises KeyboardInterrupt, as Python's own handler does, and is
+    noted. Python drops a KeyboardInterrupt raised inside a finalizer that the garbage collector runs ("Exception
+    ignored in ... __del__"; seen in a regex object's), and the tokenizer's Rust trainer can drop it too: the build
+    then ran to its end as if no Ctrl-C had come. The note raises it again at the build's next look
+    (``as_completed``, at least every POLL_S while it waits on its workers). Where SIGINT is ignored (a job started
+    with ``&``) or handled by someone else, or off the main thread, SIGINT is left as it is."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    _interrupted.clear()
+    signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _on_interrupt(signum: int, frame) -> None:
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+def _raise_if_interrupted() -> None:
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 def _init_worker(threads: int, log_level: int) -> None:
@@ -71,6 +105,7 @@ def as_completed(pending: dict[Future, Any]) -> Iterator[tuple[Any, Any]]:
     """Yields ``(pending.pop(f), f.result())`` as futures finish, including futures added to
     ``pending`` meanwhile. On an error the pool's workers are killed (``worker_pool``), which ends every call."""
     while pending:
-        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        _raise_if_interrupted()
+        done, _ = wait(list(pending), timeout=POLL_S, return_when=FIRST_COMPLETED)
         for future in [f for f in pending if f in done]:  # in submission order
             yield pending.pop(future), future.result()

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from conftest import launched_run, small_config
 from study_standin import copy_backend, launcher_command, starts
 
 from data_prep.manifest import read_manifest
+from data_prep.worker_pool import as_completed, ctrl_c_noted
 from launcher.cli import main as launcher_main
 from weam_ds.config import load_run_config
 from weam_ds.optimizer import lr_lambda
@@ -256,3 +258,22 @@ def test_read_only_dirs_and_bad_inputs_are_one_line_errors_with_status_2(small_d
                           str(tmp_path / "report")], capture_output=True, text=True, timeout=600)
     assert job.returncode == 2 and "Traceback" not in job.stderr, job.stderr[-3000:]
     assert "schema_version 'one' is not a number" in job.stderr and job.stderr.count("\n") == 1
+
+
+def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_ends_the_build():
+    """data_prep.worker_pool.ctrl_c_noted (python -m data_prep builds under it): a Ctrl-C whose KeyboardInterrupt
+    lands in a finalizer the garbage collector runs (Python prints "Exception ignored" and goes on: a build once ran
+    to its end so) is raised at the build's next look, ``as_completed``."""
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):  # the handler runs here, inside the finalizer, which drops its exception
+                pass
+
+    chunk = Future()
+    chunk.set_result("aligned")
+    with ctrl_c_noted():
+        Finalized()  # its KeyboardInterrupt goes to sys.unraisablehook, not here
+        with pytest.raises(KeyboardInterrupt):
+            list(as_completed({chunk: "chunk 0"}))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
