@@ -272,8 +272,14 @@ def test_a_ctrl_c_that_python_drops_in_a_finalizer_still_ends_the_build():
 
     chunk = Future()
     chunk.set_result("aligned")
-    with ctrl_c_noted():
-        Finalized()  # its KeyboardInterrupt goes to sys.unraisablehook, not here
-        with pytest.raises(KeyboardInterrupt):
-            list(as_completed({chunk: "chunk 0"}))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own handler first, as in a terminal: a suite started in the background (`make test &`) inherits
+    # SIGINT ignored, and ctrl_c_noted then leaves it so.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with ctrl_c_noted():
+            Finalized()  # its KeyboardInterrupt goes to sys.unraisablehook, not here
+            with pytest.raises(KeyboardInterrupt):
+                list(as_completed({chunk: "chunk 0"}))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
