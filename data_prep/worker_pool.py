@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
@@ -28,18 +29,22 @@ def ctrl_c_noted() -> Iterator[None]:
     noted. Python drops a KeyboardInterrupt raised inside a finalizer that the garbage collector runs ("Exception
     ignored in ... __del__"; seen in a regex object's), and the tokenizer's Rust trainer can drop it too: the build
     then ran to its end as if no Ctrl-C had come. The note raises it again at the build's next look
-    (``as_completed``, at least every POLL_S while it waits on its workers). Where SIGINT is ignored (a job started
-    with ``&``) or handled by someone else, or off the main thread, SIGINT is left as it is."""
+    (``as_completed``, at least every POLL_S while it waits on its workers); the dropped one is not printed (no
+    "Exception ignored" traceback beside the build's one line). Where SIGINT is ignored (a job started with ``&``)
+    or handled by someone else, or off the main thread, SIGINT is left as it is."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
     _interrupted.clear()
     signal.signal(signal.SIGINT, _on_interrupt)
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda dropped: None if isinstance(dropped.exc_value, KeyboardInterrupt) else hook(dropped)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = hook
 
 
 def _on_interrupt(signum: int, frame) -> None:
