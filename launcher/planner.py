@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from data_prep.manifest import ManifestError, read_manifest
 from data_prep.typed_config import ConfigError
 from launcher.cluster import ClusterConfig, LaunchShape
-from launcher.memory import Capacity, Plan, deepspeed_setup, evaluate
-from launcher.model_shape import ModelShape, model_shape
 from weam_ds.config import DeepSpeedSection, RunConfig
+
+if TYPE_CHECKING:
+    from launcher.memory import Capacity, Plan
+    from launcher.model_shape import ModelShape
 
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40, "P": 2 ** 50}
 
@@ -69,6 +70,11 @@ def plan(cfg: RunConfig, nnodes: int, gpus_per_node: int, gpu_mem: int, cpu_mem:
         raise ValueError("gpu_mem must be positive")
     if not 0 <= headroom < 1:
         raise ValueError(f"headroom must be at least 0 and below 1, not {headroom}")
+    # Imported here: the meta build imports transformers' model code (3 to 4 s of CPU), which a launch that plans
+    # nothing (CPU ranks, no gpu_mem) does not pay.
+    from launcher.memory import Capacity, evaluate
+    from launcher.model_shape import model_shape
+
     shape = model_shape(cfg.model, vocab_size or _dataset_vocab(cfg), cfg.objective)
     capacity = Capacity(gpu_mem if device == "cuda" else None, cpu_mem, nvme, headroom)
     result = evaluate(cfg, shape, nnodes, gpus_per_node, capacity, device)
@@ -87,8 +93,11 @@ def plan_launch(cfg: RunConfig, cluster: ClusterConfig, shape: LaunchShape) -> P
             sizes[key] = None if getattr(cluster, key) is None else parse_size(getattr(cluster, key))
         except ValueError as exc:
             raise ConfigError(f"{key}: {exc}") from None
-    if sizes["gpu_mem"] is None and cluster.backend == "local" and torch.cuda.is_available():
-        sizes["gpu_mem"] = torch.cuda.get_device_properties(0).total_memory
+    if sizes["gpu_mem"] is None and cluster.backend == "local":
+        import torch
+
+        if torch.cuda.is_available():
+            sizes["gpu_mem"] = torch.cuda.get_device_properties(0).total_memory
     if sizes["gpu_mem"] is None:
         return None
     return plan(cfg, shape.nodes, shape.processes_per_node, sizes["gpu_mem"], sizes["cpu_mem"], sizes["nvme"])
@@ -109,6 +118,8 @@ def _micro_batches(cfg: RunConfig) -> list[RunConfig]:
 
 def _suggestions(cfg: RunConfig, shape: ModelShape, nnodes: int, gpn: int, capacity: Capacity,
                  device: str) -> list[str]:
+    from launcher.memory import deepspeed_setup, evaluate
+
     precision = "fp16" if deepspeed_setup(cfg, shape, nnodes * gpn, device).precision == "fp16" else "bf16"
     configs: list[tuple[str | None, DeepSpeedSection | None]] = [(None, None)]
     if device == "cuda":

@@ -314,7 +314,7 @@ def _check_pairs(data: DataConfig, where: str) -> None:
 
 
 def _check_model(model: str, where: str) -> None:
-    from weam_ds.presets import PRESETS
+    from weam_ds.preset_table import PRESETS
 
     if model not in PRESETS and not (Path(model) / "config.json").is_file():
         raise ConfigError(f"{where}: model: {model!r} is neither a preset ({', '.join(PRESETS)}) nor a Hugging "

@@ -9,38 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import torch
-from transformers import (AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel, XLMRobertaConfig,
-                          XLMRobertaXLConfig)
+from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 
 from data_prep.typed_config import ConfigError
-
-
-@dataclass(frozen=True)
-class Preset:
-    config_class: type[PretrainedConfig]
-    """XLMRobertaConfig (post-LN) or XLMRobertaXLConfig (pre-LN); AutoModelForMaskedLM maps it to its model."""
-    layers: int
-    hidden: int
-    heads: int
-    ffn: int
-    """Feed-forward inner size."""
-
-
-PRESETS: Mapping[str, Preset] = MappingProxyType({
-    "tiny": Preset(XLMRobertaConfig, layers=2, hidden=64, heads=2, ffn=256),
-    "mini": Preset(XLMRobertaConfig, layers=4, hidden=256, heads=4, ffn=1024),
-    "base": Preset(XLMRobertaConfig, layers=12, hidden=768, heads=12, ffn=3072),
-    "large": Preset(XLMRobertaConfig, layers=24, hidden=1024, heads=16, ffn=4096),
-    "xl": Preset(XLMRobertaXLConfig, layers=36, hidden=2560, heads=32, ffn=10240),
-    "xxl": Preset(XLMRobertaXLConfig, layers=48, hidden=4096, heads=32, ffn=16384),
-})
+from weam_ds.preset_table import PRESETS
 
 
 def model_config(name: str, vocab_size: int, pad_token_id: int = 1, bos: int = 0, eos: int = 2) -> PretrainedConfig:
@@ -53,10 +29,10 @@ def model_config(name: str, vocab_size: int, pad_token_id: int = 1, bos: int = 0
     p = PRESETS[name]
     # RoBERTa numbers positions from pad_token_id + 1, so 514 slots leave 512 usable positions with pad 1.
     # One token type and eps 1e-5 are XLM-R's own values (the class defaults are BERT's).
-    return p.config_class(vocab_size=vocab_size, hidden_size=p.hidden, num_hidden_layers=p.layers,
-                          num_attention_heads=p.heads, intermediate_size=p.ffn, max_position_embeddings=514,
-                          type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=pad_token_id, bos_token_id=bos,
-                          eos_token_id=eos)
+    return AutoConfig.for_model(p.model_type, vocab_size=vocab_size, hidden_size=p.hidden,
+                                num_hidden_layers=p.layers, num_attention_heads=p.heads, intermediate_size=p.ffn,
+                                max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+                                pad_token_id=pad_token_id, bos_token_id=bos, eos_token_id=eos)
 
 
 def encoder_config(name_or_path: str | Path, vocab_size: int, *, pad_token_id: int = 1, bos: int = 0, eos: int = 2,

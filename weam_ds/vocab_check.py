@@ -25,7 +25,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sen
 def check_model_vocabulary(model: str, tokenizer_dir: Path, policy: str, where: str) -> None:
     """Refuse (ConfigError, one line naming both) a checkpoint ``model`` whose tokenizer differs from the
     dataset's ``tokenizer_dir`` under ``policy`` ``match``. Presets are built for the dataset's vocabulary."""
-    from weam_ds.presets import PRESETS
+    from weam_ds.preset_table import PRESETS
 
     if model in PRESETS or policy == "resize":
         return

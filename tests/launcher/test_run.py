@@ -206,6 +206,24 @@ def test_dry_run_local_is_torchrun_standalone_on_this_machine(workdir, capsys):
     assert_nothing_ran(workdir)
 
 
+@pytest.mark.slow
+def test_a_launch_that_plans_no_memory_imports_no_model_code(workdir):
+    """The memory plan builds the model on the meta device, which imports transformers' model code (3 to 4 s of
+    CPU); a launch without GPU memory to plan against (CPU ranks, a cluster without gpu_mem) starts without it.
+    A fresh interpreter, as a user's command line: ``planned`` is whether the plan ran."""
+    def launched(*args: str) -> list[str]:
+        code = ("import sys\n"
+                "from launcher.cli import main\n"
+                f"assert main(['run', '--config', 'run.yaml', *{list(args)!r}, '--dry-run']) == 0\n"
+                "print(sorted(m for m in ('deepspeed', 'transformers') if m in sys.modules))\n")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout.splitlines()[-1]
+
+    assert launched("--backend", "local") == "[]"
+    assert launched("--backend", "local", "--gpu-mem", "80GB") == "['transformers']"  # planned: the meta build
+
+
 def test_dry_run_torchrun_across_nodes_needs_an_endpoint_and_restarts_by_default(workdir, capsys):
     code, _, err = launch(capsys, "--backend", "torchrun", "--nnodes", "2")
     assert code == 2 and err.startswith("launcher: error: command line: rdzv_endpoint: torchrun on 2 nodes needs")
