@@ -24,7 +24,7 @@ from conftest import free_port, launched_run
 from launcher.backends import BACKENDS
 from launcher.cli import main
 from launcher.cluster import BACKEND_NAMES
-from weam_ds.run_dir import RunDir, checkpoint_problem
+from weam_ds.run_dir import SHARED_MARKER_PREFIX, RunDir, checkpoint_problem
 
 LAUNCHING = Path(__file__).resolve().parents[2] / "docs" / "launching.md"
 LAUNCH = [sys.executable, "-m", "launcher", "run"]
@@ -90,7 +90,8 @@ def test_two_agents_with_their_own_addresses_meet_at_an_address_and_restart_elas
     """Two torchrun agents, as two nodes would run them: each with its own --local-addr (127.0.0.1 and
     127.0.0.2), meeting through c10d at an endpoint given as an address, not the host's name. A worker killed
     after the first checkpoint: both agents restart their workers (the default 3 restarts across nodes), the job
-    resumes from that checkpoint and runs to its end, each step once."""
+    resumes from that checkpoint and runs to its end, each step once. The nodes share the run directory, which the
+    training checks with markers it cleans up (a node that sees another: tests/weam_ds/test_multinode.py)."""
     dataset, _, _ = small_dataset
     out = tmp_path / "run"
     config = write_run_config(tmp_path, dataset, out, steps=10, checkpoint_interval=3)
@@ -117,7 +118,9 @@ def test_two_agents_with_their_own_addresses_meet_at_an_address_and_restart_elas
     assert metric_steps(run) == list(range(1, 11)) and run.latest_tag() == "step10"
     rank0, rank1 = logged_losses(run.log(0)), logged_losses(run.log(1))
     assert rank0[-3:] == rank1[-3:]  # one job: the same global loss
-    assert "rank 1 of 2" in run.log(1).read_text() and "2 ranks on 2 nodes" in run.log(0).read_text()
+    assert "rank 1 of 2" in run.log(1).read_text()
+    assert "parallel setup: 2 ranks on 2 nodes (gloo)" in run.log(0).read_text()
+    assert not list(run.checkpoints.glob(f"{SHARED_MARKER_PREFIX}*"))  # the nodes' shared-directory markers: gone
 
 
 @pytest.mark.slow

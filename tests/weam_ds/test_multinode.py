@@ -72,40 +72,33 @@ def _can_mount_privately(tmp: Path) -> bool:
     return probe.returncode == 0
 
 
-@pytest.mark.slow
-def test_two_nodes_share_the_run_directory_or_the_job_ends_touching_no_checkpoint(small_dataset, tmp_path, caplog):
-    if shutil.which("unshare") is None or not _can_mount_privately(tmp_path):
-        pytest.skip("needs unshare -m and tmpfs mounts (root)")
-    dataset, _, _ = small_dataset
-    out = tmp_path / "shared" / "run"
-    cfg = run_config(dataset, out, steps=2, train={"checkpoint_interval": 1, "keep_checkpoints": 2,
-                                                   "eval_interval": 1000})
-    config = write_config(cfg, tmp_path)
-
-    # Two nodes that share the directory: the job runs, counted as the launch counts it (one host name here).
-    errors = _finish(_agents(config), timeout=600)
-    run = RunDir(out)
-    assert run.latest_tag() == "step2", errors[0][-3000:]
-    assert "parallel setup: 2 ranks on 2 nodes (gloo)" in run.log(0).read_text()
-    assert not list(run.checkpoints.glob(f"{SHARED_MARKER_PREFIX}*"))  # the markers are cleaned up
-
-    # Pruning by what rank 0 sees: step1 committed, then a file of rank 1 gone (as on a node rank 0 cannot see),
-    # and step3 a save killed before its commit. Only the uncommitted one may go.
-    record = json.loads((run.checkpoints / "step1" / COMMIT_FILE).read_text())
-    (run.checkpoints / "step1" / next(name for name in record["files"] if "rank_1_" in name)).unlink()
-    shutil.copytree(run.checkpoints / "step2", run.checkpoints / "step3")
-    (run.checkpoints / "step3" / COMMIT_FILE).unlink()
+def test_pruning_never_deletes_a_committed_checkpoint_for_a_file_rank_0_cannot_see(trained_run, tmp_path, caplog):
+    """Pruning by what rank 0 sees, on a copy of the 2-rank trained run: step8 committed, then a file of rank 1
+    gone (as on a node rank 0 cannot see), and step17 a save killed before its commit. Only the uncommitted one
+    may go. (Two nodes that share the directory run, their markers cleaned up: tests/launcher/test_run.py's
+    two-agent job.)"""
+    run = RunDir(trained_run.copy(tmp_path / "run"))
+    record = json.loads((run.checkpoints / "step8" / COMMIT_FILE).read_text())
+    (run.checkpoints / "step8" / next(name for name in record["files"] if "rank_1_" in name)).unlink()
+    shutil.copytree(run.checkpoints / "step16", run.checkpoints / "step17")
+    (run.checkpoints / "step17" / COMMIT_FILE).unlink()
     with caplog.at_level(logging.WARNING, logger="weam_ds.checkpoint"):
         checkpoint.prune(run, keep=1)
-    assert run.step_tags() == ["step1", "step2"]
-    assert any("step1: not deleted although" in r.getMessage() and "rank_1_" in r.getMessage() for r in caplog.records)
+    assert run.step_tags() == ["step8", "step16"]
+    assert any("step8: not deleted although" in r.getMessage() and "rank_1_" in r.getMessage() for r in caplog.records)
 
-    # The second node sees another directory at the same path: the job ends at once, saying which, and the
-    # checkpoints rank 0 has are left as they were.
+
+@pytest.mark.slow
+def test_a_node_that_sees_another_run_directory_ends_the_job_touching_no_checkpoint(trained_run, tmp_path):
+    """The second node sees another directory at the path of the run (a copy of the trained run): the job ends at
+    once, saying which, and the checkpoints rank 0 has are left as they were."""
+    if shutil.which("unshare") is None or not _can_mount_privately(tmp_path):
+        pytest.skip("needs unshare -m and tmpfs mounts (root)")
+    out = trained_run.copy(tmp_path / "shared" / "run")
+    run = RunDir(out)
     before = {tag: sorted(p.name for p in (run.checkpoints / tag).iterdir()) for tag in run.step_tags()}
-    cfg["train"]["steps"] = 4
-    write_config(cfg, tmp_path)
-    agents = _agents(config, out.parent)
+    cfg = {**trained_run.config, "output_dir": str(out), "train": {**trained_run.config["train"], "steps": 18}}
+    agents = _agents(write_config(cfg, tmp_path), out.parent)
     errors = _finish(agents, timeout=300)
     ended = time.time()
     assert all(agent.returncode != 0 for agent in agents)
@@ -116,7 +109,7 @@ def test_two_nodes_share_the_run_directory_or_the_job_ends_touching_no_checkpoin
     assert re.search(rf"output_dir: {re.escape(str(run.checkpoints))} is not one directory shared by every node: "
                      r"\S+ \(rank 1\) and rank 0 on \S+ do not see", lines[0]), lines[0]
     assert {tag: sorted(p.name for p in (run.checkpoints / tag).iterdir()) for tag in run.step_tags()} == before
-    assert checkpoint_problem(run.checkpoints / "step2") is None and run.latest_tag() == "step2"
+    assert checkpoint_problem(run.checkpoints / "step16") is None and run.latest_tag() == "step16"
     assert not list(run.checkpoints.glob(f"{SHARED_MARKER_PREFIX}*"))
 
 
