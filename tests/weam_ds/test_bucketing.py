@@ -142,16 +142,20 @@ def test_padding_counts_follow_how_each_objective_encodes_a_monolingual_row():
 
 @pytest.mark.slow
 def test_training_logs_the_padding_of_the_batches_it_took(small_dataset, tmp_path):
+    """The TLM baseline with 2 micro-batches per step: each step's figures are the sums of its micro-batches
+    (8 pairs each), and the padding logged is theirs."""
     dataset, _, _ = small_dataset
     out = tmp_path / "run"
     cfg = run_config(dataset, out, steps=2, data={"eval_batches": 0}, objective={"name": "tlm"},
-                     train={"log_interval": 1})
+                     train={"log_interval": 1, "gradient_accumulation": 2})
     run = train(cfg, tmp_path, 1)
-    # The run's first micro-batch is its stream's first batch (rank 0, one DataLoader worker).
+    rows = metric_rows(out)
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) and r["xpred"] == 0 and r["samples"] == 16 for r in rows)
+    # The run's first step took its stream's first two batches (rank 0, one DataLoader worker).
     data = {k: v for k, v in cfg["data"].items() if k != "datasets"}
-    (batch, _), = _take(_stream(dataset, "tlm", seed=TrainConfig().seed, **data), 1)
-    positions, padded = padding_counts(batch, "tlm")
-    first = metric_rows(out)[0]
+    batches = _take(_stream(dataset, "tlm", seed=TrainConfig().seed, **data), 2)
+    positions, padded = map(sum, zip(*(padding_counts(batch, "tlm") for batch, _ in batches)))
+    first = rows[0]
     assert (first["positions"], first["padded"]) == (positions, padded)
     assert first["padding"] == pytest.approx(padded / positions)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -25,7 +25,7 @@ from transformers import AutoTokenizer
 from conftest import free_port, kill_tree, shard_samples
 from data_prep.manifest import read_manifest
 from data_prep.typed_config import from_dict
-from runs import run_config, write_config
+from runs import write_config
 from weam_ds import checkpoint, data, shard_reader
 from weam_ds.batch import TokenInfo, collate
 from weam_ds.config import DataConfig, MaskingConfig

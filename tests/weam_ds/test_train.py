@@ -95,20 +95,6 @@ def test_export_loads_with_auto_model_and_matches_the_engine(trained_run):
     assert AutoTokenizer.from_pretrained(str(target)).vocab_size == model.config.vocab_size
 
 
-@pytest.mark.parametrize("objective,train_options", [
-    ("mlm", {"activation_checkpointing": True}), ("tlm", {"gradient_accumulation": 2})])
-@pytest.mark.slow
-def test_baseline_objectives_train(small_dataset, tmp_path, objective, train_options):
-    dataset, _, _ = small_dataset
-    cfg = run_config(dataset, tmp_path / objective, objective={"name": objective},
-                     train={"steps": 4, **train_options})
-    train(cfg, tmp_path, 1)
-    rows = [json.loads(line) for line in (tmp_path / objective / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and all(np.isfinite(r["loss"]) and r["xpred"] == 0 for r in rows)
-    # Each optimizer step consumed gradient_accumulation micro-batches of 8 pairs.
-    assert all(r["samples"] == 8 * train_options.get("gradient_accumulation", 1) for r in rows)
-
-
 # --- the stream on its own -----------------------------------------------------------------------------
 
 def _stream(dataset: Path, rank: int, **data) -> tuple[TrainStream, Corpus]:
