@@ -239,6 +239,9 @@ def test_a_start_drops_what_a_killed_attempt_logged_after_its_step(tmp_path):
             if step % 2 == 0:
                 monitor.report(step)
         monitor.close()
+        # Attempts are processes started seconds apart. TensorBoard orders event files by the second in their
+        # names, then by a counter per process, which in one process can pass from 9 to 10 and sort out of order.
+        time.sleep(1.01 - time.time() % 1)
     assert [(r["step"], r["loss"]) for r in metric_rows(run.root)] == [(s, 1.0 if s <= 4 else 2.0)
                                                                        for s in range(1, 9)]
     events = EventAccumulator(str(run.tensorboard))
