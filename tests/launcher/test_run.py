@@ -124,16 +124,24 @@ def test_two_agents_with_their_own_addresses_meet_at_an_address_and_restart_elas
 
 
 @pytest.mark.slow
-def test_a_failed_job_exits_non_zero_with_the_failing_ranks_last_log_lines(small_dataset, tmp_path):
+def test_an_error_on_every_rank_ends_the_job_promptly_with_its_reason_and_the_ranks_last_log_lines(small_dataset,
+                                                                                                   tmp_path):
+    """Both ranks fail at once (the non-finite guard decides alike on all), each with DataLoader workers to end: the
+    job ends within the bound (train.failure_timeout's default), the reason printed once, and the launcher shows
+    each failing rank's last log lines. (An error on one rank alone, a hung rank: test_fault_tolerance.py.)"""
     dataset, _, _ = small_dataset
     out = tmp_path / "run"
-    config = write_run_config(tmp_path, dataset, out, steps=10, max_nonfinite_in_row=1)
-    cfg = yaml.safe_load(config.read_text())
-    cfg["optimizer"]["lr"] = 1.0e8
-    config.write_text(yaml.safe_dump(cfg))
-    job = subprocess.run([*LAUNCH, "--config", str(config), "--backend", "local"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(launched_run(dataset, out, 1000, optimizer={"lr": 1.0e8}, data={"workers": 2},
+                                                  train={"max_nonfinite_in_row": 2})))
+    started = time.monotonic()
+    job = subprocess.run([*LAUNCH, "--config", str(config), "--backend", "local", "--nproc-per-node", "2"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
     assert job.returncode != 0
+    assert seconds < 60, f"the job took {seconds:.0f} s to end"
+    errors = [line for line in job.stderr.splitlines() if "weam_ds.train: error:" in line]
+    assert len(errors) == 1 and "2 non-finite losses in a row" in errors[0], job.stderr[-3000:]
     report = job.stderr[job.stderr.index("launcher: rank 0 failed; the last lines of"):]
     assert str(RunDir(out).log(0)) in report.splitlines()[0]
     # The traceback goes to the rank's log only (the console has one line): it came from the log.

@@ -3,9 +3,10 @@ ends the whole job promptly with its reason; a kill during a save leaves ``lates
 checkpoint; a resumed run logs each step once; damaged shards are counted, once; a bad config is a one-line
 error that writes nothing.
 
-One launch per way a job can end that only processes show (an error on every rank, on one rank, a hung rank;
-a run killed three ways and resumed); what decides the rest (which checkpoint a resume takes, which pair a
-stream names, whether a rank prints a config error) is tested on its own, without a launch."""
+One launch per way a job can end that only processes show (an error on one rank, a hung rank; a run killed three
+ways and resumed; an error on every rank: tests/launcher/test_run.py, through the launcher); what decides the rest
+(which checkpoint a resume takes, which pair a stream names, whether a rank prints a config error) is tested on its
+own, without a launch."""
 from __future__ import annotations
 
 import contextlib
@@ -60,21 +61,6 @@ def _run_to_failure(cmd: list[str], env: dict | None = None) -> tuple[subprocess
 
 def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "weam_ds.train: error:" in line]
-
-
-@pytest.mark.slow
-def test_an_error_ends_every_rank_promptly_with_its_reason(small_dataset, tmp_path):
-    """Every rank fails at once (the non-finite guard decides alike on all), each with DataLoader workers to end:
-    the job ends within the bound, and the reason is printed once. Which errors the data raises, and how a
-    worker's error reads, are decided in-process (the next test); a failure on one rank alone is the one after."""
-    dataset, _, _ = small_dataset
-    cfg = run_config(dataset, tmp_path / "run", optimizer={"lr": 1.0e8}, data={"workers": 2},
-                     train={"steps": 1000, "checkpoint_interval": 1000, "max_nonfinite_in_row": 2})
-    run, seconds = _run_to_failure(torchrun_command(write_config(cfg, tmp_path)))
-    assert run.returncode != 0
-    assert seconds < BOUND, f"the job took {seconds:.0f} s to end"
-    errors = _errors(run.stderr)
-    assert len(errors) == 1 and "2 non-finite losses in a row" in errors[0], run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("bad,workers,expected", [
