@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
+
+if TYPE_CHECKING:  # transformers' model code (2 s to import) loads with the first model built, not with the presets
+    from transformers import PreTrainedModel
 
 from data_prep.typed_config import ConfigError
 from weam_ds.preset_table import PRESETS
