@@ -134,7 +134,28 @@ def end_rank(message: str, code: int, traceback_text: str | None, timeout: float
         print(f"{prog}: error: {message}", file=sys.stderr)
     elif announced[0] != message:  # the job failed before, elsewhere: that rank has said so
         log.error("%s; it failed first: %s", message, announced[0], extra=FILE_ONLY)
+    if env_rank() == 0:
+        _await_peers(wait=min(10.0, timeout / 2))
     _leave(code)
+
+
+def _await_peers(wait: float) -> None:
+    """Rank 0 may host the job's store (the launcher gives each torchrun attempt a store of its own, in rank 0;
+    DeepSpeed's runner too): it stays until every rank has announced its failure or acknowledged the job's
+    (FailureWatch), at most ``wait`` seconds. Leaving at once took the store away from a peer failing at the same
+    moment, which then printed its own failure: the reason twice."""
+    store = _store()
+    if store is None:
+        return
+    _, count = _keys()
+    world, deadline = int(os.environ.get("WORLD_SIZE", "1")), time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            if store.add(count, 0) >= world:
+                return
+        except Exception:  # noqa: BLE001 - the store is gone (hosted elsewhere): nobody to wait for
+            return
+        time.sleep(0.05)
 
 
 class FailureWatch(threading.Thread):
@@ -164,6 +185,10 @@ class FailureWatch(threading.Thread):
         else:
             return
         log.error("ending this rank: %s", reason)
+        try:
+            store.add(_keys()[1], 1)  # acknowledged: rank 0 waits for every rank before it takes the store away
+        except Exception:  # noqa: BLE001 - its host is gone
+            pass
         _leave(EXIT_FAILED)
 
     def stop(self) -> None:

@@ -106,6 +106,32 @@ def test_an_error_on_one_rank_ends_the_rank_waiting_in_a_collective(small_datase
     assert "injected failure on rank 1" in RunDir(tmp_path / "run").log(0).read_text()
 
 
+def test_rank_0_keeps_the_job_store_until_every_rank_has_told_it(monkeypatch):
+    """failure.end_rank on rank 0, which may host the job's store (the launcher's torchrun attempts, DeepSpeed's
+    runner): it leaves once every rank has announced its failure or acknowledged the job's (FailureWatch), or after
+    ``wait`` seconds. It left at once before, and a peer failing at the same moment, its store gone, printed its
+    own failure as well (the launcher's every-rank test saw the reason twice on a loaded machine)."""
+    store = torch.distributed.HashStore()
+    monkeypatch.setattr(failure, "_store", lambda: store)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    _, count = failure._keys()
+    assert failure._announce("rank 0: OSError: disk full", wait=5) == ("rank 0: OSError: disk full", True)
+    left = []
+    monkeypatch.setattr(failure, "_leave", left.append)
+    watch = failure.FailureWatch(interval=0.2)  # rank 1's: reads the failure, acknowledges it, leaves
+    started = time.monotonic()
+    watch.start()
+    failure._await_peers(wait=60)
+    assert time.monotonic() - started < 30 and store.add(count, 0) == 2
+    watch.join(10)
+    assert left == [failure.EXIT_FAILED]
+    monkeypatch.setenv("WORLD_SIZE", "3")  # a rank that never answers (stopped): rank 0 leaves after ``wait``
+    started = time.monotonic()
+    failure._await_peers(wait=0.5)
+    assert 0.5 <= time.monotonic() - started < 10
+
+
 @pytest.mark.slow
 def test_a_hung_rank_ends_the_job_at_the_collective_timeout(small_dataset, tmp_path):
     """Rank 1 stops (SIGSTOP: alive, silent, its watch thread frozen too); rank 0's next collective fails at
