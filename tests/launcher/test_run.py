@@ -221,18 +221,18 @@ def test_dry_run_local_is_torchrun_standalone_on_this_machine(workdir, capsys):
 def test_a_launch_that_plans_no_memory_imports_no_model_code(workdir):
     """The memory plan builds the model on the meta device, which imports transformers' model code (3 to 4 s of
     CPU); a launch without GPU memory to plan against (CPU ranks, a cluster without gpu_mem) starts without it.
-    A fresh interpreter, as a user's command line: ``planned`` is whether the plan ran."""
-    def launched(*args: str) -> list[str]:
-        code = ("import sys\n"
-                "from launcher.cli import main\n"
-                f"assert main(['run', '--config', 'run.yaml', *{list(args)!r}, '--dry-run']) == 0\n"
-                "print(sorted(m for m in ('deepspeed', 'transformers') if m in sys.modules))\n")
-        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr[-3000:]
-        return run.stdout.splitlines()[-1]
-
-    assert launched("--backend", "local") == "[]"
-    assert launched("--backend", "local", "--gpu-mem", "80GB") == "['transformers']"  # planned: the meta build
+    A fresh interpreter, as a user's command line; the planner's own module, imported after, shows what the check
+    would see."""
+    code = ("import sys\n"
+            "from launcher.cli import main\n"
+            "assert main(['run', '--config', 'run.yaml', '--backend', 'local', '--dry-run']) == 0\n"
+            "loaded = lambda: sorted(m for m in ('deepspeed', 'transformers') if m in sys.modules)\n"
+            "print(loaded())\n"
+            "import launcher.model_shape\n"
+            "print(loaded())\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines()[-2:] == ["[]", "['transformers']"]
 
 
 def test_dry_run_torchrun_across_nodes_needs_an_endpoint_and_restarts_by_default(workdir, capsys):
