@@ -32,6 +32,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fresh_interpreter(code: str) -> list[str]:
+    """The lines ``code`` prints, run by a new Python: what a command imports, without this process's modules."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a process and every process it started, at once, as a node failure would (torchrun starts its
     workers in sessions of their own, so killing its process group misses them)."""

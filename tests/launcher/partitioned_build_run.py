@@ -1,5 +1,6 @@
 """Run by test_planner.py, one process per rank (DeepSpeed's distributed state is global): builds presets the
-way weam_ds.train does under ZeRO-3 (ds_configs/cpu.json, HfDeepSpeedConfig, gloo) and prints, as JSON, one line
+way weam_ds.train does under ZeRO-3 (ds_configs/cpu.json, HfDeepSpeedConfig, gloo, DeepSpeed's unused
+shared-memory op not built) and prints, as JSON, one line
 per build: the rank's peak resident memory (VmHWM) and the parameters it holds.
 
     RANK=r WORLD_SIZE=w MASTER_ADDR=127.0.0.1 python partitioned_build_run.py PRESET:VOCAB:PORT ...
@@ -28,6 +29,7 @@ from transformers.integrations import HfDeepSpeedConfig
 
 from data_prep.typed_config import from_dict
 from weam_ds.config import RunConfig, deepspeed_config
+from weam_ds.extensions import skip_unused_ops
 from weam_ds.presets import PRESETS, build_model
 
 
@@ -58,6 +60,7 @@ def build(preset: str, vocab: int, port: str, imports_peak: int, library_pages: 
     for address in library_pages:
         ctypes.c_char.from_address(address).value  # noqa: B018 (mapped into this process's resident memory)
     os.environ["MASTER_PORT"] = port
+    skip_unused_ops()
     deepspeed.init_distributed(dist_backend="gloo")
     world = torch.distributed.get_world_size()
     cfg = from_dict(RunConfig, {"output_dir": "unused", "model": preset, "data": {"datasets": ["unused"]},

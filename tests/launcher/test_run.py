@@ -20,7 +20,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import free_port, launched_run
+from conftest import free_port, fresh_interpreter, launched_run
 from launcher.backends import BACKENDS
 from launcher.cli import main
 from launcher.cluster import BACKEND_NAMES
@@ -230,9 +230,7 @@ def test_a_launch_that_plans_no_memory_imports_no_model_code(workdir):
             "print(loaded())\n"
             "import launcher.model_shape\n"
             "print(loaded())\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.splitlines()[-2:] == ["[]", "['transformers']"]
+    assert fresh_interpreter(code)[-2:] == ["[]", "['transformers']"]
 
 
 def test_dry_run_torchrun_across_nodes_needs_an_endpoint_and_restarts_by_default(workdir, capsys):

@@ -411,14 +411,17 @@ def test_tatoeba_from_the_official_layout(setup):
 
 
 def _under_zero3(model, recipes, data, out, task: str, languages: str) -> None:
-    """``run`` from the command line with DeepSpeed ZeRO-3 (ds_configs/cpu.json), as one launched process."""
+    """``run`` from the command line with DeepSpeed ZeRO-3 (ds_configs/cpu.json), as one launched process; as in
+    training, DeepSpeed's shared-memory op (no use on CPU: weam_ds.extensions.skip_unused_ops) is never built."""
     cmd = [sys.executable, "-m", "weam_ds.xtreme_r", "run", "--model", str(model), "--data", str(data),
            "--tasks", task, "--out", str(out), "--seeds", "1", "--recipes", str(recipes), "--languages", languages,
            "--deepspeed", "ds_configs/cpu.json"]
+    extensions = out.parent / "torch_extensions"
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_RANK": "0"}
+           "LOCAL_RANK": "0", "TORCH_EXTENSIONS_DIR": str(extensions)}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not (extensions / "deepspeed_shm_comm").exists()
 
 
 @pytest.mark.slow

@@ -111,8 +111,9 @@ class Tuner:
         from transformers import Trainer, set_seed
 
         if deepspeed:
-            from weam_ds.extensions import import_muon_uncompiled
+            from weam_ds.extensions import import_muon_uncompiled, skip_unused_ops
 
+            skip_unused_ops()  # before the Trainer starts DeepSpeed's process group (on CPU: ~75 s of C++ build)
             import_muon_uncompiled()  # before the Trainer's deepspeed.initialize
         set_seed(seed)
         select = dev is not None and isinstance(self.recipe.selection, EverySteps)
