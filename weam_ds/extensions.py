@@ -17,6 +17,8 @@ killed mid-way (Ctrl-C during start-up) leaves it, and every later launch on the
   module applies ``torch.compile`` to its kernels at import, which imports torch's inductor: about a second of
   CPU on every rank, for an optimizer weam_ds never builds (weam_ds.optimizer: AdamW). It is imported first
   with ``torch.compile`` as the identity.
+
+``before_deepspeed`` does both: every process that starts DeepSpeed calls it first.
 """
 from __future__ import annotations
 
@@ -36,6 +38,13 @@ LOCK_SETTLE_S = 1.0
 """A finishing build closes its lock, then removes it: one seen unheld twice this far apart was left behind."""
 SHARED_LOCK_STALE_S = 1800.0
 SHARED_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs", "9p")
+
+
+def before_deepspeed() -> None:
+    """Before ``deepspeed.init_distributed`` (or a Trainer that starts DeepSpeed): nothing it would build or compile
+    for what weam_ds never uses."""
+    skip_unused_ops()
+    import_muon_uncompiled()
 
 
 def skip_unused_ops() -> None:

@@ -111,8 +111,7 @@ class Trainer:
         import deepspeed
 
         self.deepspeed = deepspeed
-        extensions.skip_unused_ops()
-        extensions.import_muon_uncompiled()
+        extensions.before_deepspeed()
         deepspeed.init_distributed(dist_backend=self.hw.dist_backend,
                                    timeout=datetime.timedelta(seconds=cfg.train.collective_timeout))
         self.watch = failure.FailureWatch(interval=min(5.0, cfg.train.failure_timeout / 4))

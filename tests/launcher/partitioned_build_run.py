@@ -29,7 +29,7 @@ from transformers.integrations import HfDeepSpeedConfig
 
 from data_prep.typed_config import from_dict
 from weam_ds.config import RunConfig, deepspeed_config
-from weam_ds.extensions import skip_unused_ops
+from weam_ds.extensions import before_deepspeed
 from weam_ds.presets import PRESETS, build_model
 
 
@@ -60,7 +60,7 @@ def build(preset: str, vocab: int, port: str, imports_peak: int, library_pages: 
     for address in library_pages:
         ctypes.c_char.from_address(address).value  # noqa: B018 (mapped into this process's resident memory)
     os.environ["MASTER_PORT"] = port
-    skip_unused_ops()
+    before_deepspeed()
     deepspeed.init_distributed(dist_backend="gloo")
     world = torch.distributed.get_world_size()
     cfg = from_dict(RunConfig, {"output_dir": "unused", "model": preset, "data": {"datasets": ["unused"]},

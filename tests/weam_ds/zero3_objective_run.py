@@ -14,7 +14,7 @@ from transformers.integrations import HfDeepSpeedConfig
 
 from weam_ds.batch import TokenInfo, collate, mask_batch
 from weam_ds.config import MaskingConfig, ObjectiveConfig
-from weam_ds.extensions import skip_unused_ops
+from weam_ds.extensions import before_deepspeed
 from weam_ds.objective import PretrainingObjective
 from weam_ds.optimizer import param_groups
 
@@ -24,7 +24,7 @@ def main(port: str) -> None:
     ds = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1,
           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
           "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}}}
-    skip_unused_ops()  # as weam_ds.train: DeepSpeed's shared-memory op has no use on CPU, and takes ~75 s to build
+    before_deepspeed()  # as weam_ds.train: no ~75 s C++ build on CPU of an op it never uses
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
     hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841 (must stay alive while the model is built: ZeRO-3 construction)

@@ -111,10 +111,9 @@ class Tuner:
         from transformers import Trainer, set_seed
 
         if deepspeed:
-            from weam_ds.extensions import import_muon_uncompiled, skip_unused_ops
+            from weam_ds.extensions import before_deepspeed
 
-            skip_unused_ops()  # before the Trainer starts DeepSpeed's process group (on CPU: ~75 s of C++ build)
-            import_muon_uncompiled()  # before the Trainer's deepspeed.initialize
+            before_deepspeed()  # as the training: on CPU, no ~75 s C++ build of an op it never uses
         set_seed(seed)
         select = dev is not None and isinstance(self.recipe.selection, EverySteps)
         args = training_arguments(self.recipe, self.split, checkpoints, seed, deepspeed, select)
