@@ -1,5 +1,5 @@
 """Helpers for tests that run weam_ds.train as users do: a run config on a dataset the project built
-(tests/fixtures/run_config.py, the one builder), and torchrun launches of CPU (gloo) ranks."""
+(tests/fixtures/run_config.py, the one builder), and torchrun launches of CPU (gloo) ranks (one rank: one process)."""
 from __future__ import annotations
 
 import json
@@ -26,8 +26,12 @@ def torchrun_command(config: Path, ranks: int = 2, *extra: str, script: Path | N
 
 
 def train(cfg: dict, tmp: Path, ranks: int = 2, *extra: str) -> subprocess.CompletedProcess:
-    run = subprocess.run(torchrun_command(write_config(cfg, tmp), ranks, *extra), capture_output=True, text=True,
-                         timeout=900)
+    """``ranks`` ranks under torchrun; one rank is one process without a launcher, as docs/run_config.md shows it
+    (torchrun's agent would add 1.5 s of CPU; the launcher's local backend runs one rank under torchrun: test_study)."""
+    config = write_config(cfg, tmp)
+    cmd = torchrun_command(config, ranks, *extra) if ranks > 1 else [
+        sys.executable, "-m", "weam_ds.train", "--config", str(config), *extra]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-4000:]
     return run
 
