@@ -1,6 +1,6 @@
 """Run by test_planner.py, one process per rank (DeepSpeed's distributed state is global): builds presets the
 way weam_ds.train does under ZeRO-3 (ds_configs/cpu.json, HfDeepSpeedConfig, gloo, DeepSpeed's unused
-shared-memory op not built) and prints, as JSON, one line
+shared-memory op not built, the garbage collector off) and prints, as JSON, one line
 per build: the rank's peak resident memory (VmHWM) and the parameters it holds.
 
     RANK=r WORLD_SIZE=w MASTER_ADDR=127.0.0.1 python partitioned_build_run.py PRESET:VOCAB:PORT ...
@@ -13,6 +13,10 @@ is the larger of its own and its parent's, as a fresh rank's peak covers its imp
 starts at its resident memory).
 """
 from __future__ import annotations
+
+import gc
+
+gc.disable()  # as in a rank until its trainer is built (weam_ds.train)
 
 import ctypes
 import json

@@ -6,6 +6,10 @@ the real trainer.
 - $RAISE_RANK, $RAISE_STEP: that rank raises an error once it has taken step $RAISE_STEP, while the
   others go on into their next collective.
 """
+import gc
+
+gc.disable()  # as weam_ds.train does for a rank started as ``python -m weam_ds.train``, until its trainer is built
+
 import os
 import sys
 import time
