@@ -3,6 +3,10 @@ by data_prep and one trained run that many tests read (each built once per test 
 real SLURM cluster; and the hook that marks and groups the tests for pytest-xdist (pytest.ini)."""
 from __future__ import annotations
 
+import gc
+
+gc.disable()  # while the tests are collected (torch, transformers and DeepSpeed imported): pytest_runtestloop
+
 import collections
 import itertools
 import os
@@ -191,6 +195,15 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session) -> None:
+    """Collected: the garbage collector back on, what collection made frozen, as weam_ds.train does for a rank
+    (weam_ds.startup: the in-process training tests no longer rescan torch's objects in every full
+    collection)."""
+    gc.enable()
+    gc.freeze()
 
 
 # --- markers and pytest-xdist groups ------------------------------------------------------------------------------

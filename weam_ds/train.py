@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import gc
 
-if __name__ == "__main__":  # a rank: Python's cyclic garbage collector stays off until its trainer is built (main)
+if __name__ == "__main__":  # a rank: the garbage collector stays off until its trainer is built (weam_ds.startup)
     gc.disable()
 
 import argparse
@@ -46,7 +46,7 @@ import yaml
 from data_prep.files import write_atomically
 from data_prep.manifest import ManifestError
 from data_prep.typed_config import ConfigError, to_dict
-from weam_ds import checkpoint, extensions, failure, resume_check, run_lock
+from weam_ds import checkpoint, extensions, failure, resume_check, run_lock, startup
 from weam_ds.batch import TokenInfo
 from weam_ds.config import RunConfig, deepspeed_config, load_run_config, training_precision
 from weam_ds.data import Corpus, NoData, TrainStream, check_shards, eval_batches, padding_counts
@@ -455,19 +455,6 @@ def _stop_during_start_up(signum: int, _frame) -> None:
     os._exit(0)
 
 
-def _started() -> None:
-    """The collector back on, with everything start-up made frozen (gc.freeze: out of its generations). Start-up
-    (torch, transformers and DeepSpeed imported, the model built) creates some 400,000 objects that live as long as
-    the rank; collected as it went, and then in every full collection of the training loop, they were scanned
-    again and again, for nothing: a tiny 16-step rank took 23% less CPU (7.2 -> 5.6 s; off during start-up only:
-    -9%, frozen only: -14%). Frozen, they also stay untouched in the DataLoader workers forked from the rank (no
-    copy-on-write from reference counting by the collector), as the gc module's documentation recommends. Any
-    garbage start-up left is frozen with them: a bounded amount, once."""
-    gc.enable()
-    gc.freeze()
-    log.info("start-up done: %s objects frozen out of the garbage collector's scans", f"{gc.get_freeze_count():,}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="weam_ds.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="run.yaml (see docs/run_config.md)")
@@ -494,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     _launch_environment()
     try:
         trainer = Trainer(cfg, resume=not args.no_resume, stop_at=args.stop_at)
-        _started()
+        startup.finished()
         code = trainer.train()
         dist.destroy_process_group()  # as PyTorch asks: collectives' threads left at exit may abort the process
         return code

@@ -41,7 +41,7 @@ def test_two_rank_zero3_weam_run_learns_and_reports(trained_run):
     assert run.latest_tag() == f"step{STEPS}"
     assert run.step_tags() == ["step8", f"step{STEPS}"]  # keep_checkpoints: 2 (pruning: test_fault_tolerance)
     assert (run.log(0)).is_file() and (run.log(1)).is_file()
-    # Each rank's collector back on once its trainer was built, start-up's objects frozen (weam_ds.train._started).
+    # Each rank's collector back on once its trainer was built, start-up's objects frozen (weam_ds.startup).
     for rank in (0, 1):
         frozen = re.search(r"start-up done: ([\d,]+) objects frozen", run.log(rank).read_text())
         assert frozen and int(frozen[1].replace(",", "")) > 10_000
