@@ -3,8 +3,8 @@
 # venv with pip (Debian's and Ubuntu's are built with profile-guided and link-time optimisation: here a tiny training
 # rank took 6% less CPU and the import of torch and transformers 14% less than on a pyenv build, which has neither
 # unless asked for), else python3 from PATH. `make PYTHON=python3.12 ...` picks another.
-PYTHON ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip, venv; ensurepip.version(); sys.exit(sys.version_info < (3, 10))' \
-	>/dev/null 2>&1 && echo /usr/bin/python3 || echo python3)
+PYTHON ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip, venv; ensurepip.version(); \
+	sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 && echo /usr/bin/python3 || echo python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU torch is enough for tests and the demo; on a GPU machine set TORCH to the CUDA build you want.

@@ -7,7 +7,8 @@ that live as long as the rank; collected as it went, and then in every full coll
 were scanned again and again, for nothing. A tiny 16-step rank took 23% less CPU (7.2 -> 5.6 s; off during
 start-up only: 9% less, frozen only: 14%). Frozen, they also stay untouched in the DataLoader workers forked from
 the rank (no copy-on-write from the collector's bookkeeping), as the gc module's documentation recommends before a
-fork. What garbage start-up left is frozen with them: a bounded amount, once.
+fork. What garbage start-up left is frozen with them: a bounded amount, once. The planner's build-memory test
+builds with the collector off, as a rank does (tests/launcher/partitioned_build_run.py).
 """
 from __future__ import annotations
 
