@@ -24,6 +24,7 @@ from data_prep.demo_corpus import catalogs
 from data_prep.manifest import read_manifest, shard_paths
 from data_prep.readers import read_pairs
 from data_prep.shard_format import decode_sample
+from weam_ds import startup
 
 from fixtures.run_config import launched_run  # noqa: F401 - the launcher tests' run config
 from fixtures.shared import built_once
@@ -199,11 +200,8 @@ def pytest_configure(config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session) -> None:
-    """Collected: the garbage collector back on, what collection made frozen, as weam_ds.train does for a rank
-    (weam_ds.startup: the in-process training tests no longer rescan torch's objects in every full
-    collection)."""
-    gc.enable()
-    gc.freeze()
+    """Collected: the garbage collector back on, what collection made frozen, as for a rank (weam_ds.startup)."""
+    startup.finished()
 
 
 # --- markers and pytest-xdist groups ------------------------------------------------------------------------------
